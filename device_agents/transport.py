@@ -1,0 +1,74 @@
+"""The one small interface every transport (local, ssh, adb) implements.
+
+A transport runs commands and moves files, each with a deadline the agent enforces itself: a dead or
+blackholed link raises :class:`edgelr.errors.DeviceError` within ``timeout`` seconds, never hangs.
+Transports are registered by name in :data:`TRANSPORTS` (``register``); adding a transport is adding one
+module.
+"""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of one command on the device."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+Command = Sequence[str] | str
+
+
+def to_shell(cmd: Command) -> str:
+    """A command line for a POSIX shell: an argv list is quoted word by word; a str is used as is."""
+    return cmd if isinstance(cmd, str) else shlex.join(list(cmd))
+
+
+class Transport(ABC):
+    """Run commands and move files on one device."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def run(self, cmd: Command, timeout: float, env: dict[str, str] | None = None) -> RunResult:
+        """Run ``cmd`` (argv list, quoted for the remote shell; or a shell string) within ``timeout`` s."""
+
+    @abstractmethod
+    def push(self, local: Path, remote: str, timeout: float, mode: int = 0o644) -> bool:
+        """Copy ``local`` to ``remote``; skip (return False) when the remote sha256 already matches."""
+
+    @abstractmethod
+    def pull(self, remote: str, local: Path, timeout: float) -> None:
+        """Copy ``remote`` to ``local``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+TRANSPORTS: dict[str, Callable[..., Transport]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Transport]], Callable[..., Transport]]:
+    """Class decorator: make a transport available under ``transport = "<name>"`` in the inventory."""
+
+    def deco(cls: Callable[..., Transport]) -> Callable[..., Transport]:
+        TRANSPORTS[name] = cls
+        return cls
+
+    return deco

@@ -1,0 +1,1 @@
+"""Benchmark orchestration, benchmark-tool output parsing and the long results frame."""

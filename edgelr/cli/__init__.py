@@ -1,0 +1,1 @@
+"""Thin CLI commands over the edgelr library; one module per sub-command."""

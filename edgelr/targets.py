@@ -1,0 +1,127 @@
+"""Target device profiles: shipped as data (``edgelr/data/targets.toml``), overridable by users.
+
+A user file (``--targets FILE`` or ``EDGELR_TARGETS``) has the same ``[targets.NAME]`` tables; a table
+with a built-in name overrides the fields it sets, a new name adds a profile (it may say
+``base = "rpi4"`` to start from a built-in one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgelr.errors import TargetError
+
+QUANTIZATIONS = ("int8", "dynamic", "float16", "none")
+IO_DTYPES = ("int8", "uint8", "float32")
+DELEGATES = ("xnnpack", "gpu", "nnapi", "none")
+OSES = ("linux", "android")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One device profile: what the pipeline needs to know about where a model will run."""
+
+    name: str
+    description: str
+    os: str
+    abi: str
+    arch: str
+    cpu: str
+    cores: int
+    threads: int
+    affinity_mask: str
+    quantization: str
+    io_dtype: str
+    delegate: str
+    rank_multiple: int
+    memory_budget_mb: int
+    method: str = "auto"
+    rank_policy: str = "vbmf"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Target)}
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise TargetError(f"target file {path} does not exist; pass an existing TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"target file {path} is not valid TOML ({exc}); fix the syntax") from None
+    tables = doc.get("targets")
+    if not isinstance(tables, dict):
+        raise TargetError(f"target file {path} has no [targets.NAME] tables; see edgelr/data/targets.toml")
+    return tables
+
+
+def _builtin() -> dict[str, dict[str, Any]]:
+    text = resources.files("edgelr").joinpath("data/targets.toml").read_bytes()
+    return tomllib.loads(text.decode())["targets"]
+
+
+def _validate(name: str, raw: dict[str, Any], source: str) -> Target:
+    unknown = sorted(set(raw) - set(_FIELDS) - {"base"})
+    if unknown:
+        raise TargetError(f"target '{name}' in {source} has unknown field(s) {unknown}; "
+                          f"valid fields are {sorted(set(_FIELDS) - {'name'})}")
+    missing = [f for f, spec in _FIELDS.items()
+               if f not in raw and f != "name" and spec.default is dataclasses.MISSING]
+    if missing:
+        raise TargetError(f"target '{name}' in {source} lacks field(s) {missing}; "
+                          f"set them or start from a built-in profile with base = \"rpi4\"")
+    choices = {"quantization": QUANTIZATIONS, "io_dtype": IO_DTYPES, "delegate": DELEGATES, "os": OSES}
+    for field, allowed in choices.items():
+        if raw[field] not in allowed:
+            raise TargetError(f"target '{name}': {field}={raw[field]!r}; expected one of {list(allowed)}")
+    for field in ("cores", "threads", "rank_multiple", "memory_budget_mb"):
+        if not isinstance(raw[field], int) or raw[field] < 0 or (field != "cores" and raw[field] == 0):
+            raise TargetError(f"target '{name}': {field}={raw[field]!r}; expected a positive integer")
+    mask = raw["affinity_mask"]
+    if mask:
+        try:
+            int(mask, 16)
+        except (TypeError, ValueError):
+            raise TargetError(f"target '{name}': affinity_mask={mask!r}; expected a hex CPU mask such as 'f0'") from None
+    values = {k: v for k, v in raw.items() if k != "base"}
+    return Target(name=name, **values)
+
+
+def load_targets(user_file: str | os.PathLike[str] | None = None) -> dict[str, Target]:
+    """All target profiles: the built-in ones plus/overridden by ``user_file`` (or ``$EDGELR_TARGETS``)."""
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in _builtin().items()}
+    sources = {k: "built-in targets" for k in merged}
+    path = user_file or os.environ.get("EDGELR_TARGETS")
+    if path:
+        for name, table in _read_toml(Path(path)).items():
+            if not isinstance(table, dict):
+                raise TargetError(f"target '{name}' in {path} is not a table; write [targets.{name}]")
+            base_name = table.get("base", name if name in merged else None)
+            if base_name is not None and base_name not in merged:
+                raise TargetError(f"target '{name}' in {path} has base={base_name!r}, which is not a known "
+                                  f"target; valid: {', '.join(sorted(merged))}")
+            base = dict(merged[base_name]) if base_name else {}
+            base.pop("description", None) if base_name != name else None
+            base.setdefault("description", f"user profile {name}")
+            merged[name] = {**base, **table}
+            sources[name] = str(path)
+    return {name: _validate(name, raw, sources[name]) for name, raw in merged.items()}
+
+
+def get_target(name: str, user_file: str | os.PathLike[str] | None = None) -> Target:
+    """The profile called ``name``; an unknown name raises :class:`TargetError` listing the valid ones."""
+    targets = load_targets(user_file)
+    if name not in targets:
+        raise TargetError(f"unknown target '{name}'; valid targets: {', '.join(sorted(targets))} "
+                          f"(add your own with --targets FILE)")
+    return targets[name]
