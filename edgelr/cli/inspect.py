@@ -1,13 +1,45 @@
-"""``edgelr inspect``."""
+"""``edgelr inspect``: a model's format, inputs/outputs and per-layer table."""
 
 from __future__ import annotations
 
 import click
 
-from edgelr.cli._common import not_available
+from edgelr.cli._common import echo_json, info, table
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def inspect() -> None:
-    """Not available yet in this version."""
-    not_available("inspect")
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=False))
+@click.option("--custom-objects", type=click.Path(dir_okay=False), default=None,
+              help="Python module whose CUSTOM_OBJECTS dict supplies custom layers (tf_keras versions).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(model_path: str, custom_objects: str | None, as_json: bool) -> None:
+    """Show MODEL's format, input/output shapes and a per-layer table: kind, output shape, parameters,
+    MACs (multiply-accumulates per example) and which low-rank methods apply, with totals.
+
+    MODEL is a .keras file (Keras 3 or tf_keras), an .h5 file or a SavedModel directory.
+
+    \b
+    Examples:
+      edgelr inspect model.keras
+      edgelr inspect saved_model_dir/ --json | jq .totals
+    """
+    from edgelr.inspect import inspect_model
+    from edgelr.models.load import load_model_with_info
+
+    info(f"loading {model_path} ...")
+    model, meta = load_model_with_info(model_path, custom_objects=custom_objects)
+    report = inspect_model(model, {"path": str(model_path), **meta})
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"model:   {report['path']} ({report.get('format', '?')})")
+    click.echo(f"inputs:  {', '.join(report['inputs'])}")
+    click.echo(f"outputs: {', '.join(report['outputs'])}")
+    click.echo()
+    rows = [{**r, "methods": ",".join(r["methods"]) or "-"} for r in report["layers"]]
+    click.echo(table(rows, ["layer", "kind", "output_shape", "params", "macs", "methods"]))
+    t = report["totals"]
+    click.echo()
+    click.echo(f"total: {t['layers']} layers, {t['params']:,} parameters, {t['macs']:,} MACs per example; "
+               f"{t['factorizable_layers']} factorizable layers hold {t['factorizable_params']:,} parameters "
+               f"and {t['factorizable_macs']:,} MACs")

@@ -1,0 +1,14 @@
+"""``edgelr compress``: factorize -> distillation fine-tune -> QAT -> TFLite -> validation.
+
+Modules (all import TensorFlow lazily, inside functions):
+
+- :mod:`edgelr.compress.evaluate`  task detection and Keras evaluation (accuracy in %, or loss)
+- :mod:`edgelr.compress.distill`   fine-tuning with knowledge distillation from the original model
+- :mod:`edgelr.compress.qat`       quantization-aware training with tfmot for the layers it supports
+- :mod:`edgelr.compress.convert`   TFLite conversion (int8 full-integer, dynamic, float16, float32)
+- :mod:`edgelr.compress.validate`  running and checking a ``.tflite`` with ai-edge-litert
+- :mod:`edgelr.compress.search`    accuracy-aware per-layer rank search
+- :mod:`edgelr.compress.pipeline`  the whole job and its outputs (:func:`compress`)
+"""
+
+from __future__ import annotations

@@ -1,0 +1,271 @@
+"""TFLite conversion of a tf_keras model: int8 full-integer, dynamic-range, float16, float32.
+
+The model is traced into a concrete function with a fixed input signature. Recurrent models get a
+batch size of 1 (a dynamic batch dimension makes ``tf.TensorListReserve`` fail and keeps the fused
+``UNIDIRECTIONAL_SEQUENCE_LSTM`` op from being used); other models keep a dynamic batch dimension.
+
+Risky conversions (full-integer quantization of a model with a recurrent layer: the converter has
+segfaulted on ``WHILE`` loops) run in a child process on a SavedModel export, so a converter crash
+becomes a :class:`~edgelr.errors.ConversionError` instead of killing the caller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from edgelr.errors import ConversionError, UsageError
+
+QUANTIZATIONS = ("int8", "dynamic", "float16", "none")
+IO_DTYPES = ("int8", "uint8", "float32")
+_RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+
+
+@dataclass
+class ConversionResult:
+    """A converted model.
+
+    Attributes
+    ----------
+    content : bytes
+        The ``.tflite`` flatbuffer.
+    quantization : str
+        ``int8`` | ``dynamic`` | ``float16`` | ``none`` (float32).
+    io_dtype : str
+        Dtype of the model's input and output tensors (``float32`` unless int8 with int8/uint8 I/O).
+    batch_size : int or None
+        Fixed batch size of the input signature (None = dynamic).
+    isolated : bool
+        True if the converter ran in a child process.
+    seconds : float
+        Wall time of the conversion, s.
+    notes : list of str
+        Fallbacks taken (e.g. int8 with float kernels for ops that have no int8 kernel).
+    """
+
+    content: bytes
+    quantization: str
+    io_dtype: str
+    batch_size: int | None
+    isolated: bool
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.content)
+
+
+def is_recurrent(model: Any) -> bool:
+    """True if ``model`` (tf_keras) contains a recurrent layer at any nesting depth."""
+    for layer in _walk(model):
+        if type(layer).__name__ in _RECURRENT or hasattr(layer, "cell"):
+            return True
+    return False
+
+
+def _walk(model: Any) -> Iterator[Any]:
+    for layer in getattr(model, "layers", []):
+        yield layer
+        inner = getattr(layer, "layer", None)  # wrappers (QuantizeWrapper, TimeDistributed, Bidirectional)
+        if inner is not None:
+            yield inner
+        if hasattr(layer, "layers"):
+            yield from _walk(layer)
+
+
+def check_quantization(quantization: str, io_dtype: str = "float32") -> str:
+    """Normalise and check a quantization name (``float32`` is an alias of ``none``)."""
+    q = "none" if quantization in ("float32", "fp32") else quantization
+    if q not in QUANTIZATIONS:
+        raise UsageError(f"quantization={quantization!r}; expected one of {list(QUANTIZATIONS)} (or float32)")
+    if io_dtype not in IO_DTYPES:
+        raise UsageError(f"io_dtype={io_dtype!r}; expected one of {list(IO_DTYPES)}")
+    return q
+
+
+def _input_spec(model: Any, batch_size: int | None) -> Any:
+    from edgelr.tfcompat import tf
+
+    tfm = tf()
+    if len(model.inputs) != 1:
+        raise ConversionError(f"model {model.name!r} has {len(model.inputs)} inputs; edgelr converts "
+                              "single-input models only")
+    shape = list(model.inputs[0].shape)
+    return tfm.TensorSpec([batch_size, *shape[1:]], model.inputs[0].dtype, name="input")
+
+
+def _concrete(model: Any, batch_size: int | None) -> Any:
+    from edgelr.tfcompat import tf
+
+    tfm = tf()
+    fn = tfm.function(lambda x: model(x, training=False))
+    return fn.get_concrete_function(_input_spec(model, batch_size))
+
+
+def _configure(converter: Any, quantization: str, io_dtype: str, representative: np.ndarray | None,
+               batch_size: int | None, strict_int8: bool) -> None:
+    from edgelr.tfcompat import tf
+
+    tfm = tf()
+    if quantization == "none":
+        return
+    converter.optimizations = [tfm.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tfm.float16]
+    elif quantization == "int8":
+        if representative is None or len(representative) == 0:
+            raise ConversionError("int8 full-integer conversion needs a representative dataset; pass "
+                                  "training samples")
+        rep = np.asarray(representative, dtype=np.float32)
+        step = batch_size or 1
+
+        def gen() -> Iterator[list[np.ndarray]]:
+            for i in range(0, len(rep) - step + 1, step):
+                yield [rep[i:i + step]]
+
+        converter.representative_dataset = gen
+        if strict_int8:
+            converter.target_spec.supported_ops = [tfm.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        else:
+            converter.target_spec.supported_ops = [tfm.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tfm.lite.OpsSet.TFLITE_BUILTINS]
+        if io_dtype in ("int8", "uint8"):
+            dt = tfm.int8 if io_dtype == "int8" else tfm.uint8
+            converter.inference_input_type = dt
+            converter.inference_output_type = dt
+
+
+def _run_converter(make: Any, quantization: str, io_dtype: str, representative: np.ndarray | None,
+                   batch_size: int | None) -> tuple[bytes, list[str]]:
+    """Convert with strict int8 first, then int8 with float fallback kernels if that fails."""
+    notes: list[str] = []
+    attempts = [True, False] if quantization == "int8" else [True]
+    last: Exception | None = None
+    for strict in attempts:
+        converter = make()
+        _configure(converter, quantization, io_dtype, representative, batch_size, strict)
+        try:
+            return bytes(converter.convert()), notes
+        except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types
+            last = exc
+            if strict and quantization == "int8":
+                notes.append(f"strict int8 conversion failed ({str(exc).splitlines()[0][:200]}); "
+                             "converted with float fallback kernels for ops without int8 kernels")
+    raise ConversionError(f"TFLite conversion ({quantization}) failed: {str(last).splitlines()[0][:300]}")
+
+
+def convert(model: Any, quantization: str = "int8", *, io_dtype: str = "float32",
+            representative: np.ndarray | None = None, batch_size: int | None = None,
+            isolate: bool | None = None, timeout: float = 900.0) -> ConversionResult:
+    """Convert a tf_keras model to a ``.tflite`` flatbuffer.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        A single-input model (may be a tfmot QAT model). Not modified.
+    quantization : str
+        ``int8`` (full-integer, needs ``representative``), ``dynamic``, ``float16``, ``none``/``float32``.
+    io_dtype : str
+        For ``int8``: ``int8``/``uint8`` quantized model I/O or ``float32`` I/O. Ignored otherwise.
+    representative : ndarray, shape (n, *input_shape[1:])
+        Calibration samples drawn from the training data (100-500 is plenty).
+    batch_size : int, optional
+        Fixed batch size of the signature; default 1 for recurrent models, dynamic otherwise.
+    isolate : bool, optional
+        Run the converter in a child process; default: only for int8 of recurrent models.
+    timeout : float
+        Child process timeout, s.
+    """
+    q = check_quantization(quantization, io_dtype)
+    io = io_dtype if q == "int8" else "float32"
+    recurrent = is_recurrent(model)
+    if batch_size is None and recurrent:
+        batch_size = 1
+    if isolate is None:
+        isolate = recurrent and q == "int8"
+    t0 = time.perf_counter()
+    if isolate:
+        content, notes = _convert_isolated(model, q, io, representative, batch_size, timeout)
+    else:
+        from edgelr.tfcompat import tf
+
+        tfm = tf()
+        conc = _concrete(model, batch_size)
+        content, notes = _run_converter(lambda: tfm.lite.TFLiteConverter.from_concrete_functions([conc], model),
+                                        q, io, representative, batch_size)
+    return ConversionResult(content=content, quantization=q, io_dtype=io, batch_size=batch_size,
+                            isolated=bool(isolate), seconds=time.perf_counter() - t0, notes=notes)
+
+
+def _convert_isolated(model: Any, quantization: str, io_dtype: str, representative: np.ndarray | None,
+                      batch_size: int | None, timeout: float) -> tuple[bytes, list[str]]:
+    from edgelr.tfcompat import tf
+
+    tfm = tf()
+    with tempfile.TemporaryDirectory(prefix="edgelr-convert-") as tmp:
+        saved = Path(tmp) / "saved_model"
+        module = tfm.Module()
+        module.model = model
+        module.serve = tfm.function(lambda x: {"output": model(x, training=False)},
+                                    input_signature=[_input_spec(model, batch_size)])
+        tfm.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
+        rep_path = Path(tmp) / "rep.npy"
+        if representative is not None:
+            np.save(rep_path, np.asarray(representative, dtype=np.float32))
+        out = Path(tmp) / "model.tflite"
+        meta = Path(tmp) / "meta.json"
+        cmd = [sys.executable, "-m", "edgelr.compress.convert", "--saved-model", str(saved), "--out", str(out),
+               "--quantization", quantization, "--io-dtype", io_dtype, "--meta", str(meta),
+               "--batch-size", str(batch_size or 0)]
+        if representative is not None:
+            cmd += ["--representative", str(rep_path)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"TFLite conversion ({quantization}) did not finish in {timeout:.0f} s; "
+                                  "try --quantize dynamic") from None
+        if proc.returncode != 0 or not out.exists():
+            tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
+            how = f"crashed with signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
+            raise ConversionError(f"TFLite conversion ({quantization}) in a child process {how}: {tail[0][:300]}; "
+                                  "try --quantize dynamic or float16")
+        notes = json.loads(meta.read_text()).get("notes", []) if meta.exists() else []
+        return out.read_bytes(), notes
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """Child-process entry: convert a SavedModel (see :func:`_convert_isolated`)."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--saved-model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quantization", required=True, choices=QUANTIZATIONS)
+    p.add_argument("--io-dtype", default="float32", choices=IO_DTYPES)
+    p.add_argument("--representative")
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--meta")
+    a = p.parse_args(argv)
+    from edgelr.tfcompat import tf
+
+    tfm = tf()
+    rep = np.load(a.representative) if a.representative else None
+    content, notes = _run_converter(lambda: tfm.lite.TFLiteConverter.from_saved_model(a.saved_model),
+                                    a.quantization, a.io_dtype, rep, a.batch_size or None)
+    Path(a.out).write_bytes(content)
+    if a.meta:
+        Path(a.meta).write_text(json.dumps({"notes": notes}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

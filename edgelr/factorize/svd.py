@@ -1,0 +1,188 @@
+"""Truncated SVD of a matrix (Dense, 1x1 conv) and spatial SVD of a k x k conv kernel.
+
+Both go through the eigen-decomposition of the Gram matrix of the smaller side
+(:func:`edgelr.factorize.spectrum.matrix_spectrum`), which on 2 cores is several times faster than a
+full LAPACK SVD and gives the whole spectrum that rank selection needs; pass that
+:class:`~edgelr.factorize.spectrum.Spectrum` back in to avoid computing it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgelr.errors import FactorizeError
+from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
+from edgelr.factorize.spectrum import Spectrum, gram_spectrum
+
+
+@dataclass(frozen=True)
+class SVDResult:
+    """A rank-``r`` factorization ``matrix ~= left @ right``.
+
+    Attributes
+    ----------
+    left
+        ``(m, r)``: ``U_r sqrt(S_r)``.
+    right
+        ``(r, n)``: ``sqrt(S_r) V_r^T``.
+    singular_values
+        ``(min(m, n),)`` full spectrum of the matrix, descending (float64).
+    rank
+        ``r``.
+    rel_error
+        ``||W - left @ right||_F / ||W||_F`` (0 for an all-zero matrix).
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+    singular_values: np.ndarray
+    rank: int
+    rel_error: float
+
+
+@dataclass(frozen=True)
+class SpatialSVDResult:
+    """Spatial SVD of a conv kernel: a ``kh x 1`` conv ``c_in -> R`` then a ``1 x kw`` conv ``R -> c_out``.
+
+    Attributes
+    ----------
+    vertical
+        ``(kh, 1, c_in, R)`` kernel of the first (vertical) conv.
+    horizontal
+        ``(1, kw, R, c_out)`` kernel of the second (horizontal) conv.
+    rank
+        ``R``.
+    rel_error
+        Relative Frobenius error of the composed kernel.
+    singular_values
+        ``(min(c_in*kh, c_out*kw),)`` full spectrum of the reshaped kernel, descending (float64).
+    """
+
+    vertical: np.ndarray
+    horizontal: np.ndarray
+    rank: int
+    rel_error: float
+    singular_values: np.ndarray
+
+
+def _check_spectrum(spectrum: Spectrum, shape: tuple[int, int]) -> None:
+    if tuple(spectrum.shape) != tuple(shape):
+        raise FactorizeError(
+            f"spectrum: computed for a matrix of shape {spectrum.shape} but the matrix has shape {shape}; "
+            "pass the Spectrum of this very matrix (matrix_spectrum(matrix))"
+        )
+
+
+def _split_factors(arr: np.ndarray, rank: int, spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, float]:
+    """Rank-``rank`` factors of ``arr`` (float64) from its Gram spectrum, and the relative error."""
+    vecs = spectrum.vectors[:, :rank]
+    sing = np.sqrt(spectrum.values[:rank])
+    # Split sqrt(S) evenly; for (numerically) zero singular values keep the product exact instead.
+    tiny = max(float(sing[0]) if sing.size else 0.0, 1e-300) * 1e-12
+    scale = np.where(sing > tiny, np.sqrt(np.maximum(sing, tiny)), 1.0)
+    if spectrum.side == "rows":
+        left = vecs * scale
+        right = (vecs.T @ arr) / scale[:, None]
+    else:
+        left = (arr @ vecs) / scale
+        right = vecs.T * scale[:, None]
+    total = spectrum.total_energy
+    tail = float(spectrum.values[rank:].sum())
+    rel_error = float(np.sqrt(max(tail, 0.0) / total)) if total > 0 else 0.0
+    return left, right, rel_error
+
+
+def truncated_svd(matrix: np.ndarray, rank: int, *, spectrum: Spectrum | None = None) -> SVDResult:
+    """Best rank-``rank`` approximation ``matrix ~= left @ right`` (Eckart-Young).
+
+    Parameters
+    ----------
+    matrix
+        ``(m, n)`` weights, e.g. a Dense kernel ``(n_in, n_out)``: then ``x @ W ~= (x @ left) @ right``,
+        i.e. ``Dense(r, use_bias=False)`` then ``Dense(n_out)``.
+    rank
+        ``1 <= rank <= min(m, n)``.
+    spectrum
+        Optional :func:`~edgelr.factorize.spectrum.matrix_spectrum` of the same matrix (e.g. the one
+        rank selection used); computed here when omitted.
+
+    Returns
+    -------
+    SVDResult
+        Factors in the input's float dtype (float64 for integer input).
+
+    Raises
+    ------
+    FactorizeError
+        Not 2-D, NaN/Inf values, or ``rank`` outside ``[1, min(m, n)]``.
+    """
+    arr = as_finite_array(matrix, 2, "matrix")
+    r = check_rank(rank, min(arr.shape), f"rank for a {arr.shape[0]}x{arr.shape[1]} matrix")
+    if spectrum is None:
+        spectrum = gram_spectrum(arr, "rows" if arr.shape[0] <= arr.shape[1] else "columns")
+    else:
+        _check_spectrum(spectrum, arr.shape)
+    left, right, rel_error = _split_factors(arr, r, spectrum)
+    dtype = output_dtype(matrix)
+    return SVDResult(
+        left=left.astype(dtype),
+        right=right.astype(dtype),
+        singular_values=spectrum.singular_values,
+        rank=r,
+        rel_error=rel_error,
+    )
+
+
+def spatial_matrix(kernel: np.ndarray) -> np.ndarray:
+    """Reshape a ``(kh, kw, c_in, c_out)`` kernel to the ``(c_in*kh, c_out*kw)`` matrix of spatial SVD.
+
+    Entry ``[(c*kh + i), (d*kw + j)]`` is ``kernel[i, j, c, d]``.
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    return kernel.transpose(2, 0, 3, 1).reshape(c_in * kh, c_out * kw)
+
+
+def spatial_svd(kernel: np.ndarray, rank: int, *, spectrum: Spectrum | None = None) -> SpatialSVDResult:
+    """Spatial SVD (Jaderberg et al. 2014; AIMET) of a conv kernel.
+
+    The kernel reshaped to ``(c_in*kh) x (c_out*kw)`` (:func:`spatial_matrix`) is truncated to rank
+    ``R``; the left factor becomes a ``kh x 1`` conv ``c_in -> R`` and the right one a ``1 x kw`` conv
+    ``R -> c_out``. Applying the two convs one after the other (cross-correlation, 'valid' padding)
+    equals the original conv when ``R`` is full.
+
+    Parameters
+    ----------
+    kernel
+        ``(kh, kw, c_in, c_out)`` conv weights (Keras layout).
+    rank
+        ``1 <= R <= min(c_in*kh, c_out*kw)``.
+    spectrum
+        Optional ``matrix_spectrum(spatial_matrix(kernel))``.
+
+    Raises
+    ------
+    FactorizeError
+        Not 4-D, NaN/Inf values, or ``rank`` out of range.
+    """
+    arr = as_finite_array(kernel, 4, "kernel")
+    kh, kw, c_in, c_out = arr.shape
+    mat = spatial_matrix(arr)
+    r = check_rank(rank, min(mat.shape), f"rank for spatial SVD of a {arr.shape} kernel")
+    if spectrum is None:
+        spectrum = gram_spectrum(mat, "rows" if mat.shape[0] <= mat.shape[1] else "columns")
+    else:
+        _check_spectrum(spectrum, mat.shape)
+    left, right, rel_error = _split_factors(mat, r, spectrum)
+    dtype = output_dtype(kernel)
+    # left[(c*kh + i), r] -> vertical[i, 0, c, r]; right[r, (d*kw + j)] -> horizontal[0, j, r, d]
+    vertical = left.reshape(c_in, kh, r).transpose(1, 0, 2)[:, None, :, :]
+    horizontal = right.reshape(r, c_out, kw).transpose(2, 0, 1)[None, :, :, :]
+    return SpatialSVDResult(
+        vertical=np.ascontiguousarray(vertical, dtype=dtype),
+        horizontal=np.ascontiguousarray(horizontal, dtype=dtype),
+        rank=r,
+        rel_error=rel_error,
+        singular_values=spectrum.singular_values,
+    )

@@ -1,0 +1,169 @@
+"""Tucker-2 decomposition of a conv kernel over its channel modes (Kim et al. 2016).
+
+``kernel[i, j, a, b] ~= sum_{p, q} first[a, p] core[i, j, p, q] last[q, b]``: a 1x1 conv
+``c_in -> r_in``, the ``kh x kw`` conv ``r_in -> r_out`` (original stride, padding, dilation) and a
+1x1 conv ``r_out -> c_out``.
+
+HOSVD start (leading eigenvectors of the Gram matrices of the mode-2 and mode-3 unfoldings), then
+HOOI sweeps: each factor is refreshed from the Gram matrix of the kernel projected on the other
+factor. All eigen-decompositions are of ``c x c`` Gram matrices, never an SVD of a long unfolding.
+The error follows from the core norm because the factors are orthonormal:
+``||W - W_hat||^2 = ||W||^2 - ||core||^2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgelr.errors import FactorizeError
+from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
+from edgelr.factorize.spectrum import Spectrum, gram_spectrum, mode_unfolding
+
+
+@dataclass(frozen=True)
+class Tucker2Result:
+    """Tucker-2 factors of a ``(kh, kw, c_in, c_out)`` kernel.
+
+    Attributes
+    ----------
+    first
+        ``(c_in, r_in)`` orthonormal columns: the 1x1 conv ``c_in -> r_in``.
+    core
+        ``(kh, kw, r_in, r_out)``: the spatial conv.
+    last
+        ``(r_out, c_out)`` orthonormal rows: the 1x1 conv ``r_out -> c_out``.
+    ranks
+        ``(r_in, r_out)``.
+    rel_error
+        ``||W - W_hat||_F / ||W||_F`` (0 for an all-zero kernel).
+    n_iter
+        Number of HOOI sweeps run after the HOSVD start (0 = plain HOSVD).
+    """
+
+    first: np.ndarray
+    core: np.ndarray
+    last: np.ndarray
+    ranks: tuple[int, int]
+    rel_error: float
+    n_iter: int
+
+
+def _leading_vectors(gram: np.ndarray, rank: int) -> np.ndarray:
+    """``(c, rank)`` eigenvectors of the ``rank`` largest eigenvalues of a symmetric ``(c, c)`` matrix."""
+    _, vectors = np.linalg.eigh(gram)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :rank])
+
+
+def _check_ranks(ranks: object, c_in: int, c_out: int) -> tuple[int, int]:
+    if not isinstance(ranks, (tuple, list)) or len(ranks) != 2:
+        raise FactorizeError(
+            f"ranks: got {ranks!r}; expected a pair (r_in, r_out) with 1 <= r_in <= {c_in}, 1 <= r_out <= {c_out}"
+        )
+    r_in = check_rank(ranks[0], c_in, f"r_in (ranks[0]) for c_in={c_in}")
+    r_out = check_rank(ranks[1], c_out, f"r_out (ranks[1]) for c_out={c_out}")
+    return r_in, r_out
+
+
+def tucker2(
+    kernel: np.ndarray,
+    ranks: tuple[int, int],
+    *,
+    max_iter: int = 10,
+    tol: float = 1e-4,
+    spectra: tuple[Spectrum, Spectrum] | None = None,
+) -> Tucker2Result:
+    """Tucker-2 decomposition of a conv kernel: HOSVD start, then HOOI until the error stops improving.
+
+    Parameters
+    ----------
+    kernel
+        ``(kh, kw, c_in, c_out)`` conv weights (Keras layout).
+    ranks
+        ``(r_in, r_out)`` with ``1 <= r_in <= c_in`` and ``1 <= r_out <= c_out``.
+    max_iter
+        Maximum number of HOOI sweeps (0 = HOSVD only).
+    tol
+        Stop when a sweep lowers the relative error by less than ``tol`` (absolute, in relative-error
+        units, as tensorly's ``partial_tucker``).
+    spectra
+        Optional :func:`~edgelr.factorize.spectrum.unfolding_spectra` of the same kernel (the ones rank
+        selection used): their vectors are the HOSVD start, so nothing is computed twice.
+
+    Returns
+    -------
+    Tucker2Result
+        Factors in the input's float dtype; the error is never above the HOSVD error.
+
+    Raises
+    ------
+    FactorizeError
+        Not 4-D, NaN/Inf values, ranks out of range, negative ``max_iter`` or ``tol``.
+    """
+    arr = as_finite_array(kernel, 4, "kernel")
+    kh, kw, c_in, c_out = arr.shape
+    r_in, r_out = _check_ranks(ranks, c_in, c_out)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise FactorizeError(f"max_iter: got {max_iter!r}; expected an integer >= 0")
+    if not np.isfinite(tol) or tol < 0:
+        raise FactorizeError(f"tol: got {tol!r}; expected a finite number >= 0")
+
+    if spectra is None:
+        spec_in = gram_spectrum(mode_unfolding(arr, 2), "rows")
+        spec_out = gram_spectrum(mode_unfolding(arr, 3), "rows")
+    else:
+        spec_in, spec_out = spectra
+        if spec_in.shape != (c_in, kh * kw * c_out) or spec_out.shape != (c_out, kh * kw * c_in):
+            raise FactorizeError(
+                f"spectra: computed for unfoldings {spec_in.shape} and {spec_out.shape}, not for a kernel of "
+                f"shape {arr.shape}; pass unfolding_spectra(kernel) of this very kernel"
+            )
+    u_in = np.ascontiguousarray(spec_in.vectors[:, :r_in])
+    u_out = np.ascontiguousarray(spec_out.vectors[:, :r_out])
+
+    spatial = kh * kw
+    w_ab = arr.reshape(spatial * c_in, c_out)  # rows (s, a), columns b
+    w_ba = np.ascontiguousarray(arr.transpose(0, 1, 3, 2)).reshape(spatial * c_out, c_in)  # rows (s, b)
+    norm2 = float(np.dot(arr.ravel(), arr.ravel()))
+
+    def core_and_error(u_in: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        # y: (spatial, c_in, r_out) = W x_3 u_out^T; core = y x_2 u_in^T: (spatial, r_in, r_out)
+        core = np.matmul(u_in.T, y)
+        err2 = max(norm2 - float(np.dot(core.ravel(), core.ravel())), 0.0)
+        return core, (float(np.sqrt(err2 / norm2)) if norm2 > 0 else 0.0)
+
+    y = (w_ab @ u_out).reshape(spatial, c_in, r_out)
+    core, error = core_and_error(u_in, y)
+    best = (u_in, u_out, core, error)
+    n_iter = 0
+    for _ in range(max_iter):
+        if error == 0.0:
+            break
+        # refresh u_in from the mode-2 Gram of W x_3 u_out^T
+        y2 = y.transpose(1, 0, 2).reshape(c_in, spatial * r_out)
+        u_in = _leading_vectors(y2 @ y2.T, r_in)
+        # refresh u_out from the mode-3 Gram of W x_2 u_in^T
+        z = (w_ba @ u_in).reshape(spatial, c_out, r_in)
+        z3 = z.transpose(1, 0, 2).reshape(c_out, spatial * r_in)
+        u_out = _leading_vectors(z3 @ z3.T, r_out)
+        y = (w_ab @ u_out).reshape(spatial, c_in, r_out)
+        core, new_error = core_and_error(u_in, y)
+        n_iter += 1
+        if new_error < best[3]:
+            best = (u_in, u_out, core, new_error)
+        improved = error - new_error
+        error = new_error
+        if improved < tol:
+            break
+
+    u_in, u_out, core, error = best
+    dtype = output_dtype(kernel)
+    return Tucker2Result(
+        first=u_in.astype(dtype),
+        core=core.reshape(kh, kw, r_in, r_out).astype(dtype),
+        last=np.ascontiguousarray(u_out.T, dtype=dtype),
+        ranks=(r_in, r_out),
+        rel_error=error,
+        n_iter=n_iter,
+    )
