@@ -167,20 +167,22 @@ class ADBTransport(Transport):
         Where the adb server listens (default 127.0.0.1:5037; ``$ANDROID_ADB_SERVER_PORT`` is honoured).
     connect : bool
         For a ``HOST:PORT`` serial the server does not know yet, ask it to ``adb connect`` first.
-    ready_timeout : float
-        Seconds to wait for a freshly connected device to leave the ``offline``/``connecting`` state.
+    ready_timeout, connect_timeout : float
+        Seconds to wait for a freshly connected device to leave the ``offline``/``connecting`` state
+        (``connect_timeout`` is the inventory's name for it).
     """
 
     name = "adb"
 
     def __init__(self, serial: str | None = None, adb_host: str | None = None, adb_port: int | None = None,
-                 connect: bool = True, ready_timeout: float = 10.0, **_ignored: object) -> None:
+                 connect: bool = True, ready_timeout: float | None = None, connect_timeout: float = 10.0,
+                 **_ignored: object) -> None:
         self.adb_host = adb_host or DEFAULT_ADB_HOST
         env_port = os.environ.get("ANDROID_ADB_SERVER_PORT")
         self.adb_port = int(adb_port or (env_port if env_port else DEFAULT_ADB_PORT))
         self.serial = serial or os.environ.get("ANDROID_SERIAL") or None
         self.connect = connect
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = ready_timeout or connect_timeout
         self._ready = False
         self._closed = False
 
@@ -215,6 +217,8 @@ class ADBTransport(Transport):
             self.serial = usable[0]
         if self.serial not in devs and self.connect and ":" in self.serial:
             reply = self.host_query(f"host:connect:{self.serial}", deadline.remaining())
+            if "authenticate" in reply or "unauthorized" in reply:
+                raise DeviceError(f"adb device {self.serial} is unauthorized ({reply.strip()}); {UNAUTHORIZED_HINT}")
             if "connected" not in reply or "cannot" in reply or "failed" in reply:
                 raise DeviceError(f"adb connect {self.serial} failed: {reply.strip()}; check the address and "
                                   f"that 'adb tcpip 5555' (or Wireless debugging) is enabled on the phone")
@@ -387,3 +391,8 @@ class ADBTransport(Transport):
     def close(self) -> None:
         """Nothing is held open between calls (one socket per call); safe to call twice."""
         self._closed = True
+
+
+# Importing the adb transport makes the Android benchmark harness and energy probes available to
+# edgelr.bench.run (registries: edgelr.bench.harness.HARNESSES, device_agents.probes.ENERGY_PROBES).
+import device_agents.android  # noqa: E402,F401

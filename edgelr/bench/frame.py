@@ -55,3 +55,50 @@ METRICS: dict[str, str] = {
     "params": "count",
     "macs": "count",
 }
+
+# Added with the benchmark core (issue 5): the throttling canary's time, and helpers.
+METRICS["canary"] = "ms"        # minimum time of the fixed sh canary workload before the run
+
+
+def new_run_id() -> str:
+    """A run id: UTC time (sortable) + 8 random hex digits, e.g. ``20261123T050102Z-1a2b3c4d``."""
+    import time
+    import uuid
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def to_frame(rows: list[dict[str, object]]) -> "pandas.DataFrame":  # noqa: F821 - pandas imported lazily
+    """Rows (dicts with the keys of :data:`COLUMNS`) -> a DataFrame with exactly those columns and dtypes."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("repeat", "sample", "threads"):
+        frame[col] = frame[col].astype("int64")
+    frame["value"] = frame["value"].astype("float64")
+    for col in set(COLUMNS) - {"repeat", "sample", "threads", "value"}:
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), "").astype(str)
+    return frame
+
+
+def write_frame(frame: "pandas.DataFrame", path: "str | os.PathLike[str]") -> None:  # noqa: F821
+    """Write ``frame`` atomically as ``.parquet`` or ``.csv`` (chosen by the suffix)."""
+    import os
+    from pathlib import Path
+
+    from edgelr.errors import UsageError
+
+    dest = Path(path)
+    suffix = dest.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise UsageError(f"results file {dest} has suffix {suffix!r}; use .parquet or .csv")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    try:
+        if suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -279,13 +279,16 @@ def _block_peak(m: re.Match[str], out: BenchOutput) -> None:
 
 
 # --- edgelr runner: one JSON record with the per-run samples -----------------------------------------
-@family("edgelr_runner_json", r"^EDGELR_RESULT_JSON (\{.*\})\s*$")
+@family("edgelr_runner_json", r"^EDGELR_RESULT_JSON (.*)$")
 def _runner_json(m: re.Match[str], out: BenchOutput) -> None:
     try:
         rec = json.loads(m.group(1))
     except json.JSONDecodeError as exc:
         raise BenchmarkError(f"the runner's EDGELR_RESULT_JSON line is not valid JSON ({exc}); "
                              f"the output was truncated or the runner is from another version") from None
+    if not isinstance(rec, dict):
+        raise BenchmarkError("the runner's EDGELR_RESULT_JSON line is not a JSON object; the runner is from "
+                             "another version")
     out.tool = "litert_runner"
     out.tool_version = str(rec.get("version", out.tool_version))
     out.samples_ms = [float(x) / 1000.0 for x in rec.get("samples_us", [])]

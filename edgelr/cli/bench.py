@@ -1,13 +1,137 @@
-"""``edgelr bench``."""
+"""``edgelr bench``: benchmark .tflite models on a device of the inventory."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
-from edgelr.cli._common import not_available
+from edgelr.cli._common import echo_json, info, table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EPILOG = """\b
+Examples:
+  edgelr bench model.tflite --device local --runs 20
+  edgelr bench out/model.tflite out/baseline.tflite --device pi4 --repeat 3 --out results.parquet
+  edgelr bench model.tflite --device pi4 --threads 4 --json > results.json
+
+\b
+Devices come from the inventory (edgelr devices list); `local` (this machine) always exists.
+Per-run latencies are kept as `latency` rows (sample 0..N-1) in --out and --json.
+"""
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def bench() -> None:
-    """Not available yet in this version."""
-    not_available("bench")
+@click.command(epilog=EPILOG)
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", "-d", default="local", show_default=True, help="Inventory device name.")
+@click.option("--inventory", type=click.Path(dir_okay=False), help="Inventory TOML file (else $EDGELR_INVENTORY, "
+              "else ~/.config/edgelr/inventory.toml).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: the target profile's].")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed inferences.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Warm-up inferences.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Benchmark each model K times, cooling down in between.")
+@click.option("--cooldown-c", type=float, default=45.0, show_default=True,
+              help="Wait until the device is cooler than this (degrees C) before each run.")
+@click.option("--cooldown-timeout", type=float, default=300.0, show_default=True,
+              help="Longest cool-down wait (s); then it runs hot and says so in the notes.")
+@click.option("--xnnpack/--no-xnnpack", default=True, show_default=True, help="Use the XNNPACK delegate.")
+@click.option("--timeout", type=float, help="Deadline of one benchmark run (s) [default: the device's].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the long results frame to .parquet or .csv (kept even when a later model fails).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary and every row as JSON on stdout.")
+@click.option("--trust-new-host", is_flag=True, help="SSH: accept and remember an unknown host key.")
+@click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
+              help="Append the run to this results history (directory or .sqlite) [env: EDGELR_HISTORY].")
+def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads: int | None, runs: int,
+          warmup: int, repeat: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool,
+          timeout: float | None, out: Path | None, as_json: bool, trust_new_host: bool,
+          history: str | None) -> None:
+    """Benchmark MODEL.tflite [MODEL2 ...] on a device: latency, peak memory, temperature, energy.
+
+    Prints a summary per model (avg/median/p90 latency in ms, peak RSS in MB, energy per inference in
+    mJ when the device has a sensor); progress goes to stderr.
+    """
+    from device_agents.inventory import get_device, open_transport
+    from edgelr.bench.frame import write_frame
+    from edgelr.bench.run import BenchSettings, benchmark
+    from edgelr.errors import DeviceError, UsageError
+
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
+        raise UsageError(f"--out {out}: expected a .parquet or .csv file name")
+    spec = get_device(device, inventory)
+    settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, repeat=repeat, cooldown_c=cooldown_c,
+                             cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack, timeout_s=timeout, out=out)
+    overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
+    transport = open_transport(spec, **overrides)
+    try:
+        frame = benchmark(spec, transport, list(models), settings, progress=info)
+    except DeviceError as exc:
+        partial = getattr(exc, "partial_frame", None)
+        if partial is not None and len(partial):
+            _record_history(partial, history, status="partial", error=str(exc), device=spec.name)
+            _emit(partial, as_json)
+        raise
+    finally:
+        transport.close()
+    if out is not None:
+        write_frame(frame, out)
+        info(f"wrote {len(frame)} rows to {out}")
+    _record_history(frame, history, device=spec.name)
+    _emit(frame, as_json)
+
+
+def _emit(frame: "pd.DataFrame", as_json: bool) -> None:
+    rows = summarize(frame)
+    if as_json:
+        records = frame.to_dict(orient="records")
+        echo_json({"run_id": frame["run_id"].iloc[0] if len(frame) else "", "summary": rows, "rows": records})
+    else:
+        click.echo(table(rows, ["model", "device", "repeats", "avg_ms", "median_ms", "p90_ms", "peak_mb",
+                                "energy_mj", "temp_c", "throttled"]))
+
+
+def summarize(frame: "pd.DataFrame") -> list[dict[str, Any]]:
+    """One row per model: latency avg/median/p90 (ms) over all repeats, peak MB, energy mJ, max temp."""
+    out: list[dict[str, Any]] = []
+    for (model, dev), g in frame.groupby(["model", "device"], sort=False):
+        def agg(metric: str, how: str = "mean") -> float:
+            vals = g.loc[(g["metric"] == metric) & (g["sample"] == -1), "value"].dropna()
+            if vals.empty:
+                return math.nan
+            return float(getattr(vals, how)())
+
+        samples = g.loc[g["metric"] == "latency", "value"].dropna()
+        median = float(samples.median()) if len(samples) else agg("latency_median")
+        p90 = float(samples.quantile(0.9)) if len(samples) else agg("latency_p90")
+        throttled = agg("throttled", "max")
+        out.append({
+            "model": model, "device": dev, "repeats": int(g["repeat"].nunique()),
+            "avg_ms": agg("latency_avg"), "median_ms": median, "p90_ms": p90,
+            "peak_mb": agg("peak_memory", "max"), "energy_mj": agg("energy_per_inference"),
+            "temp_c": agg("temp_after", "max"),
+            "throttled": "" if math.isnan(throttled) else ("yes" if throttled else "no"),
+            "samples": int(len(samples)),
+        })
+    return out
+
+
+# --- history hook (the lead wires it) ------------------------------------------------------------------
+def _record_history(frame: "pd.DataFrame", history: str | None = None, status: str = "complete",
+                    error: str | None = None, **context: Any) -> None:
+    """HOOK: append the run to the results history (``edgelr.report.history.append_run``).
+
+    Does nothing when no history location is given (``--history`` / ``$EDGELR_HISTORY``) or when the
+    history module is not installed. ``context`` carries e.g. ``device=NAME`` for future use.
+    """
+    if not history:
+        return
+    try:
+        from edgelr.report.history import append_run  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    append_run(frame, history, kind="bench", status=status, error=error)

@@ -1,13 +1,91 @@
-"""``edgelr compress``."""
+"""``edgelr compress``: factorize, fine-tune with distillation, QAT, convert to TFLite and validate."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from edgelr.cli._common import not_available
+from edgelr.cli._common import echo_json, info, table
+
+METHOD_CHOICES = ["auto", "svd", "svd-recurrent", "tucker2", "cp", "spatial-svd"]
+QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def compress() -> None:
-    """Not available yet in this version."""
-    not_available("compress")
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=True))
+@click.option("--data", required=True, help="digits | fashion-mnist | file.npz | module:function")
+@click.option("--target", default="host", show_default=True, help="Target profile (see `edgelr targets`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Accuracy budget in points for the final quantized model; enables the rank search.")
+@click.option("--method", type=click.Choice(METHOD_CHOICES), default=None,
+              help="Factorization method (default: the target's).")
+@click.option("--rank-policy", default=None, help="vbmf | energy:F | params:F | macs:F | rank:N (default: the target's).")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")
+@click.option("--qat/--no-qat", default=True, show_default=True, help="Quantization-aware training before int8.")
+@click.option("--quantize", type=click.Choice(QUANT_CHOICES), default=None,
+              help="TFLite quantization (default: the target's).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=5e-4, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--max-train", type=int, default=None, help="Use at most N training samples per epoch.")
+@click.option("--include", multiple=True, help="Only factorize layers matching this pattern (repeatable).")
+@click.option("--skip", multiple=True, help="Never factorize layers matching this pattern (repeatable).")
+@click.option("--history", default=None, type=click.Path(), help="Append accuracy/size/params/MACs to this history.")
+@click.option("--targets", "targets_file", default=None, type=click.Path(dir_okay=False),
+              help="User target profiles (TOML).")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: str, max_accuracy_drop: float | None,
+             method: str | None, rank_policy: str | None, epochs: int, qat: bool, quantize: str | None,
+             batch_size: int, learning_rate: float, max_train: int | None, include: tuple[str, ...],
+             skip: tuple[str, ...], history: str | None, targets_file: str | None, force: bool,
+             as_json: bool) -> None:
+    """Compress MODEL for a target device: low-rank factorization, distillation fine-tuning,
+    quantization-aware training, TFLite conversion and validation with ai-edge-litert.
+
+    Writes OUT/model.tflite, OUT/model.keras (factorized float model), OUT/baseline.tflite (the original,
+    same quantization), OUT/report.json, OUT/layers.csv and OUT/summary.md (+ search.csv/search.png with
+    --max-accuracy-drop). Exit code 1 when the accuracy budget cannot be met (the best configuration
+    found is still written).
+
+    \b
+    Examples:
+      edgelr compress model.keras --data fashion-mnist --target rpi4 --out out/
+      edgelr compress model.keras --data digits --out out/ --max-accuracy-drop 1.0 --json
+      edgelr compress model.keras --data data.npz --rank-policy macs:0.5 --quantize float16 --out out/
+    """
+    from edgelr.compress.pipeline import compress as run
+
+    result = run(model, data, target, out_dir, force=force, max_accuracy_drop=max_accuracy_drop, method=method,
+                 rank_policy=rank_policy, epochs=epochs, qat=qat, quantize=quantize, batch_size=batch_size,
+                 learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
+                 skip=list(skip) or None, history=history, targets_file=targets_file, progress=True)
+    if as_json:
+        echo_json(result.summary)
+    else:
+        click.echo(_text(result.summary))
+    if result.exit_code:
+        info(f"edgelr: error: {result.message}")
+        ctx.exit(result.exit_code)
+
+
+def _text(s: dict[str, Any]) -> str:
+    metric = s["metric"]
+    rows = [
+        {"": "params", "original": s["original"]["params"], "compressed": s["compressed"]["params"],
+         "ratio": f"{s['reduction']['params_x']:.2f}x"},
+        {"": "MACs", "original": s["original"]["macs"], "compressed": s["compressed"]["macs"],
+         "ratio": f"{s['reduction']['macs_x']:.2f}x"},
+        {"": f"{metric} float", "original": s["original"]["score"], "compressed": s["compressed"]["score_float"],
+         "ratio": ""},
+        {"": f"{metric} {s['quantization']} tflite", "original": s["original"]["tflite_score"],
+         "compressed": s["compressed"]["tflite_score"], "ratio": ""},
+        {"": "tflite bytes", "original": s["original"]["tflite_bytes"], "compressed": s["compressed"]["tflite_bytes"],
+         "ratio": f"{s['reduction']['tflite_size_x']:.2f}x"},
+    ]
+    out = [table(rows)]
+    for name, path in (s.get("outputs") or {}).items():
+        out.append(f"{name}: {path}")
+    return "\n".join(out)

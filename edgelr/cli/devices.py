@@ -1,13 +1,154 @@
-"""``edgelr devices``."""
+"""``edgelr devices list | check NAME``: the inventory and a health check of one device."""
 
 from __future__ import annotations
 
+import math
+import shlex
+from typing import Any
+
 import click
 
-from edgelr.cli._common import not_available
+from edgelr.cli._common import echo_json, info, table
+
+INVENTORY_HELP = ("Inventory TOML file (else $EDGELR_INVENTORY, else ~/.config/edgelr/inventory.toml). "
+                  "A device `local` (this machine) always exists.")
+
+EPILOG = """\b
+Examples:
+  edgelr devices list
+  edgelr devices check pi4
+  edgelr devices check local --json
+
+\b
+Inventory (~/.config/edgelr/inventory.toml):
+  [devices.pi4]
+  transport = "ssh"
+  target = "rpi4"
+  host = "192.168.1.40"
+  user = "pi"
+  key = "~/.ssh/id_ed25519"
+"""
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.group(epilog=EPILOG)
 def devices() -> None:
-    """Not available yet in this version."""
-    not_available("devices")
+    """List the devices of the inventory and check that one is ready to benchmark."""
+
+
+@devices.command("list")
+@click.option("--inventory", type=click.Path(dir_okay=False), help=INVENTORY_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_devices(inventory: str | None, as_json: bool) -> None:
+    """List the inventory's devices (name, transport, target, address, benchmark program)."""
+    from device_agents.inventory import inventory_path, load_inventory
+
+    devs = load_inventory(inventory)
+    rows = []
+    for d in devs.values():
+        where = {"ssh": f"{d.user + '@' if d.user else ''}{d.host}:{d.port}",
+                 "adb": d.serial or f"{d.adb_host}:{d.adb_port}"}.get(d.transport, "this machine")
+        rows.append({"name": d.name, "transport": d.transport, "target": d.target, "os": d.os, "address": where,
+                     "program": d.benchmark_binary or f"runner.py ({d.python})", "source": d.source})
+    if as_json:
+        echo_json({"inventory": str(inventory_path(inventory)[0]), "devices": rows})
+    else:
+        click.echo(table(rows))
+
+
+@devices.command("check")
+@click.argument("name")
+@click.option("--inventory", type=click.Path(dir_okay=False), help=INVENTORY_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--trust-new-host", is_flag=True, help="SSH: accept and remember an unknown host key.")
+def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool) -> None:
+    """Check device NAME: reachable, OS/ABI, cores, governor, temperatures, power sensors, benchmark program.
+
+    Exits 1 when the device cannot benchmark (unreachable, no ai-edge-litert and no benchmark_binary...).
+    """
+    from device_agents.inventory import get_device, open_transport
+    from edgelr.errors import DeviceError
+
+    spec = get_device(name, inventory)
+    report: dict[str, Any] = {"device": spec.name, "transport": spec.transport, "target": spec.target,
+                              "reachable": False, "ready": False, "problems": []}
+    overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
+    try:
+        transport = open_transport(spec, **overrides)
+        try:
+            _probe(spec, transport, report)
+        finally:
+            transport.close()
+    except DeviceError as exc:
+        report["problems"].append(str(exc))
+    report["ready"] = report["reachable"] and not report["problems"]
+    if as_json:
+        echo_json(report)
+    else:
+        _print_report(report)
+    if not report["ready"]:
+        raise SystemExit(1)
+
+
+def _probe(spec: Any, transport: Any, report: dict[str, Any]) -> None:
+    from device_agents import probes
+    from edgelr.bench.harness import select_harness
+    from edgelr.errors import BenchmarkError
+
+    res = transport.run("uname -s -m; getprop ro.product.cpu.abi 2>/dev/null; getprop ro.build.version.release "
+                        "2>/dev/null", timeout=spec.connect_timeout * 3)
+    if res.exit_code != 0 and not res.stdout.strip():
+        report["problems"].append(f"'uname' failed on the device (exit {res.exit_code}): {res.stderr.strip()[:200]}")
+        return
+    report["reachable"] = True
+    lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
+    uname = lines[0].split() if lines else []
+    report["os"] = uname[0] if uname else "unknown"
+    report["arch"] = uname[1] if len(uname) > 1 else "unknown"
+    report["abi"] = lines[1] if len(lines) > 1 else report["arch"]
+    cpu = probes.read_cpu(transport)
+    report["cores"] = cpu.cores
+    report["governor"] = cpu.governor
+    temps = probes.read_temperatures(transport)
+    report["temperatures_c"] = temps
+    thr = probes.read_throttled(transport)
+    report["throttled"] = None if thr is None else {"raw": hex(thr.raw), "now": list(thr.now),
+                                                    "since_boot": list(thr.since_boot)}
+    meter = probes.find_energy_meter(transport)
+    report["power_sensor"] = meter.probe.name if meter.probe else None
+    report["power_note"] = meter.note
+    report["taskset"] = transport.run("command -v taskset >/dev/null 2>&1 && echo yes",
+                                      timeout=spec.connect_timeout * 3).stdout.strip() == "yes"
+    try:
+        harness = select_harness(spec)
+        report["workdir"] = spec.remote_workdir
+        transport.run(f"mkdir -p {shlex.quote(spec.remote_workdir)}", timeout=spec.connect_timeout * 3)
+        prog = harness.prepare(transport, spec.remote_workdir, timeout=max(spec.connect_timeout * 6, 120.0))
+        report["program"] = {"tool": prog.tool, "version": prog.version, "command": " ".join(prog.argv)}
+    except BenchmarkError as exc:
+        report["program"] = None
+        report["problems"].append(str(exc))
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    def line(key: str, value: Any) -> None:
+        click.echo(f"{key:<15} {value}")
+
+    line("device", f"{r['device']} ({r['transport']}, target {r['target']})")
+    line("reachable", "yes" if r["reachable"] else "NO")
+    if r["reachable"]:
+        line("os / abi", f"{r.get('os')} {r.get('arch')} ({r.get('abi')})")
+        line("cores", r.get("cores"))
+        line("governor", r.get("governor"))
+        temps = r.get("temperatures_c") or {}
+        line("temperatures", ", ".join(f"{k} {v:.1f} C" for k, v in temps.items() if not math.isnan(v))
+             or "no sensor")
+        thr = r.get("throttled")
+        line("throttling", "no vcgencmd" if thr is None else f"{thr['raw']} now: {', '.join(thr['now']) or 'ok'}; "
+             f"since boot: {', '.join(thr['since_boot']) or 'ok'}")
+        line("power sensor", r.get("power_sensor") or f"none ({r.get('power_note')})")
+        line("taskset", "yes" if r.get("taskset") else "no (affinity masks not applied)")
+        prog = r.get("program")
+        line("benchmark", f"{prog['tool']}: {prog['version']}" if prog else "NOT READY")
+    for p in r["problems"]:
+        info(f"problem: {p}")
+    click.echo("ready" if r["ready"] else "NOT ready")

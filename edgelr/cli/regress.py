@@ -1,13 +1,234 @@
-"""``edgelr regress``."""
+"""``edgelr regress``: run a regression suite on devices, store the results, compare with a baseline."""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
-from edgelr.cli._common import not_available
+from edgelr.cli._common import echo_json, info, table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from edgelr.report.suite import Suite
+
+EPILOG = """\b
+Examples:
+  edgelr regress --suite suite.toml
+  edgelr regress --suite suite.toml --baseline window:10 --json
+  edgelr regress --suite suite.toml --accept            # the current run becomes the baseline
+  edgelr regress --suite suite.toml --install-schedule cron --every "daily 02:00" --schedule-dir ~/sched
+
+\b
+Suite file (TOML; relative paths start at the suite file's folder):
+  [suite]
+  name = "nightly"
+  runs = 30                  # timed runs per model and device
+  history = "reports/history"
+  [[models]]
+  name = "classifier"
+  path = "models/classifier.tflite"
+  [[devices]]
+  name = "pi4"
+  [thresholds]
+  latency = "5%"
+  peak_memory = "10%"
+  energy = "8%"
+  accuracy = "0.5pt"
+
+\b
+A regression needs both: one-sided Mann-Whitney U p < alpha on the per-run latencies and an effect
+whose confidence interval reaches the threshold. Metrics without per-run samples (memory, energy,
+accuracy) are compared by threshold only. Baseline `last`: the last run accepted with --accept (the
+first run of a history is accepted automatically), else the previous run.
+Exit codes: 0 no regression, 3 regression found, 1 error (a device down; the other devices still run
+and are stored). A regression outranks a device error.
+"""
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def regress() -> None:
-    """Not available yet in this version."""
-    not_available("regress")
+@click.command(epilog=EPILOG)
+@click.option("--suite", "suite_file", required=True, type=click.Path(dir_okay=False), help="Suite TOML file.")
+@click.option("--inventory", type=click.Path(dir_okay=False), help="Inventory TOML (else $EDGELR_INVENTORY, "
+              "else ~/.config/edgelr/inventory.toml).")
+@click.option("--baseline", default=None, help="last | NAME | window:N  [default: the suite's, else last]")
+@click.option("--accept", is_flag=True, help="Record this run as the new baseline (exit 0 despite regressions).")
+@click.option("--alpha", type=float, default=None, help="Significance level [default: the suite's, else 0.01].")
+@click.option("--history", "history_override", type=click.Path(), help="History store (overrides the suite's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON on stdout.")
+@click.option("--install-schedule", type=click.Choice(["cron", "systemd"]),
+              help="Write a crontab entry or a systemd service+timer that runs this suite; run nothing now.")
+@click.option("--every", default="daily 02:00", show_default=True,
+              help="When scheduled runs happen: 'daily HH:MM', 'hourly', 'weekly DAY HH:MM'.")
+@click.option("--schedule-dir", type=click.Path(file_okay=False),
+              help="Where to write the schedule files [default: ~/.config/edgelr/schedule].")
+@click.option("--log-dir", type=click.Path(file_okay=False),
+              help="Where scheduled runs write one log each [default: <history>/logs].")
+def regress(suite_file: str, inventory: str | None, baseline: str | None, accept: bool, alpha: float | None,
+            history_override: str | None, as_json: bool, install_schedule: str | None, every: str,
+            schedule_dir: str | None, log_dir: str | None) -> None:
+    """Run a regression suite: benchmark its models on its devices, store and compare with a baseline."""
+    from edgelr.report.suite import load_suite
+
+    suite = load_suite(suite_file)
+    history = Path(history_override).expanduser().resolve() if history_override else suite.history
+    if install_schedule:
+        _install(suite, install_schedule, every, schedule_dir, log_dir, history, inventory, baseline)
+        return
+    run_suite(suite, history, inventory=inventory, baseline=baseline or suite.baseline,
+              alpha=suite.alpha if alpha is None else alpha, accept=accept, as_json=as_json)
+
+
+def _install(suite: "Suite", kind: str, every: str, schedule_dir: str | None, log_dir: str | None, history: Path,
+             inventory: str | None, baseline: str | None) -> None:
+    from edgelr.report.history import store_path
+    from edgelr.report.schedule import install_hint, write_schedule
+
+    out = Path(schedule_dir).expanduser() if schedule_dir else Path.home() / ".config" / "edgelr" / "schedule"
+    store_dir = store_path(history).parent
+    logs = Path(log_dir).expanduser().resolve() if log_dir else store_dir / "logs"
+    lock = store_dir / f"regress-{suite.name}.lock"
+    written = write_schedule(kind, suite.name, suite.path, every, out.resolve(), logs, lock, inventory, baseline)
+    for p in written:
+        click.echo(str(p))
+    info(f"logs of each run: {logs}/regress-{suite.name}-<UTC time>.log; overlap lock: {lock}")
+    info(install_hint(kind, written))
+
+
+def _bench_device(suite: "Suite", device: str, inventory: str | None, run_id: str, model_dir: Path,
+                  say: Any) -> "pd.DataFrame":
+    """Benchmark every suite model on one device under its device lock; raise on device failure."""
+    from device_agents.inventory import get_device, open_transport
+    from edgelr.bench.run import BenchSettings, benchmark
+    from edgelr.report.suite import device_lock
+
+    spec = get_device(device, inventory)
+    settings = BenchSettings(threads=suite.threads, runs=suite.runs, warmup=suite.warmup, repeat=suite.repeat,
+                             cooldown_c=suite.cooldown_c, run_id=run_id)
+    models = [model_dir / f"{m.name}.tflite" for m in suite.models]
+    with device_lock(device, on_wait=say):
+        transport = open_transport(spec)
+        try:
+            return benchmark(spec, transport, models, settings, progress=lambda m: say(f"[{device}] {m}"))
+        finally:
+            transport.close()
+
+
+def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline: str, alpha: float, accept: bool,
+              as_json: bool) -> None:
+    """Run, store, compare, print; raise RegressionFound (3) or DeviceError (1) at the end."""
+    import pandas as pd
+
+    from edgelr.errors import DeviceError, EdgelrError, RegressionFound
+    from edgelr.report import history as H
+    from edgelr.report.stats import compare_run, parse_baseline
+
+    parse_baseline(baseline)
+    lock = threading.Lock()
+
+    def say(msg: str) -> None:
+        with lock:
+            info(msg)
+
+    run_id = H.begin_run(history, kind="regress", suite=suite.name)
+    say(f"regress {suite.name}: run {run_id}, {len(suite.models)} model(s) x {len(suite.devices)} device(s), "
+        f"history {H.store_path(history)}")
+    frames: list[pd.DataFrame] = []
+    errors: dict[str, str] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgelr-regress-") as tmp:
+            model_dir = Path(tmp)
+            for m in suite.models:   # results are stored under the suite's model names
+                os.symlink(m.path, model_dir / f"{m.name}.tflite")
+            with ThreadPoolExecutor(max_workers=len(suite.devices), thread_name_prefix="regress") as pool:
+                futures = {d: pool.submit(_bench_device, suite, d, inventory, run_id, model_dir, say)
+                           for d in suite.devices}
+                for device, fut in futures.items():
+                    try:
+                        frames.append(fut.result())
+                    except EdgelrError as exc:
+                        partial = getattr(exc, "partial_frame", None)
+                        if partial is not None and len(partial):
+                            frames.append(partial)
+                        errors[device] = str(exc)
+                        say(f"[{device}] ERROR: {exc}")
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        err_text = "; ".join(f"{d}: {e}" for d, e in errors.items()) or None
+        if not len(frame):
+            H.append_run(frame, history, kind="regress", suite=suite.name, status="failed", run_id=run_id,
+                         error=err_text or "no results")
+            raise DeviceError(f"regress {suite.name}: no device produced results ({err_text}); run {run_id} "
+                              f"recorded as failed")
+        frame = frame.assign(run_id=run_id)
+        H.append_run(frame, history, kind="regress", suite=suite.name, run_id=run_id,
+                     status="partial" if errors else "complete", error=err_text)
+    except BaseException as exc:
+        if H.runs(history).set_index("run_id").loc[run_id, "status"] == "started":
+            H.fail_run(history, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+
+    hist = H.load(history)
+    accepted = H.baselines(history)
+    comps = compare_run(hist, accepted, run_id, suite.thresholds, baseline=baseline, alpha=alpha)
+    H.record_comparisons(history, comps)
+    auto = False
+    if accept:
+        H.mark_baseline(history, run_id, "accepted")
+    elif baseline == "last" and not (accepted["name"] == "accepted").any():
+        H.mark_baseline(history, run_id, "accepted")
+        auto = True
+    regressions = comps[comps["status"] == "regression"]
+    if as_json:
+        echo_json({"run_id": run_id, "suite": suite.name, "history": str(H.store_path(history)),
+                   "baseline": baseline, "alpha": alpha, "accepted": accept or auto,
+                   "errors": errors, "regressions": int(len(regressions)),
+                   "comparisons": comps.astype(object).where(comps.notna(), None).to_dict("records")})
+    else:
+        click.echo(table(_rows(comps), ["model", "device", "metric", "baseline", "baseline_value", "current",
+                                        "change", "ci", "p", "n", "status", "method"]))
+        thr_only = comps["method"].str.startswith("threshold-only") & ~comps["status"].isin(["not-measured"])
+        for note in sorted(set(comps.loc[thr_only, "metric"])):
+            info(f"note: {note} compared by threshold only (no per-run samples or too few); no p-value")
+        for _, r in regressions.iterrows():
+            if r["change_run"]:
+                info(f"{r['model']} on {r['device']}: {r['metric']} step change began at run {r['change_run']}")
+    if auto:
+        info(f"no accepted baseline yet: run {run_id} accepted as the baseline (use --accept to move it)")
+    elif accept:
+        info(f"run {run_id} accepted as the baseline")
+    if len(regressions) and not accept:
+        what = ", ".join(f"{r.model}/{r.device}/{r.metric} {_change(r)}" for r in regressions.itertuples())
+        raise RegressionFound(f"{len(regressions)} regression(s) in run {run_id}: {what}"
+                              + (f"; device errors: {'; '.join(errors)}" if errors else ""))
+    if errors:
+        raise DeviceError(f"regress {suite.name}: {len(errors)} device(s) failed ({'; '.join(errors.values())}); "
+                          f"results of the others stored in run {run_id}")
+
+
+def _change(r: Any) -> str:
+    e = r.effect
+    if e is None or (isinstance(e, float) and not math.isfinite(e)):
+        return ""
+    return f"{e:+.1%}" if str(r.threshold).endswith("%") else f"{e:+.3g}"
+
+
+def _rows(comps: "pd.DataFrame") -> list[dict[str, Any]]:
+    out = []
+    for r in comps.itertuples():
+        rel = str(r.threshold).endswith("%")
+        ci = ""
+        if isinstance(r.ci_low, float) and math.isfinite(r.ci_low):
+            ci = f"[{r.ci_low:+.1%}, {r.ci_high:+.1%}]" if rel else f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
+        out.append({"model": r.model, "device": r.device, "metric": r.metric,
+                    "baseline": str(r.baseline).split(":")[0], "baseline_value": r.baseline_value,
+                    "current": r.current, "change": _change(r), "ci": ci,
+                    "p": f"{r.p_value:.2g}" if isinstance(r.p_value, float) and math.isfinite(r.p_value) else "",
+                    "n": f"{r.n_current}/{r.n_baseline}", "status": r.status.upper() if r.status == "regression"
+                    else r.status, "method": r.method})
+    return out

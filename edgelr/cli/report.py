@@ -1,13 +1,50 @@
-"""``edgelr report``."""
+"""``edgelr report``: render the results history as Markdown/HTML with plots, or JSON."""
 
 from __future__ import annotations
 
 import click
 
-from edgelr.cli._common import not_available
+from edgelr.cli._common import echo_json, info, table
+
+DEFAULT_HISTORY = "reports/history"
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def report() -> None:
-    """Not available yet in this version."""
-    not_available("report")
+@click.command()
+@click.argument("history", required=False, default=DEFAULT_HISTORY)
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
+@click.option("--md", "md_out", type=click.Path(dir_okay=False),
+              help="Write a Markdown report here (figures as PNGs in <name>_figures/).")
+@click.option("--since", default=None, help="Only runs started since: 30d, 12h, 2w or an ISO date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's tables as JSON on stdout.")
+def report(history: str, html_out: str | None, md_out: str | None, since: str | None, as_json: bool) -> None:
+    """Render the results history HISTORY (directory or .sqlite file; default reports/history).
+
+    Per device and model: latency over time with regression markers and step changes, latency
+    distributions of the last runs, memory and energy trends, and the accuracy-vs-latency-vs-size view
+    of compressed models. Without --html/--md/--json, prints the latest results table.
+
+    \b
+    Examples:
+      edgelr report reports/history --html report.html --md report.md --since 30d
+      edgelr report --json | jq '.latest'
+    """
+    from edgelr.report import history as H
+    from edgelr.report import render as R
+
+    frame = H.load(history, since=since)
+    runs = H.runs(history)
+    comps = H.load_comparisons(history)
+    if since:
+        runs = runs[runs["started_at"] >= H.parse_since(since)]
+        comps = comps[comps["run_id"].isin(set(runs["run_id"]))]
+    data = R.report_data(frame, comps, runs)
+    if html_out or md_out:
+        figs = R.figures(frame, data)
+        if html_out:
+            info(f"wrote {R.render_html(data, figs, html_out)}")
+        if md_out:
+            info(f"wrote {R.render_markdown(data, figs, md_out)}")
+    if as_json:
+        echo_json(R.to_json(data))
+    elif not (html_out or md_out):
+        click.echo(table(R.to_json(data)["latest"]))

@@ -1,0 +1,229 @@
+"""The device inventory: where each device is and how to reach it (a TOML file of ``[devices.NAME]``).
+
+Example ``~/.config/edgelr/inventory.toml``::
+
+    [devices.pi4]
+    transport = "ssh"
+    target = "rpi4"                 # a target profile (edgelr targets)
+    host = "192.168.1.40"
+    user = "pi"
+    key = "~/.ssh/id_ed25519"
+    known_hosts = "~/.ssh/known_hosts"
+    # benchmark_binary = "/home/pi/linux_aarch64_benchmark_model"   # else edgelr's runner.py
+    python = "python3"
+    workdir = "/tmp/edgelr"
+
+    [devices.pixel7]
+    transport = "adb"
+    target = "pixel7"
+    serial = "33141FDH2000AB"
+    benchmark_binary = "/data/local/tmp/android_aarch64_benchmark_model"
+
+The file is found at ``--inventory FILE``, else ``$EDGELR_INVENTORY``, else
+``$XDG_CONFIG_HOME/edgelr/inventory.toml`` (``~/.config/...``). A device ``local`` (this machine,
+target ``host``, run with this Python) is always available unless the file defines its own ``local``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from device_agents.transport import TRANSPORTS, Transport
+from edgelr.errors import InventoryError
+
+KNOWN_TRANSPORTS = ("local", "ssh", "adb")
+DEFAULT_WORKDIR = {"linux": "/tmp/edgelr", "android": "/data/local/tmp/edgelr"}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One ``[devices.NAME]`` table.
+
+    ``benchmark_binary`` is the path *on the device* of a LiteRT ``benchmark_model`` binary (a local
+    file is pushed first when ``benchmark_binary_local`` is set); empty means edgelr's ``runner.py`` run
+    with ``python``. Times are seconds.
+    """
+
+    name: str
+    transport: str = "local"
+    target: str = "host"
+    os: str = "linux"
+    # ssh
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key: str = ""
+    known_hosts: str = ""
+    trust_new_host: bool = False
+    # adb
+    serial: str = ""
+    adb_host: str = "127.0.0.1"
+    adb_port: int = 5037
+    # what runs the benchmark
+    benchmark_binary: str = ""
+    benchmark_binary_local: str = ""
+    python: str = "python3"
+    workdir: str = ""
+    affinity_mask: str | None = None
+    shell: str = "/bin/sh"
+    connect_timeout: float = 10.0
+    command_timeout: float = 900.0
+    description: str = ""
+    source: str = "built-in"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def remote_workdir(self) -> str:
+        """The workdir on the device (inventory value, else a per-OS default)."""
+        return self.workdir or DEFAULT_WORKDIR.get(self.os, "/tmp/edgelr")
+
+    def transport_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments passed to the transport's constructor."""
+        if self.transport == "ssh":
+            kw: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "key": self.key,
+                                  "known_hosts": self.known_hosts, "trust_new_host": self.trust_new_host,
+                                  "connect_timeout": self.connect_timeout}
+        elif self.transport == "adb":
+            kw = {"serial": self.serial, "adb_host": self.adb_host, "adb_port": self.adb_port,
+                  "connect_timeout": self.connect_timeout}
+        else:
+            kw = {"shell": self.shell}
+        kw.update(self.options)
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(DeviceSpec)}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "port": (int,), "adb_port": (int,), "trust_new_host": (bool,),
+    "connect_timeout": (int, float), "command_timeout": (int, float), "options": (dict,),
+}
+
+BUILTIN_LOCAL = DeviceSpec(name="local", transport="local", target="host", python=sys.executable or "python3",
+                           description="this machine (built-in)", source="built-in")
+
+
+def default_inventory_path() -> Path:
+    """``$XDG_CONFIG_HOME/edgelr/inventory.toml`` (``~/.config/edgelr/inventory.toml``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "edgelr" / "inventory.toml"
+
+
+def inventory_path(path: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
+    """The inventory file to read and whether it was named explicitly (flag or environment)."""
+    if path:
+        return Path(path).expanduser(), True
+    env = os.environ.get("EDGELR_INVENTORY")
+    if env:
+        return Path(env).expanduser(), True
+    return default_inventory_path(), False
+
+
+def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
+    if not isinstance(raw, dict):
+        raise InventoryError(f"device '{name}' in {source} is not a table; write [devices.{name}]")
+    unknown = sorted(set(raw) - set(_FIELDS) - {"name", "source"})
+    if unknown:
+        raise InventoryError(f"device '{name}' in {source} has unknown field(s) {unknown}; valid fields: "
+                             f"{sorted(set(_FIELDS) - {'name', 'source'})} (transport-specific extras go "
+                             f"in [devices.{name}.options])")
+    values = dict(raw)
+    for key, types in _TYPES.items():
+        if key in values and (not isinstance(values[key], types) or isinstance(values[key], bool) and bool not in types):
+            raise InventoryError(f"device '{name}' in {source}: {key}={values[key]!r}; expected "
+                                 f"{' or '.join(t.__name__ for t in types)}")
+    for key, value in values.items():
+        if _TYPES.get(key) is None and key != "affinity_mask" and not isinstance(value, str):
+            raise InventoryError(f"device '{name}' in {source}: {key}={value!r}; expected a string")
+    transport = values.get("transport", "")
+    if transport not in KNOWN_TRANSPORTS and transport not in TRANSPORTS:
+        raise InventoryError(f"device '{name}' in {source}: transport={transport!r}; expected one of "
+                             f"{sorted(set(KNOWN_TRANSPORTS) | set(TRANSPORTS))}")
+    if transport == "ssh" and not values.get("host"):
+        raise InventoryError(f"device '{name}' in {source} uses transport 'ssh' but sets no host; "
+                             f"add host = \"ADDRESS\"")
+    values.setdefault("os", "android" if transport == "adb" else "linux")
+    mask = values.get("affinity_mask")
+    if mask is not None:
+        if not isinstance(mask, str):
+            raise InventoryError(f"device '{name}' in {source}: affinity_mask={mask!r}; expected a hex string")
+        try:
+            if mask:
+                int(mask, 16)
+        except ValueError:
+            raise InventoryError(f"device '{name}' in {source}: affinity_mask={mask!r}; expected a hex CPU "
+                                 f"mask such as 'f0'") from None
+    return DeviceSpec(name=name, source=source, **values)
+
+
+def load_inventory(path: str | os.PathLike[str] | None = None) -> dict[str, DeviceSpec]:
+    """Every device: the inventory file's plus the built-in ``local``.
+
+    Raises
+    ------
+    InventoryError
+        An explicitly named file (``path`` or ``$EDGELR_INVENTORY``) is missing, a file is not valid
+        TOML, or a table has unknown or badly typed fields.
+    """
+    file, explicit = inventory_path(path)
+    devices: dict[str, DeviceSpec] = {"local": BUILTIN_LOCAL}
+    if not file.is_file():
+        if explicit:
+            raise InventoryError(f"inventory file {file} does not exist; create it (see "
+                                 f"`edgelr devices --help`) or drop --inventory/EDGELR_INVENTORY")
+        return devices
+    try:
+        with open(file, "rb") as fh:
+            doc = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError(f"inventory file {file} is not valid TOML ({exc}); fix the syntax") from None
+    except OSError as exc:
+        raise InventoryError(f"cannot read inventory file {file}: {exc}") from None
+    tables = doc.get("devices", {})
+    if not isinstance(tables, dict):
+        raise InventoryError(f"inventory file {file}: 'devices' must be tables [devices.NAME]")
+    for name, raw in tables.items():
+        devices[name] = _parse_device(name, raw, str(file))
+    return devices
+
+
+def get_device(name: str, path: str | os.PathLike[str] | None = None) -> DeviceSpec:
+    """The device called ``name``; an unknown name raises InventoryError listing the known ones."""
+    devices = load_inventory(path)
+    if name not in devices:
+        file, _ = inventory_path(path)
+        raise InventoryError(f"unknown device '{name}'; known devices: {', '.join(sorted(devices))} "
+                             f"(inventory: {file})")
+    return devices[name]
+
+
+def open_transport(spec: DeviceSpec, **overrides: Any) -> Transport:
+    """Open the transport ``spec.transport`` names, importing ``device_agents.<name>`` on first use.
+
+    ``overrides`` replace constructor arguments (e.g. ``trust_new_host=True`` from the CLI).
+    """
+    name = spec.transport
+    if name not in TRANSPORTS:
+        try:
+            importlib.import_module(f"device_agents.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"device_agents.{name}":
+                raise InventoryError(f"the '{name}' transport needs the Python module '{exc.name}', which is "
+                                     f"not installed; install it (pip install {exc.name})") from None
+            raise InventoryError(f"device '{spec.name}' uses transport '{name}', but this edgelr has no "
+                                 f"device_agents/{name}.py yet; use a device with transport 'local'"
+                                 + (" or 'ssh'" if name != "ssh" else "")) from None
+    if name not in TRANSPORTS:
+        raise InventoryError(f"device_agents/{name}.py does not register a transport named '{name}' "
+                             f"(use @register('{name}'))")
+    kwargs = {**spec.transport_kwargs(), **overrides}
+    return TRANSPORTS[name](**kwargs)

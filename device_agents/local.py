@@ -1,0 +1,118 @@
+"""The ``local`` transport: this machine is the device.
+
+Commands run in ``/bin/sh`` (an argv list is quoted word by word, see :func:`to_shell`) in their own
+process group; on timeout the whole group is killed and :class:`edgelr.errors.DeviceError` raised.
+``push`` copies into the device's workdir and skips the copy when the destination's sha256 already
+matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from device_agents.transport import Command, RunResult, Transport, register, to_shell
+from edgelr.errors import DeviceError
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@register("local")
+class LocalTransport(Transport):
+    """Run commands and copy files on this machine.
+
+    Parameters
+    ----------
+    shell
+        The POSIX shell commands run in (``/bin/sh``; tests use ``dash`` or ``busybox sh``).
+    **_
+        Other inventory fields (``host``, ``user``...) are accepted and ignored.
+    """
+
+    name = "local"
+
+    def __init__(self, shell: str = "/bin/sh", **_: object) -> None:
+        self.shell = shell
+        self._closed = False
+
+    def run(self, cmd: Command, timeout: float, env: dict[str, str] | None = None) -> RunResult:
+        """Run ``cmd`` in ``self.shell``; kill its process group and raise DeviceError after ``timeout`` s."""
+        line = to_shell(cmd)
+        full_env = None if env is None else {**os.environ, **env}
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen([self.shell, "-c", line], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+        except OSError as exc:
+            raise DeviceError(f"cannot start {self.shell} to run {line[:80]!r}: {exc}") from None
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_group(proc)
+            raise DeviceError(f"local command timed out after {timeout:g} s and was killed: {line[:120]!r}; "
+                              f"raise the timeout or check the command") from None
+        except BaseException:
+            self._kill_group(proc)
+            raise
+        return RunResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                         time.monotonic() - t0)
+
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a kernel-stuck child
+            pass
+
+    def push(self, local: Path, remote: str, timeout: float, mode: int = 0o644) -> bool:
+        """Copy ``local`` to ``remote`` atomically; return False (no copy) when the sha256 already matches."""
+        src = Path(local)
+        if not src.is_file():
+            raise DeviceError(f"cannot push {src}: no such file")
+        dst = Path(remote)
+        try:
+            if dst.is_file() and sha256_file(dst) == sha256_file(src):
+                if (dst.stat().st_mode & 0o777) != mode:
+                    os.chmod(dst, mode)
+                return False
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+            os.close(fd)
+            try:
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, mode)
+                os.replace(tmp, dst)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise DeviceError(f"cannot copy {src} to {dst}: {exc}") from None
+        return True
+
+    def pull(self, remote: str, local: Path, timeout: float) -> None:
+        """Copy ``remote`` to ``local``."""
+        try:
+            Path(local).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(remote, local)
+        except OSError as exc:
+            raise DeviceError(f"cannot copy {remote} to {local}: {exc}") from None
+
+    def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,656 @@
+"""SSH transport (paramiko): run commands and move files on a Linux board such as a Raspberry Pi.
+
+Safety and liveness rules this module keeps:
+
+* Host keys are verified. ``~/.ssh/known_hosts`` and an optional ``known_hosts`` file are read; an
+  unknown key is refused with its fingerprint and the ways to trust it (``--trust-new-host`` /
+  ``trust_new_host = true``, or ``ssh-keyscan`` into known_hosts). Trusting a new host appends it to
+  the known_hosts file. A CHANGED key is always refused, also with ``trust_new_host``.
+* ``~/.ssh/config`` is honoured (HostName, Port, User, IdentityFile); explicit options win.
+* Every connect/run/push/pull has a deadline the agent enforces itself: a watchdog thread closes the
+  connection when it passes (paramiko alone hangs > 88 s in ``sftp.put`` on a blackholed link), and
+  the caller gets :class:`edgelr.errors.DeviceError` within the deadline, never a hang.
+* No secrets in messages or logs: key *paths* may be named, never key material or passphrases.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import posixpath
+import secrets
+import select
+import shlex
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import paramiko
+
+from device_agents.transport import Command, RunResult, Transport, register, to_shell
+from edgelr.errors import DeviceError, HostKeyError
+
+log = logging.getLogger(__name__)
+# paramiko logs link failures at ERROR with tracebacks; we raise DeviceError instead. A NullHandler keeps
+# them off the user's terminal (Python's last-resort handler) while an app's own logging still gets them.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+#: Marker the remote shell prints on stderr (first line) so a timed-out command can be killed by pgid.
+_PID_MARKER = "edgelr-pid:"
+#: Seconds granted after a run deadline to kill the remote process group over the same connection.
+KILL_GRACE_S = 1.0
+_CHUNK = 1 << 16
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH style fingerprint of a public key, e.g. ``SHA256:kR3...`` (base64 without padding)."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """The name a host is recorded under in known_hosts: ``host`` for port 22, else ``[host]:port``."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+@dataclass
+class TransferStats:
+    """What a transport moved; the benchmark overhead report reads these counters."""
+
+    pushes: int = 0          # files actually sent
+    skipped: int = 0         # pushes skipped because the remote sha256 matched
+    bytes_sent: int = 0      # bytes
+    bytes_received: int = 0  # bytes
+    connects: int = 0        # SSH connections opened
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko only when known_hosts has NO key at all for the host (unknown host).
+
+    A host with a known key of any type never reaches here: paramiko raises BadHostKeyException,
+    which :class:`SSHTransport` turns into a "changed key" :class:`HostKeyError`.
+    """
+
+    def __init__(self, transport: "SSHTransport") -> None:
+        self.transport = transport
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        t = self.transport
+        if not t.trust_new_host:
+            raise HostKeyError(
+                f"host key of device {t.device!r} ({hostname}) is not known: {key.get_name()} {fingerprint(key)}. "
+                f"If this is the right device, trust it once with --trust-new-host (or trust_new_host = true in "
+                f"the inventory), or record it yourself: ssh-keyscan -p {t.port} {t.hostname} >> {t.record_file}"
+            )
+        t.record_host_key(hostname, key)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+@register("ssh")
+class SSHTransport(Transport):
+    """Run commands and move files on one device over SSH; one reused connection per object.
+
+    Parameters
+    ----------
+    host
+        Host name, address or ``~/.ssh/config`` alias.
+    port, user, key
+        Explicit options; they override ``~/.ssh/config``. ``key`` is a private key file (OpenSSH
+        format); without one the config's IdentityFile entries, then the default keys are tried.
+        A running ssh-agent (``SSH_AUTH_SOCK``) is used too unless ``use_agent`` is False.
+    known_hosts
+        Extra known_hosts file, read besides ``~/.ssh/known_hosts``; new keys are recorded here when given.
+    trust_new_host
+        Accept and record an UNKNOWN host key. A changed key is refused regardless.
+    device
+        Inventory name, used in messages.
+    connect_timeout
+        Upper bound (s) for opening the connection; the operation's own deadline also bounds it.
+    keepalive
+        Seconds between SSH keepalive packets (0 disables).
+    ssh_config
+        SSH client config file; default ``~/.ssh/config`` when it exists.
+    use_agent
+        Also offer ssh-agent keys.
+    **extra
+        Other inventory keys (python, workdir, ...) are accepted and kept in :attr:`extra`.
+    """
+
+    name = "ssh"
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        user: str | None = None,
+        key: str | os.PathLike[str] | None = None,
+        known_hosts: str | os.PathLike[str] | None = None,
+        trust_new_host: bool = False,
+        device: str | None = None,
+        connect_timeout: float = 15.0,
+        keepalive: float = 5.0,
+        ssh_config: str | os.PathLike[str] | None = None,
+        use_agent: bool = True,
+        **extra: Any,
+    ) -> None:
+        if not host:
+            raise DeviceError("ssh transport needs a host; add host = \"<name or address>\" to the inventory entry")
+        self.alias = host
+        self.device = device or host
+        self.trust_new_host = bool(trust_new_host)
+        self.connect_timeout = float(connect_timeout)
+        self.keepalive = float(keepalive)
+        self.use_agent = bool(use_agent)
+        self.extra = extra
+        home = Path(os.path.expanduser("~"))
+        cfg_path = Path(ssh_config).expanduser() if ssh_config else home / ".ssh" / "config"
+        cfg: dict[str, Any] = {}
+        if cfg_path.is_file():
+            try:
+                cfg = dict(paramiko.SSHConfig.from_path(str(cfg_path)).lookup(host))
+            except Exception as exc:  # paramiko raises plain exceptions on bad config lines
+                raise DeviceError(f"cannot read SSH config {cfg_path}: {exc}; fix or move the file") from exc
+        self.hostname: str = str(cfg.get("hostname", host))
+        try:
+            self.port: int = int(port if port is not None else cfg.get("port", 22))
+        except ValueError as exc:
+            raise DeviceError(f"device {self.device!r}: port must be an integer, got {port!r}") from exc
+        self.user: str = str(user or cfg.get("user") or getpass.getuser())
+        if key:
+            self.keys: list[str] = [str(Path(key).expanduser())]
+        else:
+            self.keys = [str(Path(k).expanduser()) for k in cfg.get("identityfile", [])]
+        for k in self.keys:
+            if key and not Path(k).is_file():
+                raise DeviceError(f"device {self.device!r}: SSH key file {k} not found; fix 'key' in the inventory")
+        self.user_known_hosts = home / ".ssh" / "known_hosts"
+        self.known_hosts: Path | None = Path(known_hosts).expanduser() if known_hosts else None
+        self.record_file: Path = self.known_hosts or self.user_known_hosts
+        self.stats = TransferStats()
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._op_deadline = float("inf")  # monotonic end of the current operation (set by _deadline)
+        self._op_timeout = self.connect_timeout  # its timeout in s, for messages
+
+    # ------------------------------------------------------------------ connection and deadlines
+    def __repr__(self) -> str:
+        return f"SSHTransport({self.user}@{self.hostname}:{self.port}, device={self.device!r})"
+
+    @property
+    def where(self) -> str:
+        """``user@host:port`` for messages."""
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+    def record_host_key(self, name: str, key: paramiko.PKey) -> None:
+        """Append ``name key`` to :attr:`record_file` (created with mode 0600, its directory 0700)."""
+        path = self.record_file
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        line = paramiko.hostkeys.HostKeyEntry([name], key).to_line()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as f:
+            if f.tell() > 0:
+                with open(path, "rb") as r:
+                    r.seek(-1, os.SEEK_END)
+                    if r.read(1) != b"\n":
+                        f.write("\n")
+            f.write(line)
+        log.warning("trusted new host key of %s: %s %s (recorded in %s)", name, key.get_name(), fingerprint(key), path)
+
+    def _abort(self) -> None:
+        """Close the connection from the watchdog thread; any blocked paramiko call returns at once."""
+        with self._lock:
+            client, sock = self._client, self._sock
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - best effort from a timer thread
+                pass
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _drop(self) -> None:
+        """Forget the connection (after an abort or a lost link) so the next call reconnects."""
+        self._abort()
+        with self._lock:
+            self._client = self._sftp = self._sock = None
+
+    @contextmanager
+    def _deadline(self, timeout: float, what: str, shown: float | None = None) -> Iterator[None]:
+        """Run the body within ``timeout`` s; a watchdog closes the connection when it passes.
+
+        ``shown`` is the deadline named in messages (the caller's, when ``timeout`` adds a grace).
+
+        Raises
+        ------
+        DeviceError
+            "did not answer within N s" when the watchdog fired; "connection lost" for other link errors.
+        """
+        if timeout <= 0:
+            raise DeviceError(f"{what} on device {self.device!r}: timeout must be > 0 s, got {timeout}")
+        fired = threading.Event()
+        shown = timeout if shown is None else shown
+
+        def fire() -> None:
+            fired.set()
+            self._abort()
+
+        timer = threading.Timer(timeout, fire)
+        timer.daemon = True
+        self._op_deadline, self._op_timeout = time.monotonic() + shown, shown
+        timer.start()
+        try:
+            yield
+        except DeviceError as exc:
+            if fired.is_set():
+                self._drop()
+                raise DeviceError(self._no_answer(shown, what)) from exc
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._drop()
+            if fired.is_set():
+                raise DeviceError(self._no_answer(shown, what)) from exc
+            raise DeviceError(
+                f"connection to device {self.device!r} ({self.where}) was lost during {what}: "
+                f"{type(exc).__name__}: {exc or 'closed'}; check that the device is up and sshd runs"
+            ) from exc
+        finally:
+            timer.cancel()
+        if fired.is_set():  # the body finished but the watchdog closed the link under it
+            self._drop()
+            raise DeviceError(self._no_answer(shown, what))
+
+    def _no_answer(self, timeout: float, what: str) -> str:
+        return f"device {self.device!r} ({self.where}) did not answer within {timeout:g} s during {what}; check the link"
+
+    def _connected(self) -> paramiko.SSHClient:
+        """The live client, connecting first if needed. Call inside :meth:`_deadline`."""
+        client = self._client
+        if client is not None:
+            t = client.get_transport()
+            if t is not None and t.is_active():
+                return client
+            self._drop()
+        return self._connect()
+
+    def _connect(self) -> paramiko.SSHClient:
+        try:
+            return self._open()
+        except BaseException:
+            self._drop()  # never keep a half-open client (failed host key, auth or handshake)
+            raise
+
+    def _open(self) -> paramiko.SSHClient:
+        # bounded by the operation's deadline too (the watchdog cannot close a socket still connecting)
+        limit = max(0.1, min(self.connect_timeout, self._op_deadline - time.monotonic()))
+        try:
+            sock = socket.create_connection((self.hostname, self.port), timeout=limit)
+        except TimeoutError as exc:
+            raise DeviceError(
+                f"device {self.device!r} ({self.where}) did not answer within {min(self.connect_timeout, self._op_timeout):g} s "
+                "during connect; "
+                "check the link and the address"
+            ) from exc
+        except OSError as exc:
+            raise DeviceError(
+                f"cannot reach device {self.device!r} at {self.hostname}:{self.port}: {exc.strerror or exc}; "
+                "check the address, the port and that sshd runs"
+            ) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms Nagle/delayed-ACK stalls
+        client = paramiko.SSHClient()
+        with self._lock:
+            self._sock, self._client = sock, client
+        for path in (self.user_known_hosts, self.known_hosts):
+            if path is not None and path.is_file():
+                try:
+                    client.get_host_keys().load(str(path))
+                except (OSError, paramiko.SSHException) as exc:
+                    raise HostKeyError(f"cannot read known_hosts file {path}: {exc}; fix or remove the bad line")
+        client.set_missing_host_key_policy(_HostKeyPolicy(self))
+        kw: dict[str, Any] = dict(
+            hostname=self.hostname,
+            port=self.port,
+            username=self.user,
+            sock=sock,
+            timeout=limit,
+            banner_timeout=limit,
+            auth_timeout=limit,
+            allow_agent=self.use_agent,
+            look_for_keys=not self.keys,
+        )
+        if self.keys:
+            kw["key_filename"] = self.keys
+        try:
+            client.connect(**kw)
+        except paramiko.BadHostKeyException as exc:
+            name = known_hosts_name(self.hostname, self.port)
+            raise HostKeyError(
+                f"host key of device {self.device!r} ({name}) CHANGED: known_hosts has {exc.expected_key.get_name()} "
+                f"{fingerprint(exc.expected_key)}, the device offered {exc.key.get_name()} {fingerprint(exc.key)}. "
+                "This may be a man-in-the-middle attack or a reinstalled device; edgelr never accepts a changed "
+                f"key. If the change is expected, remove the old entry: ssh-keygen -R '{name}' -f {self.record_file}"
+            ) from None
+        except paramiko.PasswordRequiredException:
+            raise DeviceError(
+                f"SSH key for device {self.device!r} is encrypted; load it into ssh-agent (ssh-add <key>) "
+                "and retry"
+            ) from None
+        except paramiko.AuthenticationException:
+            keys = ", ".join(self.keys) if self.keys else "the default keys"
+            agent = " and ssh-agent" if self.use_agent and os.environ.get("SSH_AUTH_SOCK") else ""
+            raise DeviceError(
+                f"SSH login as {self.where} (device {self.device!r}) was refused for {keys}{agent}; check the "
+                "user and that the public key is in the device's ~/.ssh/authorized_keys"
+            ) from None
+        transport = client.get_transport()
+        assert transport is not None
+        if self.keepalive > 0:
+            transport.set_keepalive(max(1, int(self.keepalive)))
+        self.stats.connects += 1
+        log.debug("connected to %s (%s)", self.device, self.where)
+        return client
+
+    def connect(self, timeout: float = 15.0) -> None:
+        """Open the connection now (it is otherwise opened by the first operation)."""
+        with self._deadline(timeout, "connect"):
+            self._connected()
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        self._drop()
+
+    # ------------------------------------------------------------------ commands
+    def run(self, cmd: Command, timeout: float, env: dict[str, str] | None = None) -> RunResult:
+        """Run ``cmd`` on the device within ``timeout`` s (connecting first if needed).
+
+        ``cmd`` is an argv list (each word quoted for the remote POSIX shell) or a shell string. The
+        remote shell is the session leader, so on timeout its whole process group is killed.
+
+        Returns
+        -------
+        RunResult
+            Exit code, stdout and stderr (UTF-8, undecodable bytes replaced), wall duration in s.
+
+        Raises
+        ------
+        DeviceError
+            The command did not finish within ``timeout`` s (it is killed), or the link died.
+        """
+        line = to_shell(cmd)
+        what = f"run of {_short(line)!r}"
+        for k in env or {}:
+            if not k.isidentifier():
+                raise DeviceError(f"{what}: environment variable name {k!r} is not valid; use letters, digits and _")
+        prefix = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+        remote = f"echo {_PID_MARKER}$$ >&2; {prefix}{line}"
+        t0 = time.monotonic()
+        with self._deadline(timeout + KILL_GRACE_S, what, shown=timeout):
+            client = self._connected()
+            transport = client.get_transport()
+            assert transport is not None
+            chan = transport.open_session(timeout=max(0.1, timeout - (time.monotonic() - t0)))
+            try:
+                chan.exec_command(remote)
+                code, out, err = _drain(chan, t0 + timeout)
+            finally:
+                chan.close()
+            if code is None:
+                # Still running, or the link is dead: a kill that gets through tells which.
+                pid = _pid_from(err)
+                try:
+                    killed = pid is not None and self._kill_group(client, pid)
+                except (OSError, EOFError, paramiko.SSHException):
+                    killed = False
+                if not killed:
+                    self._drop()
+                    raise DeviceError(self._no_answer(timeout, what))
+                raise DeviceError(
+                    f"{what} on device {self.device!r} did not finish within {timeout:g} s and was stopped; "
+                    "raise the timeout or check the device"
+                )
+        return RunResult(
+            exit_code=code,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=_strip_marker(err).decode("utf-8", "replace"),
+            duration_s=time.monotonic() - t0,
+        )
+
+    def _kill_group(self, client: paramiko.SSHClient, pid: int) -> bool:
+        """Kill the remote process group ``pid`` (TERM, then KILL); True when the device confirmed it.
+
+        Bounded by :data:`KILL_GRACE_S` and by the caller's watchdog.
+        """
+        transport = client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        deadline = time.monotonic() + KILL_GRACE_S
+        chan = transport.open_session(timeout=KILL_GRACE_S)
+        try:
+            chan.exec_command(
+                f"kill -TERM -- -{pid} 2>/dev/null || exit 0; sleep 0.2; kill -KILL -- -{pid} 2>/dev/null; exit 0"
+            )
+            code, _, _ = _drain(chan, deadline)
+        finally:
+            chan.close()
+        return code is not None
+
+    # ------------------------------------------------------------------ files
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        client = self._connected()
+        if self._sftp is None or self._sftp.sock.closed:
+            self._sftp = client.open_sftp()
+        return self._sftp
+
+    def remote_sha256(self, remote: str, timeout: float) -> str | None:
+        """sha256 (hex) of the remote file, or None when it does not exist."""
+        res = self.run(_sha_command(_remote_path(remote)), timeout)
+        return _parse_sha(res.stdout)
+
+    def push(self, local: Path, remote: str, timeout: float, mode: int = 0o644) -> bool:
+        """Copy ``local`` to ``remote`` atomically (temp name in the same directory, then rename).
+
+        Parent directories are created. When the remote file's sha256 already equals the local one
+        nothing is sent and False is returned; True when the file was sent.
+
+        Raises
+        ------
+        DeviceError
+            ``local`` missing, remote side not writable, or the link died / passed the deadline.
+        """
+        local = Path(local)
+        if not local.is_file():
+            raise DeviceError(f"push to device {self.device!r}: local file {local} does not exist")
+        path = _remote_path(remote)
+        what = f"push of {local} to {remote}"
+        t0 = time.monotonic()
+        with open(local, "rb") as f, self._deadline(timeout, what):
+            digest, size = _sha256_file(f)
+            parent = posixpath.dirname(path)
+            mk = f"mkdir -p -- {shlex.quote(parent)} && " if parent else ""
+            res = self._run_inner(f"{mk}{_sha_command(path)}", t0 + timeout)
+            if res.exit_code != 0:
+                raise DeviceError(
+                    f"{what}: cannot prepare the remote directory on device {self.device!r}: "
+                    f"{res.stderr.strip() or 'exit ' + str(res.exit_code)}; check the path and permissions"
+                )
+            if _parse_sha(res.stdout) == digest:
+                self.stats.skipped += 1
+                return False
+            sftp = self._sftp_client()
+            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.edgelr-{secrets.token_hex(4)}.tmp")
+            try:
+                _put(sftp, f, tmp, size)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+            except OSError as exc:
+                if not _is_sftp_status(exc):
+                    raise  # a link error: _deadline reports it
+                _try_remove(sftp, tmp)
+                raise DeviceError(f"{what} failed on device {self.device!r}: {exc}; check the path and permissions") from exc
+        self.stats.pushes += 1
+        self.stats.bytes_sent += size
+        return True
+
+    def pull(self, remote: str, local: Path, timeout: float) -> None:
+        """Copy ``remote`` to ``local`` (written to a temp file, then renamed; parents created)."""
+        local = Path(local)
+        what = f"pull of {remote} to {local}"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.edgelr-{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as f, self._deadline(timeout, what):
+                sftp = self._sftp_client()
+                try:
+                    sftp.getfo(_remote_path(remote), f)
+                except (FileNotFoundError, PermissionError) as exc:
+                    raise DeviceError(f"{what}: {remote} is not readable on device {self.device!r} ({exc})") from exc
+            os.replace(tmp, local)
+            self.stats.bytes_received += local.stat().st_size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _run_inner(self, line: str, deadline: float) -> RunResult:
+        """Run a shell line on the open connection inside an active :meth:`_deadline` (no kill)."""
+        t0 = time.monotonic()
+        transport = self._connected().get_transport()
+        assert transport is not None
+        chan = transport.open_session(timeout=max(0.1, deadline - t0))
+        try:
+            chan.exec_command(line)
+            code, out, err = _drain(chan, deadline)
+        finally:
+            chan.close()
+        if code is None:
+            raise DeviceError(f"{_short(line)!r} did not finish on device {self.device!r} in time")
+        return RunResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - t0)
+
+
+def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, bytes]:
+    """Read stdout and stderr until the command exits and both streams end, or ``deadline`` passes.
+
+    Draining while waiting matters: ``recv_exit_status`` alone can hang when the remote blocks on a
+    full pipe. Returns ``(exit_code, stdout, stderr)``; exit_code None when the deadline passed.
+    """
+    out: list[bytes] = []
+    err: list[bytes] = []
+    while True:
+        busy = False
+        while chan.recv_ready():
+            out.append(chan.recv(_CHUNK))
+            busy = True
+        while chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(_CHUNK))
+            busy = True
+        if chan.exit_status_ready() and (chan.eof_received or chan.closed) and not (
+            chan.recv_ready() or chan.recv_stderr_ready()
+        ):
+            return chan.recv_exit_status(), b"".join(out), b"".join(err)
+        if chan.closed and not chan.exit_status_ready():
+            raise EOFError("the channel closed before the command reported an exit status")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, b"".join(out), b"".join(err)
+        if not busy:
+            select.select([chan], [], [], min(left, 0.02))
+
+
+def _put(sftp: paramiko.SFTPClient, f: BinaryIO, remote: str, size: int) -> None:
+    """Write ``f`` to ``remote`` over SFTP, pipelined, and check the remote size."""
+    with sftp.file(remote, "wb") as rf:
+        rf.set_pipelined(True)
+        while True:
+            data = f.read(_CHUNK * 4)
+            if not data:
+                break
+            rf.write(data)
+    got = sftp.stat(remote).st_size
+    if got != size:
+        raise IOError(f"size mismatch after upload: {got} of {size} bytes arrived")
+
+
+def _is_sftp_status(exc: OSError) -> bool:
+    """True for an SFTP status error (permission, missing path, failure); False for a socket error."""
+    return isinstance(exc, (PermissionError, FileNotFoundError)) or type(exc) is OSError and exc.errno is None
+
+
+def _try_remove(sftp: paramiko.SFTPClient, path: str) -> None:
+    try:
+        sftp.remove(path)
+    except (OSError, paramiko.SSHException):
+        pass
+
+
+_SHA_CACHE: dict[tuple[int, int, int, int], str] = {}
+
+
+def _sha256_file(f: BinaryIO) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of an open file; cached by (device, inode, size, mtime_ns).
+
+    Leaves ``f`` at offset 0. The cache spares re-hashing a model every time it is benchmarked.
+    """
+    st = os.fstat(f.fileno())
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    hexdigest = _SHA_CACHE.get(key)
+    if hexdigest is None:
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        f.seek(0)
+        hexdigest = h.hexdigest()
+        if len(_SHA_CACHE) > 256:
+            _SHA_CACHE.clear()
+        _SHA_CACHE[key] = hexdigest
+    return hexdigest, st.st_size
+
+
+def _remote_path(remote: str) -> str:
+    """``~/x`` -> ``x`` (both exec and SFTP start in the login directory); other paths unchanged."""
+    if remote == "~":
+        return "."
+    if remote.startswith("~/"):
+        return remote[2:] or "."
+    return remote
+
+
+_PY_SHA = "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
+
+
+def _sha_command(path: str) -> str:
+    """Shell line printing the sha256 hex of ``path`` (read via stdin: no name escaping), or nothing."""
+    q = shlex.quote(path)
+    return (
+        f"if [ -f {q} ]; then sha256sum < {q} 2>/dev/null || python3 -c {shlex.quote(_PY_SHA)} < {q} "
+        "2>/dev/null || true; fi"
+    )
+
+
+def _parse_sha(text: str) -> str | None:
+    word = text.strip().split()[0] if text.strip() else ""
+    return word.lower() if len(word) == 64 and all(c in "0123456789abcdefABCDEF" for c in word) else None
+
+
+def _pid_from(err: bytes) -> int | None:
+    first = err.split(b"\n", 1)[0].decode("ascii", "replace")
+    if first.startswith(_PID_MARKER) and first[len(_PID_MARKER):].isdigit():
+        return int(first[len(_PID_MARKER):])
+    return None
+
+
+def _strip_marker(err: bytes) -> bytes:
+    first, _, rest = err.partition(b"\n")
+    return rest if first.startswith(_PID_MARKER.encode()) else err
+
+
+def _short(line: str, n: int = 80) -> str:
+    return line if len(line) <= n else line[: n - 3] + "..."

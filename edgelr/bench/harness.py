@@ -1,0 +1,250 @@
+"""Harnesses: how one OS/tool combination runs a benchmark program on a device.
+
+The orchestration (:mod:`edgelr.bench.run`) is transport- and OS-agnostic; everything that depends on
+the device's OS or the benchmark tool sits behind :class:`Harness`:
+
+* ``prepare``: push the program (and a small POSIX-sh wrapper), find its version;
+* ``command``: the shell line that runs one model with threads/runs/warm-up and CPU affinity;
+* ``parse``: the program's output -> :class:`~edgelr.bench.parse.BenchOutput` plus the peak RSS.
+
+Harnesses are registered under ``"<os>/<tool>"`` (``linux/runner``, ``linux/benchmark_model``; an Android
+module adds ``android/benchmark_model``). :func:`select_harness` imports ``edgelr.bench.harness_<os>``
+on first use when the key is not registered yet.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import re
+import shlex
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from device_agents.inventory import DeviceSpec
+from device_agents.transport import RunResult, Transport
+from edgelr.bench.parse import BenchOutput, parse_benchmark_output
+from edgelr.errors import BenchmarkError, DeviceError
+
+MEMWRAP_NAME = "edgelr_memwrap.sh"
+
+# POSIX sh only (dash, busybox, toybox/mksh): run "$@" in the background and sample its VmHWM (kB)
+# from /proc while it runs; VmHWM is gone once the process exits, so the last sample before exit counts.
+MEMWRAP_SH = r"""#!/bin/sh
+# edgelr memwrap: run a program and sample its peak resident set size (VmHWM) while it runs.
+# usage: sh edgelr_memwrap.sh INTERVAL_S PROGRAM [ARGS...]
+# prints EDGELR_VMHWM_KB=<kB> on stderr after the program ends; exits with the program's status.
+interval=$1
+shift
+"$@" &
+pid=$!
+peak=0
+while :; do
+  s=$(cat "/proc/$pid/status" 2>/dev/null) || break
+  case "$s" in
+    *"(zombie)"*|"") break ;;
+  esac
+  v=$(printf '%s\n' "$s" | sed -n 's/^VmHWM:[^0-9]*\([0-9][0-9]*\).*/\1/p')
+  if [ -n "$v" ] && [ "$v" -gt "$peak" ]; then peak=$v; fi
+  sleep "$interval"
+done
+wait "$pid"
+rc=$?
+echo "EDGELR_VMHWM_KB=$peak" >&2
+exit $rc
+"""
+
+def runner_path() -> Path:
+    """``device_agents/runner.py`` of this installation (shipped as package data)."""
+    spec = importlib.util.find_spec("device_agents.runner")
+    if spec is None or not spec.origin:
+        raise BenchmarkError("device_agents/runner.py is missing from this installation; reinstall edgelr")
+    return Path(spec.origin)
+
+
+_VMHWM = re.compile(r"^EDGELR_VMHWM_KB=(\d+)\s*$", re.M)
+
+
+@dataclass
+class ProgramInfo:
+    """The benchmark program on the device, ready to run."""
+
+    tool: str                  # frame column ``tool``: benchmark_model | litert_runner | android_bench
+    version: str
+    argv: list[str]            # how to start it, without model flags (e.g. [python3, /tmp/edgelr/runner.py])
+    taskset: bool = False      # the device has taskset
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HarnessOutput:
+    """Parsed output plus the wrapper's peak RSS sample (MB; NaN when not sampled)."""
+
+    bench: BenchOutput
+    vm_hwm_mb: float
+    vm_hwm_note: str
+
+
+class Harness(ABC):
+    """How one OS/tool combination runs the benchmark program (see module docstring)."""
+
+    key: str = "abstract"
+
+    def __init__(self, device: DeviceSpec) -> None:
+        self.device = device
+
+    @abstractmethod
+    def prepare(self, t: Transport, workdir: str, timeout: float) -> ProgramInfo:
+        """Push what the program needs into ``workdir``; return how to run it."""
+
+    @abstractmethod
+    def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
+                affinity_mask: str, poll_s: float, workdir: str) -> str:
+        """The shell line that benchmarks ``model`` (a path on the device)."""
+
+    @abstractmethod
+    def parse(self, prog: ProgramInfo, result: RunResult) -> HarnessOutput:
+        """The program's output -> typed result; BenchmarkError when it failed."""
+
+
+HARNESSES: dict[str, type[Harness]] = {}
+
+
+def register_harness(key: str) -> Callable[[type[Harness]], type[Harness]]:
+    """Class decorator: make a harness available for devices whose ``<os>/<tool>`` is ``key``."""
+
+    def deco(cls: type[Harness]) -> type[Harness]:
+        cls.key = key
+        HARNESSES[key] = cls
+        return cls
+
+    return deco
+
+
+def harness_key(device: DeviceSpec) -> str:
+    """``<os>/benchmark_model`` when the device names a benchmark binary, else ``<os>/runner``."""
+    return f"{device.os}/{'benchmark_model' if device.benchmark_binary else 'runner'}"
+
+
+def select_harness(device: DeviceSpec) -> Harness:
+    """The harness for ``device``; imports ``edgelr.bench.harness_<os>`` lazily when needed."""
+    key = harness_key(device)
+    if key not in HARNESSES:
+        try:
+            importlib.import_module(f"edgelr.bench.harness_{device.os}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edgelr.bench.harness_{device.os}":
+                raise
+    if key not in HARNESSES:
+        hint = ("set benchmark_binary to a LiteRT benchmark_model on the device"
+                if key.endswith("/runner") else "drop benchmark_binary to use edgelr's runner.py")
+        raise BenchmarkError(f"device '{device.name}' needs a '{key}' harness, which this edgelr does not have "
+                             f"(available: {', '.join(sorted(HARNESSES))}); {hint}")
+    return HARNESSES[key](device)
+
+
+def push_text(t: Transport, text: str, remote: str, timeout: float, mode: int = 0o755) -> bool:
+    """Push ``text`` as a file (sha256 skip as for any push)."""
+    with tempfile.TemporaryDirectory(prefix="edgelr-push-") as tmp:
+        local = Path(tmp) / Path(remote).name
+        local.write_text(text)
+        return t.push(local, remote, timeout=timeout, mode=mode)
+
+
+def check_run(t: Transport, cmd: str, timeout: float, what: str) -> RunResult:
+    """Run ``cmd``; DeviceError naming ``what`` when it exits non-zero."""
+    res = t.run(cmd, timeout=timeout)
+    if res.exit_code != 0:
+        detail = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        raise DeviceError(f"{what} failed on the device (exit {res.exit_code}): "
+                          f"{detail[-1] if detail else 'no output'}")
+    return res
+
+
+class LinuxHarness(Harness):
+    """Common part of Linux harnesses: the memwrap wrapper, taskset, output parsing."""
+
+    tool = "benchmark_model"
+
+    def _prepare_common(self, t: Transport, workdir: str, timeout: float) -> bool:
+        push_text(t, MEMWRAP_SH, f"{workdir}/{MEMWRAP_NAME}", timeout)
+        res = t.run("command -v taskset >/dev/null 2>&1 && echo yes", timeout=timeout)
+        return res.stdout.strip() == "yes"
+
+    def _wrap(self, prog: ProgramInfo, argv: list[str], affinity_mask: str, poll_s: float, workdir: str) -> str:
+        pinned = (["taskset", affinity_mask] if affinity_mask and prog.taskset else []) + argv
+        return shlex.join(["sh", f"{workdir}/{MEMWRAP_NAME}", f"{poll_s:g}", *pinned])
+
+    def parse(self, prog: ProgramInfo, result: RunResult) -> HarnessOutput:
+        m = _VMHWM.search(result.stderr)
+        stderr = _VMHWM.sub("", result.stderr)
+        bench = parse_benchmark_output(result.stdout, stderr, result.exit_code, program=prog.tool)
+        if prog.version and not bench.tool_version:
+            bench.tool_version = prog.version
+        hwm = int(m.group(1)) / 1024.0 if m and int(m.group(1)) > 0 else math.nan
+        note = "" if m and math.isfinite(hwm) else "VmHWM not sampled (the program ended before the first sample)"
+        return HarnessOutput(bench, hwm, note)
+
+
+@register_harness("linux/runner")
+class RunnerHarness(LinuxHarness):
+    """edgelr's ``device_agents/runner.py`` run by the device's python3 (needs ai-edge-litert there)."""
+
+    tool = "litert_runner"
+
+    def prepare(self, t: Transport, workdir: str, timeout: float) -> ProgramInfo:
+        taskset = self._prepare_common(t, workdir, timeout)
+        remote = f"{workdir}/runner.py"
+        t.push(runner_path(), remote, timeout=timeout, mode=0o755)
+        argv = [self.device.python, remote]
+        res = t.run(shlex.join([*argv, "--version"]), timeout=timeout)
+        if res.exit_code != 0:
+            detail = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
+            if res.exit_code == 3 or "ai-edge-litert is not installed" in detail:
+                raise BenchmarkError(f"device '{self.device.name}' has no ai-edge-litert for "
+                                     f"{self.device.python}; install it on the device: "
+                                     f"{self.device.python} -m pip install ai-edge-litert "
+                                     f"(or set benchmark_binary in the inventory)")
+            raise BenchmarkError(f"cannot run {self.device.python} on device '{self.device.name}' "
+                                 f"(exit {res.exit_code}: {detail}); install python3 or set python = \"...\" "
+                                 f"in the inventory")
+        return ProgramInfo(self.tool, res.stdout.strip(), argv, taskset)
+
+    def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
+                affinity_mask: str, poll_s: float, workdir: str) -> str:
+        argv = [*prog.argv, f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}",
+                f"--warmup_runs={warmup}", f"--use_xnnpack={'true' if use_xnnpack else 'false'}"]
+        return self._wrap(prog, argv, affinity_mask, poll_s, workdir)
+
+
+@register_harness("linux/benchmark_model")
+class BenchmarkModelHarness(LinuxHarness):
+    """LiteRT's C++ ``benchmark_model`` binary at ``benchmark_binary`` (pushed from ``benchmark_binary_local``)."""
+
+    tool = "benchmark_model"
+
+    def prepare(self, t: Transport, workdir: str, timeout: float) -> ProgramInfo:
+        taskset = self._prepare_common(t, workdir, timeout)
+        binary = self.device.benchmark_binary
+        if self.device.benchmark_binary_local:
+            local = Path(self.device.benchmark_binary_local).expanduser()
+            if not local.is_file():
+                raise BenchmarkError(f"benchmark_binary_local {local} does not exist; fix the inventory entry "
+                                     f"of device '{self.device.name}'")
+            t.push(local, binary, timeout=timeout, mode=0o755)
+        res = t.run(f"test -x {shlex.quote(binary)} && echo ok", timeout=timeout)
+        if res.stdout.strip() != "ok":
+            raise BenchmarkError(f"benchmark_binary {binary} is missing or not executable on device "
+                                 f"'{self.device.name}'; copy a LiteRT benchmark_model there and chmod +x it")
+        # benchmark_model has no --version; its STARTING! banner carries none either. Record the path.
+        return ProgramInfo(self.tool, f"benchmark_model at {binary}", [binary], taskset)
+
+    def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
+                affinity_mask: str, poll_s: float, workdir: str) -> str:
+        argv = [*prog.argv, f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}",
+                f"--warmup_runs={warmup}", f"--use_xnnpack={'true' if use_xnnpack else 'false'}"]
+        return self._wrap(prog, argv, affinity_mask, poll_s, workdir)

@@ -1,0 +1,318 @@
+"""Benchmark orchestration: models x repeats on one device -> the long results frame.
+
+For each model and repeat: wait until the device is cooler than ``cooldown_c``, read temperatures and
+the energy sensor, time the throttling canary, run the benchmark program through its harness (pinned
+with ``taskset`` to the target's affinity mask where the device has it, peak RSS sampled from /proc while
+it runs), read the sensors again and turn everything into rows of :mod:`edgelr.bench.frame`.
+
+Transport- and OS-agnostic: everything OS/tool specific is in :mod:`edgelr.bench.harness`.
+Results already gathered survive a failing model: they are written to ``settings.out`` after every
+repeat, and the error raised at the end carries them (``exc.partial_frame``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from device_agents import probes
+from device_agents.inventory import DeviceSpec
+from device_agents.transport import Transport
+from edgelr.bench.frame import METRICS, new_run_id, to_frame, write_frame
+from edgelr.bench.harness import HarnessOutput, ProgramInfo, check_run, select_harness
+from edgelr.bench.parse import BenchOutput
+from edgelr.errors import BenchmarkError, DeviceError, UsageError
+from edgelr.targets import get_target
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+NAN = float("nan")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to run and how. Times in seconds, temperatures in degrees C.
+
+    ``threads`` None takes the target profile's; ``affinity_mask`` None takes the device's, else the
+    target's. ``sensor_root`` prefixes ``/sys`` paths (tests point it at a fixture tree).
+    """
+
+    threads: int | None = None
+    runs: int = 50
+    warmup: int = 1
+    repeat: int = 1
+    cooldown_c: float = 45.0
+    cooldown_timeout_s: float = 300.0
+    cooldown_poll_s: float = 5.0
+    use_xnnpack: bool = True
+    timeout_s: float | None = None
+    memory_poll_s: float = 0.05
+    canary: bool = True
+    affinity_mask: str | None = None
+    out: Path | None = None
+    run_id: str | None = None
+    sensor_root: str = ""
+    vcgencmd: str = "vcgencmd"
+    targets_file: str | None = None
+
+    def validate(self) -> None:
+        for name, low in (("runs", 1), ("warmup", 0), ("repeat", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise UsageError(f"--{name} {value!r}: expected an integer >= {low}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UsageError(f"--threads {self.threads!r}: expected an integer >= 1")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Rows:
+    """Collects frame rows sharing the columns of one (model, repeat)."""
+
+    def __init__(self, common: dict[str, Any]) -> None:
+        self.common = common
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, metric: str, value: float, note: str = "", sample: int = -1) -> None:
+        v = float(value) if value is not None else NAN
+        self.rows.append({**self.common, "metric": metric, "sample": sample, "value": v,
+                          "unit": METRICS[metric], "note": note if (note or math.isfinite(v)) else "not reported",
+                          "timestamp": self.common["timestamp"]})
+
+
+def _latency_rows(rows: _Rows, bench: BenchOutput) -> None:
+    """Per-run samples and aggregates; aggregates come from the samples when there are any."""
+    delegates = "; ".join(f"{d.name} {d.replaced}/{d.total} nodes, {d.partitions} partition(s)"
+                          for d in bench.delegates)
+    rows.add("init", bench.init_ms)
+    rows.add("first_inference", bench.first_inference_ms)
+    rows.add("warmup_avg", bench.warmup_avg_ms if math.isfinite(bench.warmup_avg_ms)
+             else (bench.warmup.avg if bench.warmup else NAN))
+    if bench.samples_ms:
+        s = np.asarray(bench.samples_ms, dtype=np.float64)
+        for i, v in enumerate(s):
+            rows.add("latency", float(v), sample=i)
+        rows.add("latency_avg", float(s.mean()), delegates)
+        rows.add("latency_min", float(s.min()))
+        rows.add("latency_max", float(s.max()))
+        rows.add("latency_std", float(s.std(ddof=1)) if s.size > 1 else 0.0)
+        rows.add("latency_median", float(np.median(s)))
+        rows.add("latency_p90", float(np.percentile(s, 90)))
+        rows.add("latency_p95", float(np.percentile(s, 95)))
+        return
+    st = bench.inference
+    no_samples = f"{bench.tool} prints no per-run samples"
+    rows.add("latency_avg", bench.latency_avg_ms, delegates)
+    rows.add("latency_min", st.min if st else NAN, "" if st else no_samples)
+    rows.add("latency_max", st.max if st else NAN, "" if st else no_samples)
+    rows.add("latency_std", st.std if st else NAN, "" if st else no_samples)
+    rows.add("latency_median", st.median if st else NAN, "" if st and math.isfinite(st.median) else
+             f"{bench.tool} build prints no median")
+    rows.add("latency_p90", NAN, f"{no_samples}; p90 needs them")
+    rows.add("latency_p95", st.p95 if st else NAN, "" if st and math.isfinite(st.p95) else
+             f"{bench.tool} build prints no p95")
+
+
+@dataclass
+class _Session:
+    """What is set up once per device: the program, sensors, canary baseline."""
+
+    prog: ProgramInfo
+    workdir: str
+    threads: int
+    mask: str
+    meter: probes.EnergyMeter
+    canary_baseline_ms: float
+
+
+def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, progress: Progress,
+           harness: Any, threads: int, mask: str) -> _Session:
+    workdir = device.remote_workdir
+    timeout = device.connect_timeout * 6
+    check_run(transport, f"mkdir -p {shlex.quote(workdir)}/models", timeout, f"creating workdir {workdir}")
+    prog = harness.prepare(transport, workdir, timeout=max(timeout, 120.0))
+    progress(f"device {device.name}: {prog.tool} ({prog.version})")
+    if mask and not prog.taskset:
+        prog.notes.append(f"affinity mask {mask} not applied: no taskset on the device")
+    meter = probes.find_energy_meter(transport, settings.sensor_root, settings.vcgencmd)
+    baseline = probes.run_canary(transport) if settings.canary else NAN
+    return _Session(prog, workdir, threads, mask, meter, baseline)
+
+
+def _one_run(device: DeviceSpec, transport: Transport, harness: Any, session: _Session, model: Path,
+             remote_model: str, sha: str, rep: int, settings: BenchSettings, run_id: str,
+             progress: Progress, target_name: str) -> list[dict[str, Any]]:
+    notes: list[str] = list(session.prog.notes)
+    cool = probes.wait_for_cooldown(transport, settings.cooldown_c, settings.cooldown_timeout_s,
+                                    settings.cooldown_poll_s, settings.sensor_root, settings.vcgencmd,
+                                    sleep=time.sleep)
+    if cool.waited_s > 1:
+        progress(f"  cooled down for {cool.waited_s:.0f} s ({cool.temp_c:.1f} C)")
+    if cool.note:
+        notes.append(cool.note)
+    canary = probes.run_canary(transport) if settings.canary else NAN
+    throttled = probes.is_throttled(canary, session.canary_baseline_ms)
+    if throttled and not math.isfinite(cool.temp_c):
+        notes.append("canary slower than 1.10 x baseline: CPU busy or throttled (no temperature sensor to "
+                     "cool down by)")
+    elif throttled:
+        progress(f"  canary {canary:.2f} ms > 1.10 x baseline {session.canary_baseline_ms:.2f} ms: cooling down")
+        cool = probes.wait_for_cooldown(transport, settings.cooldown_c - 5, settings.cooldown_timeout_s,
+                                        settings.cooldown_poll_s, settings.sensor_root, settings.vcgencmd)
+        canary = probes.run_canary(transport)
+        throttled = probes.is_throttled(canary, session.canary_baseline_ms)
+    temps_before = probes.read_temperatures(transport, settings.sensor_root, settings.vcgencmd)
+    e_before = session.meter.read(transport)
+    cmd = harness.command(session.prog, remote_model, session.threads, settings.runs, settings.warmup,
+                          settings.use_xnnpack, session.mask, settings.memory_poll_s, session.workdir)
+    result = transport.run(cmd, timeout=settings.timeout_s or device.command_timeout)
+    e_after = session.meter.read(transport)
+    temps_after = probes.read_temperatures(transport, settings.sensor_root, settings.vcgencmd)
+    hout: HarnessOutput = harness.parse(session.prog, result)
+    bench = hout.bench
+    thr_state = probes.read_throttled(transport, settings.vcgencmd)
+
+    rows = _Rows({"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "device": device.name, "target": target_name, "transport": device.transport,
+                  "model": model.stem, "model_sha256": sha, "repeat": rep, "tool": session.prog.tool,
+                  "tool_version": session.prog.version if session.prog.tool == "litert_runner"
+                  else (bench.tool_version or session.prog.version), "threads": session.threads})
+    _latency_rows(rows, bench)
+    runner_rec = bench.extra.get("runner")
+    runner_hwm = float(runner_rec.get("vm_hwm_mb", NAN)) if isinstance(runner_rec, dict) else NAN
+    candidates = [v for v in (hout.vm_hwm_mb, runner_hwm) if math.isfinite(v)]
+    peak = max(candidates) if candidates else NAN
+    peak_note = (f"VmHWM sampled every {settings.memory_poll_s:g} s"
+                 + (" and read by the runner at exit" if math.isfinite(runner_hwm) else "")
+                 if candidates else hout.vm_hwm_note)
+    rows.add("peak_memory", peak, peak_note)
+    rows.add("tool_peak_memory", bench.peak_memory_mb,
+             "" if math.isfinite(bench.peak_memory_mb) else f"{bench.tool} did not report it")
+    rows.add("tool_memory_init", bench.memory_init_mb)
+    rows.add("tool_memory_overall", bench.memory_overall_mb)
+    no_temp = "no temperature sensor"
+    rows.add("temp_before", probes.max_temperature(temps_before), "" if temps_before else no_temp)
+    rows.add("temp_after", probes.max_temperature(temps_after), "" if temps_after else no_temp)
+    thr_notes = []
+    if math.isfinite(canary):
+        thr_notes.append(f"canary {canary:.2f} ms vs baseline {session.canary_baseline_ms:.2f} ms")
+    if thr_state is not None:
+        thr_notes.append(f"get_throttled=0x{thr_state.raw:x} ({', '.join(thr_state.now) or 'ok'})")
+        throttled = throttled or thr_state.throttled_now
+    if not math.isfinite(canary) and thr_state is None:
+        rows.add("throttled", NAN, "no canary (date lacks %N) and no vcgencmd")
+    else:
+        rows.add("throttled", 1.0 if throttled else 0.0, "; ".join(thr_notes))
+    rows.add("canary", canary, "" if math.isfinite(canary) else "canary not timed (date lacks %N or --no-canary)")
+    energy = probes.energy_between(e_before, e_after, session.meter.note)
+    lat = bench.latency_avg_ms
+    rows.add("energy_per_inference", energy.per_inference_mj(lat),
+             (f"avg power x mean latency; {energy.note}" if math.isfinite(energy.avg_power_w) else energy.note))
+    rows.add("avg_power", energy.avg_power_w, energy.note)
+    rows.add("model_size", float(model.stat().st_size))
+    if notes:
+        for r in rows.rows:
+            if r["metric"] == "latency_avg":
+                r["note"] = "; ".join(x for x in [r["note"], *notes] if x)
+    return rows.rows
+
+
+def benchmark(device: DeviceSpec, transport: Transport, models: list[Path], settings: BenchSettings,
+              progress: Progress | None = None) -> "pd.DataFrame":
+    """Benchmark ``models`` on ``device`` and return the long results frame.
+
+    Parameters
+    ----------
+    device
+        Inventory entry (OS, target profile, benchmark program, workdir).
+    transport
+        An open transport to the device.
+    models
+        Local ``.tflite`` files; pushed into ``<workdir>/models`` (sha256 skip).
+    settings
+        Threads, runs, warm-up, repeats, cool-down, output file.
+    progress
+        Receives one-line progress messages (the CLI prints them on stderr).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`edgelr.bench.frame.COLUMNS`; per model and repeat ``settings.runs`` rows of metric
+        ``latency`` (when the program prints per-run samples) plus aggregates (sample = -1).
+
+    Raises
+    ------
+    BenchmarkError
+        After all models were tried, when any failed; ``exc.partial_frame`` holds the rows gathered.
+    DeviceError
+        The device became unreachable; ``exc.partial_frame`` holds the rows gathered so far.
+    """
+    settings.validate()
+    say: Progress = progress or (lambda _msg: None)
+    for m in models:
+        if not Path(m).is_file():
+            raise UsageError(f"model file {m} does not exist; pass .tflite files")
+    target = get_target(device.target, settings.targets_file)
+    threads = settings.threads or (target.threads if target.threads > 0 else 1)
+    mask = settings.affinity_mask if settings.affinity_mask is not None else (
+        device.affinity_mask if device.affinity_mask is not None else target.affinity_mask)
+    run_id = settings.run_id or new_run_id()
+    harness = select_harness(device)
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def keep() -> None:
+        if settings.out is not None and rows:
+            write_frame(to_frame(rows), settings.out)
+
+    try:
+        session = _setup(device, transport, settings, say, harness, threads, mask)
+        for model in map(Path, models):
+            sha = sha256_of(model)
+            remote = f"{session.workdir}/models/{sha[:12]}-{model.name}"
+            pushed = transport.push(model, remote, timeout=max(device.connect_timeout * 6, 120.0))
+            say(f"{model.name}: {'pushed' if pushed else 'already on the device'}")
+            for rep in range(settings.repeat):
+                say(f"{model.name}: run {rep + 1}/{settings.repeat} ({settings.runs} runs, {threads} thread(s))")
+                try:
+                    new = _one_run(device, transport, harness, session, model, remote, sha, rep, settings,
+                                   run_id, say, target.name)
+                except BenchmarkError as exc:
+                    failures.append(f"{model.name}: {exc}")
+                    say(f"{model.name}: failed (reported at the end)")
+                    break
+                rows.extend(new)
+                keep()
+                avg = next(r["value"] for r in new if r["metric"] == "latency_avg")
+                say(f"{model.name}: run {rep + 1}: {avg:.3f} ms avg")
+    except (DeviceError, OSError, KeyboardInterrupt) as exc:
+        keep()
+        if isinstance(exc, DeviceError):
+            if rows and settings.out is not None:
+                wrapped = type(exc)(f"{exc} ({len(rows)} result rows kept in {settings.out})")
+                wrapped.partial_frame = to_frame(rows)  # type: ignore[attr-defined]
+                raise wrapped from exc
+            exc.partial_frame = to_frame(rows)  # type: ignore[attr-defined]
+        raise
+    frame = to_frame(rows)
+    if failures:
+        kept = f"; {len(rows)} result rows of the other models kept" + (f" in {settings.out}" if settings.out else "")
+        err = BenchmarkError(f"{len(failures)} benchmark(s) failed: {' | '.join(failures)}" + (kept if rows else ""))
+        err.partial_frame = frame  # type: ignore[attr-defined]
+        raise err
+    return frame

@@ -1,0 +1,49 @@
+"""Low-rank decompositions of weights and rank selection (pure NumPy + tensorly; no Keras here).
+
+Matrices (Dense, 1x1 conv): :func:`truncated_svd`. Conv kernels ``(kh, kw, c_in, c_out)``:
+:func:`tucker2`, :func:`cp`, :func:`spatial_svd`. Ranks: :func:`parse_rank_policy` then
+:func:`select_matrix_rank` / :func:`select_tucker2_ranks` / :func:`select_cp_rank`, which use
+:func:`evbmf_rank` / :func:`energy_rank` on the spectrum. Compute a spectrum once
+(:func:`matrix_spectrum`, :func:`unfolding_spectra`) and pass it to both the selector and the
+decomposition to avoid factorizing a layer twice.
+
+Every function raises :class:`edgelr.errors.FactorizeError` on bad input.
+"""
+
+from edgelr.factorize.cp import CPResult, cp, max_cp_rank
+from edgelr.factorize.ranks import (
+    RankPolicy,
+    parse_rank_policy,
+    select_cp_rank,
+    select_matrix_rank,
+    select_tucker2_ranks,
+)
+from edgelr.factorize.spectrum import Spectrum, matrix_spectrum, mode_unfolding, unfolding_spectra
+from edgelr.factorize.svd import SpatialSVDResult, SVDResult, spatial_matrix, spatial_svd, truncated_svd
+from edgelr.factorize.tucker import Tucker2Result, tucker2
+from edgelr.factorize.vbmf import energy_rank, evbmf_rank, evbmf_rank_from_singular_values
+
+__all__ = [
+    "CPResult",
+    "RankPolicy",
+    "SVDResult",
+    "SpatialSVDResult",
+    "Spectrum",
+    "Tucker2Result",
+    "cp",
+    "energy_rank",
+    "evbmf_rank",
+    "evbmf_rank_from_singular_values",
+    "matrix_spectrum",
+    "max_cp_rank",
+    "mode_unfolding",
+    "parse_rank_policy",
+    "select_cp_rank",
+    "select_matrix_rank",
+    "select_tucker2_ranks",
+    "spatial_matrix",
+    "spatial_svd",
+    "truncated_svd",
+    "tucker2",
+    "unfolding_spectra",
+]

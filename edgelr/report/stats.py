@@ -1,0 +1,456 @@
+"""Regression statistics: is the current run worse than its baseline, and where did a step begin?
+
+Decision rule for a metric with per-run samples (``latency``, one value per timed inference):
+
+1. **Significance**: one-sided Mann-Whitney U test in the *worse* direction (current stochastically
+   larger for lower-is-better metrics, smaller for higher-is-better), ``p < alpha``. One-sided because
+   the question asked is only "did it get worse?": an improvement must never raise the alarm, and at the
+   same alpha a one-sided test has more power for the direction we care about. Improvements are still
+   reported (by the mirrored test) but never fail a run.
+2. **Effect**: the shift is estimated as a ratio, ``exp(HL(log current - log baseline)) - 1``, with HL
+   the Hodges-Lehmann estimator (median of all pairwise differences of the log samples), and its
+   distribution-free confidence interval from the same U statistic (Bauer 1972; normal approximation of
+   the U distribution, valid for ``n >= min_samples``). The effect counts as beyond the threshold when
+   the interval reaches it (``ci_high >= threshold`` for a slow-down): the data are significantly worse
+   and compatible with a change at least as large as the threshold. With the point estimate instead
+   (``effect_rule="point"``) a true change of exactly the threshold is flagged only ~50% of the time,
+   whatever the number of runs; ``tests/perf/bench_detection.py`` measures both rules.
+3. Fewer than ``min_samples`` on either side: no test; compared by threshold only, and said so.
+
+Metrics without samples (peak_memory, energy, accuracy, model_size...) are compared by threshold only
+(median of the current values vs median of the baseline values) and the verdict says ``threshold-only``.
+
+``alpha`` defaults to 0.01: between asv (0.002) and Google benchmark's compare.py (0.05)
+(REFERENCE.md section 5); with the CI effect gate it gives power >= 95% for a 5% slow-down at CV 3%
+with 20 runs per side and < 1% false alarms (measured by ``tests/perf/bench_detection.py``).
+
+Change points: :func:`segment_l1` fits piecewise-constant segments to a series of per-run medians by
+minimising the L1 cost plus a penalty per segment (Potts model, as asv does), by dynamic programming.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+import numpy as np
+
+from edgelr.errors import HistoryError, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_ALPHA = 0.01
+"""Significance level of the one-sided Mann-Whitney U test (see the module docstring)."""
+MIN_SAMPLES = 8
+"""Fewest samples per side for the U test; below it a metric is compared by threshold only."""
+CI_LEVEL = 0.95
+"""Two-sided confidence level of the effect interval."""
+MAX_PAIRS = 4_000_000
+"""Above n_current * n_baseline pairwise differences, both sides are thinned to quantiles first."""
+
+METRIC_ALIASES: dict[str, str] = {"energy": "energy_per_inference", "memory": "peak_memory", "size": "model_size"}
+"""Threshold keys of a suite file -> metric names of the results frame."""
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"accuracy"})
+SAMPLED_METRICS: frozenset[str] = frozenset({"latency"})
+LATENCY_FALLBACKS = ("latency_median", "latency_avg")
+"""Aggregates used (threshold only) when a run has no per-run latency samples."""
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+@dataclass(frozen=True)
+class Threshold:
+    """A tolerated worsening: relative (``"5%"`` -> 0.05) or absolute (``"0.5pt"`` -> 0.5 metric units)."""
+
+    value: float
+    kind: Literal["rel", "abs"]
+    text: str
+
+
+_THRESHOLD_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(%|pt)\s*$")
+
+
+def parse_threshold(text: str | float, metric: str = "?") -> Threshold:
+    """Parse ``"5%"`` (relative) or ``"0.5pt"`` (absolute, in the metric's unit; points for accuracy)."""
+    m = _THRESHOLD_RE.match(str(text))
+    if not m:
+        raise UsageError(f"threshold for {metric} is {text!r}; expected a relative '5%' or an absolute "
+                         f"'0.5pt' (points of the metric's unit)")
+    v = float(m.group(1))
+    return Threshold(v / 100.0 if m.group(2) == "%" else v, "rel" if m.group(2) == "%" else "abs", m.group(0).strip())
+
+
+def metric_of(key: str) -> str:
+    """The results-frame metric a threshold key names (``energy`` -> ``energy_per_inference``)."""
+    from edgelr.bench.frame import METRICS
+
+    name = METRIC_ALIASES.get(key, key)
+    if name not in METRICS:
+        raise UsageError(f"threshold names metric {key!r}, which edgelr does not measure; expected one of "
+                         f"{sorted(set(METRICS) | set(METRIC_ALIASES))}")
+    return name
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+@dataclass
+class Verdict:
+    """Outcome of one (model, device, metric) comparison.
+
+    ``effect`` is relative (``current/baseline - 1``) for ``%`` thresholds and absolute (metric units)
+    for ``pt`` thresholds; positive means the metric value went up.
+    """
+
+    status: str                      # regression | improvement | ok | no-baseline | not-measured
+    method: str                      # mann-whitney-u | threshold-only (...)
+    effect: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p_value: float = math.nan
+    current: float = math.nan        # median of the current values
+    baseline: float = math.nan       # median of the baseline values
+    n_current: int = 0
+    n_baseline: int = 0
+    threshold: str = ""
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        d.update(self.extra)
+        return d
+
+
+def hodges_lehmann_log_ratio(current: np.ndarray, baseline: np.ndarray,
+                             ci_level: float = CI_LEVEL) -> tuple[float, float, float]:
+    """Ratio shift ``current/baseline - 1`` by Hodges-Lehmann on logs, with its U-based interval.
+
+    Parameters
+    ----------
+    current, baseline : ndarray, shapes (n,), (m,)
+        Positive samples (e.g. latencies in ms).
+    ci_level : float
+        Two-sided confidence level.
+
+    Returns
+    -------
+    (estimate, low, high) : tuple of float
+        Relative shifts (0.05 = 5% larger).
+    """
+    from scipy.stats import norm
+
+    x = np.log(np.asarray(current, float))
+    y = np.log(np.asarray(baseline, float))
+    x, y = _thin(x), _thin(y)
+    d = np.sort((x[:, None] - y[None, :]).ravel())
+    n1, n2, N = len(x), len(y), d.size
+    z = norm.ppf(0.5 + ci_level / 2)
+    k = int(math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12.0)))
+    k = min(max(k, 1), N)
+    lo, hi = d[k - 1], d[N - k]
+    return float(np.expm1(np.median(d))), float(np.expm1(lo)), float(np.expm1(hi))
+
+
+def _thin(a: np.ndarray) -> np.ndarray:
+    limit = int(math.sqrt(MAX_PAIRS))
+    if a.size <= limit:
+        return a
+    return np.quantile(a, (np.arange(limit) + 0.5) / limit)
+
+
+def compare_samples(current: Sequence[float], baseline: Sequence[float], threshold: Threshold, *,
+                    higher_is_better: bool = False, alpha: float = DEFAULT_ALPHA,
+                    min_samples: int = MIN_SAMPLES, ci_level: float = CI_LEVEL,
+                    effect_rule: Literal["ci", "point"] = "ci") -> Verdict:
+    """Compare per-run samples (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    current, baseline : sequence of float, shapes (n,), (m,)
+        Per-run samples of one metric (latency in ms), NaNs dropped.
+    threshold : Threshold
+        Relative thresholds use the log-ratio effect; absolute ones the plain shift (metric units).
+    """
+    from scipy.stats import mannwhitneyu
+
+    x = np.asarray([v for v in current if v == v], float)
+    y = np.asarray([v for v in baseline if v == v], float)
+    if x.size == 0 or y.size == 0:
+        return Verdict("not-measured" if x.size == 0 else "no-baseline", "mann-whitney-u", n_current=x.size,
+                       n_baseline=y.size, threshold=threshold.text,
+                       note="no current samples" if x.size == 0 else "no baseline samples")
+    if x.size < min_samples or y.size < min_samples:
+        v = compare_values(x, y, threshold, higher_is_better=higher_is_better)
+        v.method = f"threshold-only (n<{min_samples})"
+        v.note = (f"only {x.size} current / {y.size} baseline samples (< {min_samples}): no significance "
+                  f"test, compared medians by threshold. Use more runs")
+        return v
+    worse, better = ("less", "greater") if higher_is_better else ("greater", "less")
+    p_worse = float(mannwhitneyu(x, y, alternative=worse).pvalue)
+    if threshold.kind == "rel" and (x > 0).all() and (y > 0).all():
+        est, lo, hi = hodges_lehmann_log_ratio(x, y, ci_level)
+    else:
+        est, lo, hi = _hodges_lehmann_shift(x, y, ci_level)
+        if threshold.kind == "rel":
+            base = float(np.median(y))
+            est, lo, hi = est / base, lo / base, hi / base
+    t = threshold.value
+    # signed so that positive = worse
+    s_est, s_lo, s_hi = (-est, -hi, -lo) if higher_is_better else (est, lo, hi)
+    reach = s_hi >= t if effect_rule == "ci" else s_est >= t
+    reach_better = (-s_lo) >= t if effect_rule == "ci" else (-s_est) >= t
+    if p_worse < alpha and reach:
+        status = "regression"
+    else:
+        p_better = float(mannwhitneyu(x, y, alternative=better).pvalue) if reach_better else 1.0
+        status = "improvement" if p_better < alpha and reach_better else "ok"
+    return Verdict(status, "mann-whitney-u", est, lo, hi, p_better if status == "improvement" else p_worse,
+                   float(np.median(x)), float(np.median(y)), int(x.size), int(y.size), threshold.text,
+                   note="one-sided U test p (worse direction)" if status != "improvement"
+                   else "one-sided U test p (better direction)")
+
+
+def _hodges_lehmann_shift(x: np.ndarray, y: np.ndarray, ci_level: float) -> tuple[float, float, float]:
+    from scipy.stats import norm
+
+    x, y = _thin(x), _thin(y)
+    d = np.sort((x[:, None] - y[None, :]).ravel())
+    n1, n2, N = len(x), len(y), d.size
+    z = norm.ppf(0.5 + ci_level / 2)
+    k = min(max(int(math.floor(n1 * n2 / 2 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12.0))), 1), N)
+    return float(np.median(d)), float(d[k - 1]), float(d[N - k])
+
+
+def compare_values(current: Sequence[float], baseline: Sequence[float], threshold: Threshold, *,
+                   higher_is_better: bool = False) -> Verdict:
+    """Threshold-only comparison of the medians of two sets of values (no significance test)."""
+    x = np.asarray([v for v in current if v == v], float)
+    y = np.asarray([v for v in baseline if v == v], float)
+    if x.size == 0 or y.size == 0:
+        return Verdict("not-measured" if x.size == 0 else "no-baseline", "threshold-only", n_current=x.size,
+                       n_baseline=y.size, threshold=threshold.text,
+                       note="not measured in the current run" if x.size == 0 else "not measured in the baseline")
+    cur, base = float(np.median(x)), float(np.median(y))
+    if threshold.kind == "rel":
+        if base == 0:
+            effect = 0.0 if cur == 0 else math.inf
+        else:
+            effect = cur / base - 1.0
+    else:
+        effect = cur - base
+    signed = -effect if higher_is_better else effect
+    status = "regression" if signed > threshold.value else "improvement" if -signed > threshold.value else "ok"
+    return Verdict(status, "threshold-only", effect, math.nan, math.nan, math.nan, cur, base, int(x.size),
+                   int(y.size), threshold.text, note="no per-run samples: threshold only, no significance test")
+
+
+# ------------------------------------------------------------------------------------ change points
+def segment_l1(values: Sequence[float], penalty: float | None = None) -> list[int]:
+    """Optimal piecewise-constant segmentation under L1 cost plus ``penalty`` per segment (Potts).
+
+    Parameters
+    ----------
+    values : sequence of float, shape (n,)
+        A time-ordered series (per-run medians).
+    penalty : float, optional
+        Cost of one more segment, in the values' units. Default ``3 * sigma * ln(n + 1)`` with sigma
+        a robust noise estimate (MAD of first differences / sqrt 2).
+
+    Returns
+    -------
+    list of int
+        Indices where a new segment starts (empty: no change). Shape (n_changes,).
+    """
+    x = np.asarray(values, float)
+    n = x.size
+    if n < 2:
+        return []
+    if penalty is None:
+        sigma = 1.4826 * float(np.median(np.abs(np.diff(x)))) / math.sqrt(2)
+        sigma = max(sigma, 1e-9 * max(float(np.median(np.abs(x))), 1e-12))
+        penalty = 3.0 * sigma * math.log(n + 1)
+    # cost[i, j] = L1 cost of x[i:j]
+    cost = np.full((n + 1, n + 1), np.inf)
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            seg = x[i:j]
+            cost[i, j] = float(np.abs(seg - np.median(seg)).sum())
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    prev = np.zeros(n + 1, int)
+    for j in range(1, n + 1):
+        cand = best[:j] + cost[:j, j] + penalty
+        i = int(np.argmin(cand))
+        best[j], prev[j] = cand[i], i
+    starts: list[int] = []
+    j = n
+    while j > 0:
+        i = int(prev[j])
+        if i > 0:
+            starts.append(i)
+        j = i
+    return sorted(starts)
+
+
+def run_series(frame: "pd.DataFrame", model: str, device: str, metric: str) -> "pd.DataFrame":
+    """Per-run median of ``metric`` for (model, device), oldest run first: columns run_id, run_started, value."""
+    import pandas as pd
+
+    sel = frame[(frame["model"] == model) & (frame["device"] == device) & (frame["metric"] == metric)]
+    if metric in SAMPLED_METRICS:
+        samples = sel[sel["sample"] >= 0]
+        sel = samples if len(samples) else sel
+    if not len(sel):
+        return pd.DataFrame(columns=["run_id", "run_started", "value"])
+    g = sel.groupby(["run_started", "run_id"], sort=True)["value"].median().reset_index()
+    return g[["run_id", "run_started", "value"]]
+
+
+def locate_step(frame: "pd.DataFrame", model: str, device: str, metric: str,
+                penalty: float | None = None) -> str | None:
+    """Run id where the last step change of (model, device, metric) began, or None (no step / < 4 runs)."""
+    s = run_series(frame, model, device, metric)
+    if len(s) < 4:
+        return None
+    starts = segment_l1(s["value"].to_numpy(float), penalty)
+    return str(s["run_id"].iloc[starts[-1]]) if starts else None
+
+
+# ------------------------------------------------------------------------------------------ baselines
+def parse_baseline(spec: str) -> tuple[str, int]:
+    """``last`` -> ("accepted", 0); ``NAME`` -> (NAME, 0); ``window:N`` -> ("window", N)."""
+    spec = (spec or "last").strip()
+    if spec == "last":
+        return "accepted", 0
+    if spec.startswith("window:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UsageError(f"--baseline {spec!r}: expected window:N with N >= 1, e.g. window:10")
+        return "window", n
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", spec):
+        raise UsageError(f"--baseline {spec!r}: expected last, window:N or a baseline name (letters, digits, _.-)")
+    return spec, 0
+
+
+def select_baseline(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run: str, spec: str,
+                    model: str, device: str, metric: str) -> tuple[list[str], str]:
+    """Baseline run ids for one (model, device, metric), and a label saying how they were chosen.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        :func:`edgelr.report.history.load` output (complete/partial runs).
+    accepted : DataFrame
+        :func:`edgelr.report.history.baselines` output.
+    spec : str
+        ``last`` (the last run accepted as ``accepted``; else the previous run), a baseline name, or
+        ``window:N`` (the N previous runs pooled).
+    """
+    name, n = parse_baseline(spec)
+    have = frame[(frame["model"] == model) & (frame["device"] == device) & (frame["metric"] == metric)]
+    order = have.drop_duplicates("run_id")[["run_id", "run_started"]]
+    cur_start = frame.loc[frame["run_id"] == current_run, "run_started"]
+    if len(cur_start):
+        order = order[order["run_started"] < cur_start.iloc[0]]
+    earlier = [r for r in order.sort_values("run_started")["run_id"] if r != current_run]
+    if name == "window":
+        runs_ = earlier[-n:]
+        return runs_, f"window:{len(runs_)}"
+    valid = set(earlier)
+    named = accepted[accepted["name"] == name] if len(accepted) else accepted
+    for rid in reversed(named["run_id"].tolist() if len(named) else []):
+        if rid in valid:
+            return [rid], f"{name}:{rid}"
+    if name != "accepted":
+        if not len(named):
+            names = sorted(set(accepted["name"])) if len(accepted) else []
+            raise HistoryError(f"no baseline named {name!r} in the history (names: {names or 'none'}); "
+                               f"accept a run with --accept or pick last / window:N")
+        return [], f"{name}:none"
+    if earlier:
+        return [earlier[-1]], f"previous:{earlier[-1]}"
+    return [], "none"
+
+
+def compare_run(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run: str,
+                thresholds: dict[str, str], *, baseline: str = "last", alpha: float = DEFAULT_ALPHA,
+                min_samples: int = MIN_SAMPLES, ci_level: float = CI_LEVEL,
+                effect_rule: Literal["ci", "point"] = "ci", locate: bool = True) -> "pd.DataFrame":
+    """Compare every (model, device, metric) of ``current_run`` with its baseline.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The history (:func:`edgelr.report.history.load`), including ``current_run``.
+    thresholds : dict
+        Suite thresholds, e.g. ``{"latency": "5%", "energy": "8%", "accuracy": "0.5pt"}``.
+
+    Returns
+    -------
+    DataFrame
+        One row per comparison: run_id, baseline, model, device, metric, status, method, p_value,
+        effect, ci_low, ci_high, threshold, n_current, n_baseline, current, baseline_value,
+        change_run, note.
+    """
+    import pandas as pd
+
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha {alpha}: expected a probability between 0 and 1, e.g. 0.01")
+    parsed = {metric_of(k): parse_threshold(v, k) for k, v in thresholds.items()}
+    cur = frame[frame["run_id"] == current_run]
+    rows: list[dict[str, Any]] = []
+    for (model, device), part in cur.groupby(["model", "device"], sort=True):
+        for metric, thr in parsed.items():
+            use = metric
+            if metric in SAMPLED_METRICS:
+                if not (part[(part["metric"] == metric) & (part["sample"] >= 0)]["value"].notna().any()):
+                    use = next((m for m in LATENCY_FALLBACKS if part.loc[part["metric"] == m, "value"].notna().any()),
+                               metric)
+            if not (part["metric"] == use).any():
+                continue  # not measured in this run at all (e.g. no energy probe): nothing to compare
+            base_runs, label = select_baseline(frame, accepted, current_run, baseline, model, device, use)
+            hib = metric in HIGHER_IS_BETTER
+            cvals = _values(part, use)
+            if not len(cvals):
+                v = Verdict("not-measured", "-", threshold=thr.text,
+                            note=next((n for n in part.loc[part["metric"] == use, "note"] if n), "no value")
+                            if "note" in part.columns else "no value")
+            elif not base_runs:
+                v = Verdict("no-baseline", "-", n_current=len(cvals), threshold=thr.text,
+                            current=float(np.median(cvals)) if len(cvals) else math.nan,
+                            note="no earlier run with this model, device and metric")
+            else:
+                bpart = frame[frame["run_id"].isin(base_runs) & (frame["model"] == model)
+                              & (frame["device"] == device)]
+                bvals = _values(bpart, use)
+                if use in SAMPLED_METRICS:
+                    v = compare_samples(cvals, bvals, thr, higher_is_better=hib, alpha=alpha,
+                                        min_samples=min_samples, ci_level=ci_level, effect_rule=effect_rule)
+                else:
+                    v = compare_values(cvals, bvals, thr, higher_is_better=hib)
+                    if use != metric:
+                        v.note = f"no per-run {metric} samples: compared {use} by threshold only"
+            change = locate_step(frame, model, device, use) if (locate and v.status == "regression") else None
+            row = {"run_id": current_run, "baseline": label, "model": model, "device": device, "metric": use}
+            d = v.as_dict()
+            d["baseline_value"] = d.pop("baseline")
+            row.update(d)
+            row["change_run"] = change
+            rows.append(row)
+    cols = ["run_id", "baseline", "model", "device", "metric", "status", "method", "p_value", "effect", "ci_low",
+            "ci_high", "threshold", "n_current", "n_baseline", "current", "baseline_value", "change_run", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _values(part: "pd.DataFrame", metric: str) -> np.ndarray:
+    sel = part[part["metric"] == metric]
+    if metric in SAMPLED_METRICS:
+        s = sel[sel["sample"] >= 0]
+        sel = s if len(s) else sel
+    vals = sel["value"].to_numpy(float)
+    return vals[~np.isnan(vals)]

@@ -1,0 +1,98 @@
+"""Low-rank rewrite of tf_keras models: one module per layer kind, one registry, one whole-model rewrite.
+
+Public API:
+
+- :func:`factorize_model` ``(model, ...) -> (new_model, report)``: plan + build in one call.
+- :func:`plan_factorization` / :func:`build_factorized`: decompose each layer once, then materialize at
+  any ranks (accuracy-aware rank search).
+- :func:`layer_cost` ``(layer) -> (params, macs)`` and :func:`applicable_methods` ``(layer) -> list[str]``.
+
+Importing this package does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgelr.rewrite.cost import layer_cost, model_cost
+from edgelr.rewrite.model import (
+    REPORT_COLUMNS,
+    FactorizationPlan,
+    LayerPlan,
+    build_factorized,
+    layer_kind,
+    plan_factorization,
+    rebuild_with,
+    walk_layers,
+)
+from edgelr.rewrite.registry import METHODS, applicable_methods, get_rewriter, rewriters
+
+__all__ = [
+    "METHODS",
+    "REPORT_COLUMNS",
+    "FactorizationPlan",
+    "LayerPlan",
+    "applicable_methods",
+    "build_factorized",
+    "factorize_model",
+    "get_rewriter",
+    "layer_cost",
+    "layer_kind",
+    "model_cost",
+    "plan_factorization",
+    "rebuild_with",
+    "rewriters",
+    "walk_layers",
+]
+
+
+def factorize_model(
+    model: Any,
+    method: str | None = None,
+    rank_policy: Any = None,
+    target: Any = None,
+    include: Any = None,
+    skip: Any = None,
+    min_reduction: float | None = 0.1,
+    progress: bool = True,
+    rank_floor: int | None = None,
+) -> tuple[Any, Any]:
+    """Replace a model's Dense/Conv/Separable/Embedding/LSTM/GRU layers by low-rank stock-layer chains.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        Built Sequential or Functional model; never modified.
+    method : str, optional
+        ``auto`` | ``svd`` | ``svd-recurrent`` | ``tucker2`` | ``cp`` | ``spatial-svd``; default the target's
+        method, else ``auto``.
+    rank_policy : str, optional
+        ``vbmf`` | ``energy:F`` | ``params:F`` | ``macs:F`` | ``rank:N``; default the target's, else ``vbmf``.
+    target : str or edgelr.targets.Target, optional
+        Ranks are rounded up to its ``rank_multiple``.
+    include, skip : list of str, optional
+        fnmatch patterns on layer names (see :func:`plan_factorization`).
+    min_reduction : float or None
+        A layer is left as is unless params and MACs both drop by this share (default 10%).
+    progress : bool
+        Progress bars on stderr.
+    rank_floor : int, optional
+        Lowest rank ``vbmf`` may choose (default 8).
+
+    Returns
+    -------
+    new_model : tf_keras.Model
+        Uncompiled; layers renamed ``<layer>/<part>`` where replaced.
+    report : pandas.DataFrame
+        One row per factorizable layer: layer, kind, method, ranks (tuple), params_before, params_after,
+        macs_before, macs_after (per example), rel_error (relative Frobenius error of the weights),
+        skipped (bool), reason.
+
+    Raises
+    ------
+    FactorizeError
+        Bad method, policy, pattern or rank; an include naming a layer no method applies to.
+    """
+    plan = plan_factorization(model, method=method, rank_policy=rank_policy, target=target, include=include,
+                              skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor)
+    return build_factorized(model, plan)

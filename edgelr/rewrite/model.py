@@ -1,0 +1,527 @@
+"""Whole-model low-rank rewrite: plan once, materialize at any ranks.
+
+:func:`plan_factorization` walks a tf_keras model (Sequential or Functional, nested models included),
+picks a rewriter per layer (method ``auto`` or a named one), decomposes each layer's weights ONCE and
+chooses ranks by a rank policy. :func:`build_factorized` rebuilds the model from its config with the chosen
+layers replaced by stock-layer chains; a rank search calls it many times with other ranks
+(SVD truncation and the HOSVD start of Tucker-2 are reused; CP decompositions are cached per rank).
+:func:`factorize_model` is both in one call.
+
+The caller's model is never modified: the new model is built from ``model.get_config()`` and the
+weights are copied. Layers are addressed by their qualified name: ``conv3`` at the top level,
+``inner/conv3`` inside a nested model ``inner``. Replacement layers are named ``<layer>/<part>``
+(``conv3/tucker_in``, ``conv3/tucker_core``, ``conv3/tucker_out``; tf_keras accepts '/' in layer names and
+saves/loads them in ``.keras`` and ``.h5``). A rewritten LSTM/GRU keeps its own name after its projection
+``<layer>/svd_in``. The new model is not compiled.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from edgelr.errors import FactorizeError
+from edgelr.rewrite.cost import layer_cost
+from edgelr.rewrite.registry import METHODS, Cost, Ranks, Rewrite, Rewriter, applicable_methods, get_rewriter
+
+REPORT_COLUMNS = ["layer", "kind", "method", "ranks", "params_before", "params_after", "macs_before",
+                  "macs_after", "rel_error", "skipped", "reason"]
+DEFAULT_RANK_FLOOR = 8
+_MODEL_CLASSES = {"Functional", "Sequential", "Model"}
+_FALLBACK = {"svd-recurrent": ("svd-recurrent", "svd")}
+
+
+@dataclass
+class LayerPlan:
+    """What the plan knows about one factorizable layer.
+
+    Attributes
+    ----------
+    path : str
+        Qualified layer name (``inner/conv3`` for a layer of nested model ``inner``).
+    layer : tf_keras layer
+        The caller's layer (read only).
+    kind : str
+        Human label (``Conv2D 3x3``, ``Dense``, ``LSTM``...).
+    method : str
+        Method of ``rewriter`` ('' when none applies).
+    rewriter : Rewriter or None
+    decomposition : object
+        The rewriter's full decomposition (None when skipped before decomposing).
+    full_ranks : tuple of int
+        Ranks at which the rewrite is exact.
+    cost_before : (int, int)
+        ``(params, macs)`` of the original layer.
+    ranks : tuple of int or None
+        Ranks chosen by the rank policy (None when skipped before selection).
+    cost_after : (int, int) or None
+        ``(params, macs)`` of the rewrite at ``ranks``.
+    skipped : bool
+        True when the plan leaves this layer as is; ``reason`` says why.
+    """
+
+    path: str
+    layer: Any
+    kind: str
+    method: str
+    rewriter: Rewriter | None
+    decomposition: Any = None
+    full_ranks: Ranks = ()
+    cost_before: Cost = (0, 0)
+    ranks: Ranks | None = None
+    cost_after: Cost | None = None
+    skipped: bool = False
+    reason: str = ""
+
+    def cost(self, ranks: Ranks) -> Cost:
+        """``(params, macs)`` of this layer's rewrite at ``ranks`` (no materialization)."""
+        if self.rewriter is None:
+            raise FactorizeError(f"layer '{self.path}' has no rewriter ({self.reason}); it cannot be rewritten")
+        return self.rewriter.cost(self.layer, self.rewriter.check_ranks(self.layer, ranks))
+
+
+@dataclass
+class FactorizationPlan:
+    """The per-layer decompositions and policy ranks of one model (see :func:`plan_factorization`).
+
+    ``layers`` maps qualified layer names to :class:`LayerPlan`, in model order; ``selected`` are the ranks a
+    plain :func:`build_factorized` call uses (layers the plan skips are absent).
+    """
+
+    model: Any
+    layers: dict[str, LayerPlan]
+    method: str
+    rank_policy: str
+    multiple: int
+    floor: int
+    min_reduction: float | None
+    progress: bool = False
+    selected: dict[str, Ranks] = field(default_factory=dict)
+
+    def candidates(self) -> list[str]:
+        """Qualified names of the layers that can be rewritten (have a rewriter and a decomposition)."""
+        return [p for p, lp in self.layers.items() if lp.rewriter is not None and lp.decomposition is not None]
+
+
+def _is_config_model(layer: Any) -> bool:
+    return type(layer).__name__ in {"Functional", "Sequential"}
+
+
+def walk_layers(model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(qualified name, layer)`` of every non-model layer, descending into nested Functional/Sequential models."""
+    for layer in model.layers:
+        path = prefix + layer.name
+        if _is_config_model(layer):
+            yield from walk_layers(layer, path + "/")
+        else:
+            yield path, layer
+
+
+def layer_kind(layer: Any) -> str:
+    """A short label: ``Dense``, ``Conv2D 3x3``, ``TimeDistributed(Dense)``, ``LSTM``..."""
+    name = type(layer).__name__
+    if name == "TimeDistributed":
+        return f"TimeDistributed({type(layer.layer).__name__})"
+    size = getattr(layer, "kernel_size", None)
+    if size is not None:
+        return f"{name} {'x'.join(str(int(k)) for k in size)}"
+    return name
+
+
+def _matches(path: str, name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _resolve_target(target: Any) -> Any:
+    if target is None:
+        return None
+    if isinstance(target, str):
+        from edgelr.targets import get_target
+
+        return get_target(target)
+    if not hasattr(target, "rank_multiple"):
+        raise FactorizeError(f"target: got {target!r}; expected a target name or an edgelr.targets.Target")
+    return target
+
+
+def _check_model(model: Any) -> None:
+    if not _is_config_model(model):
+        raise FactorizeError(
+            f"model: got a {type(model).__name__}; expected a tf_keras Sequential or Functional model "
+            f"(subclassed models have no config to rebuild from: rebuild it with the functional API)")
+    if not model.built or not model.inputs:
+        raise FactorizeError(f"model '{model.name}' is not built; give it an Input or call model.build(shape)")
+
+
+def _patterns(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise FactorizeError(f"{what}: got {value!r}; expected a pattern or a list of fnmatch patterns") from None
+    if not all(isinstance(p, str) for p in items):
+        raise FactorizeError(f"{what}: got {value!r}; every pattern must be a string such as 'conv*'")
+    return items
+
+
+def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) -> str:
+    """'' when the rewrite saves enough, else why not. MACs are judged only when the layer has any."""
+    if min_reduction is None:
+        return ""
+    limit = 1.0 - float(min_reduction)
+    (p0, m0), (p1, m1) = before, after
+    bad = []
+    if p0 > 0 and p1 > limit * p0:
+        bad.append(f"params {p1 / p0:.0%}")
+    if m0 > 0 and m1 > limit * m0:
+        bad.append(f"MACs {m1 / m0:.0%}")
+    if bad:
+        return f"{' and '.join(bad)} of the original; needs <= {limit:.0%} (min_reduction={min_reduction:g})"
+    return ""
+
+
+def plan_factorization(
+    model: Any,
+    method: str | None = None,
+    rank_policy: Any = None,
+    target: Any = None,
+    include: Any = None,
+    skip: Any = None,
+    min_reduction: float | None = 0.1,
+    progress: bool = True,
+    rank_floor: int | None = None,
+) -> FactorizationPlan:
+    """Decompose every selected layer once and choose its ranks by ``rank_policy``.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        Built Sequential or Functional model (read only).
+    method : str, optional
+        ``auto`` (each layer's preferred method) or one of ``svd``, ``svd-recurrent``, ``tucker2``, ``cp``,
+        ``spatial-svd``; layers the method does not apply to are left as is (``svd-recurrent`` falls back to
+        ``svd`` for non-recurrent layers). Default: the target's method, else ``auto``.
+    rank_policy : str or RankPolicy, optional
+        ``vbmf``, ``energy:F``, ``params:F``, ``macs:F`` or ``rank:N``. Default: the target's, else ``vbmf``.
+    target : str or edgelr.targets.Target, optional
+        Ranks are rounded up to its ``rank_multiple``.
+    include, skip : list of str, optional
+        fnmatch patterns on layer names (bare or qualified). With ``include`` only matching layers are
+        considered; a pattern that matches no layer, or names (without wildcards) a layer no method
+        applies to, raises :class:`FactorizeError`. ``skip`` wins over ``include``.
+    min_reduction : float or None
+        Leave a layer as is unless its params and its MACs both drop by at least this share (layers
+        without MACs, e.g. Embedding: params only). None: never leave a layer for this reason.
+    progress : bool
+        tqdm progress on stderr.
+    rank_floor : int, optional
+        Lowest rank the ``vbmf`` policy may choose (default 8, capped at the full rank).
+
+    Returns
+    -------
+    FactorizationPlan
+    """
+    from edgelr.factorize import parse_rank_policy
+
+    _check_model(model)
+    tgt = _resolve_target(target)
+    method = method if method is not None else (tgt.method if tgt is not None else "auto")
+    if method not in ("auto",) + METHODS:
+        raise FactorizeError(f"method: got {method!r}; expected one of {['auto', *METHODS]}")
+    policy_spec = rank_policy if rank_policy is not None else (tgt.rank_policy if tgt is not None else "vbmf")
+    policy = parse_rank_policy(policy_spec) if isinstance(policy_spec, str) else policy_spec
+    multiple = int(tgt.rank_multiple) if tgt is not None else 1
+    floor = DEFAULT_RANK_FLOOR if rank_floor is None else int(rank_floor)
+    if min_reduction is not None and not 0.0 <= float(min_reduction) < 1.0:
+        raise FactorizeError(f"min_reduction: got {min_reduction!r}; expected a share in [0, 1) or None")
+    includes, skips = _patterns(include, "include"), _patterns(skip, "skip")
+
+    all_layers = list(walk_layers(model))
+    for pattern in includes:
+        hits = [(path, layer) for path, layer in all_layers if _matches(path, layer.name, [pattern])]
+        if not hits:
+            raise FactorizeError(f"include pattern '{pattern}' matches no layer of model '{model.name}'; "
+                                 f"layers: {', '.join(p for p, _ in all_layers)}")
+        if not any(ch in pattern for ch in "*?["):
+            for path, layer in hits:
+                if not applicable_methods(layer):
+                    raise FactorizeError(
+                        f"layer '{path}' ({layer_kind(layer)}) named in include cannot be factorized; supported: "
+                        f"Dense, TimeDistributed(Dense), Conv1D, Conv2D, SeparableConv2D, Embedding, LSTM, GRU "
+                        f"(channels_last, groups=1)")
+
+    plans: dict[str, LayerPlan] = {}
+    todo: list[LayerPlan] = []
+    for path, layer in all_layers:
+        methods = applicable_methods(layer)
+        if not methods:
+            continue
+        rewriter = None
+        for m in _FALLBACK.get(method, (method,)):
+            rewriter = get_rewriter(layer, m)
+            if rewriter is not None:
+                break
+        lp = LayerPlan(path, layer, layer_kind(layer), rewriter.method if rewriter else "", rewriter,
+                       cost_before=layer_cost(layer))
+        plans[path] = lp
+        if includes and not _matches(path, layer.name, includes):
+            lp.skipped, lp.reason = True, "not matched by include"
+        elif skips and _matches(path, layer.name, skips):
+            lp.skipped, lp.reason = True, "matched by skip"
+        elif rewriter is None:
+            lp.skipped, lp.reason = True, f"method {method} does not apply; applicable: {', '.join(methods)}"
+        else:
+            todo.append(lp)
+
+    plan = FactorizationPlan(model, plans, method, str(policy), multiple, floor, min_reduction, progress)
+    from tqdm import tqdm
+
+    for lp in tqdm(todo, desc="decompose", unit="layer", file=sys.stderr, disable=not progress, leave=False):
+        assert lp.rewriter is not None
+        lp.full_ranks = lp.rewriter.full_ranks(lp.layer)
+        lp.decomposition = lp.rewriter.decompose(lp.layer)
+        lp.ranks = tuple(int(r) for r in lp.rewriter.select_ranks(lp.layer, lp.decomposition, policy, multiple, floor))
+        lp.cost_after = lp.rewriter.cost(lp.layer, lp.ranks)
+        reason = _reduction_reason(lp.cost_before, lp.cost_after, min_reduction)
+        if reason:
+            lp.skipped, lp.reason = True, f"ranks {_fmt(lp.ranks)}: {reason}"
+        else:
+            plan.selected[lp.path] = lp.ranks
+    return plan
+
+
+def _fmt(ranks: Ranks | None) -> str:
+    return "" if ranks is None else "x".join(str(r) for r in ranks)
+
+
+# ----------------------------------------------------------------------------------------------- rebuild
+
+
+def _serialize(layer: Any) -> dict[str, Any]:
+    from edgelr.tfcompat import keras2
+
+    return dict(keras2().layers.serialize(layer))
+
+
+def _rewrite_sequential(config: dict[str, Any], rewrites: Mapping[str, Rewrite], prefix: str,
+                        nested: dict[str, Any]) -> dict[str, Any]:
+    new_layers = []
+    for entry in config["layers"]:
+        name = entry["config"].get("name")
+        path = prefix + str(name)
+        if entry["class_name"] in _MODEL_CLASSES and path in nested:
+            entry = dict(entry, config=_rewrite_config(nested[path], entry["config"], rewrites, path + "/", nested))
+            new_layers.append(entry)
+        elif path in rewrites:
+            for j, new in enumerate(rewrites[path].chain):
+                item = _serialize(new.layer)
+                if j == 0 and "batch_input_shape" in entry["config"]:
+                    item["config"]["batch_input_shape"] = entry["config"]["batch_input_shape"]
+                new_layers.append(item)
+        else:
+            new_layers.append(entry)
+    return dict(config, layers=new_layers)
+
+
+def _rewrite_functional(config: dict[str, Any], rewrites: Mapping[str, Rewrite], prefix: str,
+                        nested: dict[str, Any]) -> dict[str, Any]:
+    renamed: dict[str, str] = {}
+    new_layers = []
+    for entry in config["layers"]:
+        path = prefix + entry["name"]
+        if entry["class_name"] in _MODEL_CLASSES and path in nested:
+            new_layers.append(dict(entry, config=_rewrite_config(nested[path], entry["config"], rewrites,
+                                                                 path + "/", nested)))
+            continue
+        if path not in rewrites:
+            new_layers.append(entry)
+            continue
+        chain = rewrites[path].chain
+        nodes = entry["inbound_nodes"]
+        if any(len(node) > 1 for node in nodes) and not any(n.extra_inputs for n in chain):
+            raise FactorizeError(f"layer '{path}' is called with several inputs; it cannot be replaced by a "
+                                 f"chain of layers. Leave it out with skip=['{entry['name']}']")
+        previous = None
+        for j, new in enumerate(chain):
+            item = _serialize(new.layer)
+            item["name"] = new.layer.name
+            inbound = []
+            for k, node in enumerate(nodes):
+                head = [node[0]] if previous is None else [[previous, k, 0, {}]]
+                inbound.append(head + (list(node[1:]) if new.extra_inputs else []))
+            item["inbound_nodes"] = inbound
+            new_layers.append(item)
+            previous = new.layer.name
+        renamed[entry["name"]] = chain[-1].layer.name
+
+    def fix(ref: Any) -> Any:
+        if isinstance(ref, list) and ref and isinstance(ref[0], str) and ref[0] in renamed:
+            return [renamed[ref[0]]] + list(ref[1:])
+        if isinstance(ref, list):
+            return [fix(r) for r in ref]
+        return ref
+
+    for item in new_layers:
+        if "inbound_nodes" in item:
+            item["inbound_nodes"] = fix(item["inbound_nodes"])
+    return dict(config, layers=new_layers, output_layers=fix(config["output_layers"]))
+
+
+def _rewrite_config(model: Any, config: dict[str, Any], rewrites: Mapping[str, Rewrite], prefix: str,
+                    nested: dict[str, Any]) -> dict[str, Any]:
+    if type(model).__name__ == "Sequential":
+        return _rewrite_sequential(config, rewrites, prefix, nested)
+    return _rewrite_functional(config, rewrites, prefix, nested)
+
+
+def _nested_models(model: Any, prefix: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for layer in model.layers:
+        if _is_config_model(layer):
+            found[prefix + layer.name] = layer
+            found.update(_nested_models(layer, prefix + layer.name + "/"))
+    return found
+
+
+def _custom_objects(model: Any) -> dict[str, Any]:
+    objects: dict[str, Any] = {}
+
+    def add(layer: Any) -> None:
+        objects[type(layer).__name__] = type(layer)
+        for attr in ("layer", "cell", "forward_layer", "backward_layer"):
+            inner = getattr(layer, attr, None)
+            if inner is not None and hasattr(inner, "get_config"):
+                add(inner)
+        for sub in getattr(layer, "layers", []) or []:
+            add(sub)
+
+    add(model)
+    return objects
+
+
+def _set_weights(layer: Any, weights: list[Any], path: str) -> None:
+    try:
+        layer.set_weights(weights)
+    except ValueError as exc:
+        raise FactorizeError(f"layer '{path}': weights do not fit the rebuilt layer ({exc})") from None
+
+
+def rebuild_with(model: Any, rewrites: Mapping[str, Rewrite]) -> Any:
+    """A new model: ``model``'s config with each ``rewrites[path]`` chain in place of that layer.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        Sequential or Functional (read only).
+    rewrites : mapping of qualified layer name -> Rewrite
+
+    Returns
+    -------
+    tf_keras.Model
+        Same class as ``model``, weights copied (unchanged layers) or set from the chains.
+    """
+    from edgelr.tfcompat import keras2
+
+    keras = keras2()
+    _check_model(model)
+    nested = _nested_models(model)
+    config = _rewrite_config(model, copy.deepcopy(model.get_config()), rewrites, "", nested)
+    with keras.utils.custom_object_scope(_custom_objects(model)):
+        new_model = type(model).from_config(config)
+
+    originals = dict(walk_layers(model))
+    chain_weights = {}
+    for path, rw in rewrites.items():
+        if path not in originals:
+            raise FactorizeError(f"rewrites: '{path}' is not a layer of model '{model.name}'")
+        prefix = path[: len(path) - len(originals[path].name)]
+        for new in rw.chain:
+            chain_weights[prefix + new.layer.name] = new.weights
+    for path, layer in walk_layers(new_model):
+        if path in chain_weights:
+            _set_weights(layer, chain_weights[path], path)
+        elif path in originals and originals[path].weights:
+            _set_weights(layer, originals[path].get_weights(), path)
+    return new_model
+
+
+def _report_row(lp: LayerPlan, rewrite: Rewrite | None, skipped: bool, reason: str) -> dict[str, Any]:
+    params0, macs0 = lp.cost_before
+    if rewrite is None:
+        return dict(layer=lp.path, kind=lp.kind, method=lp.method, ranks=lp.ranks, params_before=params0,
+                    params_after=params0, macs_before=macs0, macs_after=macs0, rel_error=0.0, skipped=True,
+                    reason=reason)
+    return dict(layer=lp.path, kind=lp.kind, method=lp.method, ranks=rewrite.ranks, params_before=params0,
+                params_after=rewrite.params, macs_before=macs0, macs_after=rewrite.macs,
+                rel_error=float(rewrite.rel_error), skipped=skipped, reason=reason)
+
+
+def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, Any] | None = None, *,
+                     exact: bool = True, progress: bool | None = None) -> tuple[Any, Any]:
+    """Materialize ``plan`` at the policy ranks, or at ``ranks`` for the layers it names.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        The model the plan was made for (read only).
+    plan : FactorizationPlan
+        From :func:`plan_factorization`.
+    ranks : mapping, optional
+        Qualified layer name -> rank (int, applied to every rank of the layer) or tuple of ranks, or None to
+        leave that layer as is. These layers are rewritten even when the plan skipped them for too small a
+        reduction. Without it, the plan's selected ranks are used. A name the plan cannot rewrite or a rank
+        out of range raises :class:`FactorizeError`.
+    exact : bool
+        False: cheaper decompositions for a rank search (plain HOSVD for Tucker-2 instead of HOOI sweeps).
+    progress : bool, optional
+        Default: the plan's setting.
+
+    Returns
+    -------
+    (tf_keras.Model, pandas.DataFrame)
+        The new model and one report row per planned layer (columns ``REPORT_COLUMNS``).
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    if plan.model is not model:
+        raise FactorizeError("plan: it was made for another model; call plan_factorization(model) for this one")
+    chosen: dict[str, Ranks | None] = dict(plan.selected)
+    forced: set[str] = set()
+    for path, value in (ranks or {}).items():
+        lp = plan.layers.get(path)
+        if lp is None or lp.rewriter is None:
+            known = ", ".join(plan.candidates()) or "none"
+            raise FactorizeError(f"ranks: layer '{path}' is not a factorizable layer of this plan; known: {known}")
+        if value is None:
+            chosen[path] = None
+            continue
+        if lp.decomposition is None:
+            lp.full_ranks = lp.rewriter.full_ranks(lp.layer)
+            lp.decomposition = lp.rewriter.decompose(lp.layer)
+        chosen[path] = lp.rewriter.check_ranks(lp.layer, value)
+        forced.add(path)
+
+    rewrites: dict[str, Rewrite] = {}
+    rows = []
+    show = plan.progress if progress is None else progress
+    for path, lp in tqdm(plan.layers.items(), desc="rewrite", unit="layer", file=sys.stderr, disable=not show,
+                         leave=False):
+        r = chosen.get(path)
+        if r is None:
+            reason = lp.reason if lp.skipped and path not in (ranks or {}) else (lp.reason or "left as is by ranks")
+            rows.append(_report_row(lp, None, True, reason))
+            continue
+        assert lp.rewriter is not None
+        rw = lp.rewriter.materialize(lp.layer, lp.decomposition, r, exact=exact)
+        rewrites[path] = rw
+        rows.append(_report_row(lp, rw, False, "ranks given" if path in forced else ""))
+    new_model = rebuild_with(model, rewrites)
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    return new_model, report

@@ -1,0 +1,180 @@
+"""The registry of layer rewriters: which low-rank methods apply to a layer, and who rewrites it.
+
+A rewriter (one per layer kind and method, in its own module) answers :meth:`Rewriter.supports` and turns
+one layer plus a decomposition at given ranks into a chain of stock Keras layers and their weights.
+Adding a layer kind is adding one module that calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgelr.errors import FactorizeError
+
+Ranks = tuple[int, ...]
+Cost = tuple[int, int]
+
+METHODS = ("svd", "svd-recurrent", "tucker2", "cp", "spatial-svd")
+"""Every method name a rewriter may register (``auto`` picks the first applicable one per layer)."""
+
+_MODULES = ("dense", "conv", "separable", "embedding", "recurrent")
+
+
+@dataclass
+class NewLayer:
+    """One layer of a replacement chain: an unbuilt stock Keras layer and the weights to give it.
+
+    Attributes
+    ----------
+    layer : tf_keras.layers.Layer
+        Unbuilt layer, already named (``<original>/<suffix>``).
+    weights : list of numpy.ndarray
+        In ``layer.get_weights()`` order.
+    extra_inputs : bool
+        This element also receives the original layer's extra call inputs (an RNN's initial state).
+    """
+
+    layer: Any
+    weights: list[np.ndarray]
+    extra_inputs: bool = False
+
+
+@dataclass
+class Rewrite:
+    """A materialized rewrite of one layer: the chain that replaces it and how good it is."""
+
+    chain: list[NewLayer]
+    ranks: Ranks
+    params: int
+    macs: int
+    rel_error: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Rewriter:
+    """Base class: one (layer kind, method) pair.
+
+    Subclasses set ``kind`` and ``method`` and implement every method below. ``decompose`` is called once
+    per layer; ``materialize`` may be called many times on its result with different ranks (rank search),
+    so it must be cheap where the math allows (SVD truncation, HOSVD core truncation).
+    """
+
+    kind: str = ""
+    method: str = ""
+
+    def supports(self, layer: Any) -> bool:
+        """True when this rewriter can rewrite ``layer`` (cheap: looks at type and config only)."""
+        raise NotImplementedError
+
+    def full_ranks(self, layer: Any) -> Ranks:
+        """The ranks at which the rewrite reproduces the layer exactly (the largest meaningful ranks)."""
+        raise NotImplementedError
+
+    def cost(self, layer: Any, ranks: Ranks) -> Cost:
+        """``(params, macs)`` of the replacement chain at ``ranks`` (MACs per example, as ``layer_cost``)."""
+        raise NotImplementedError
+
+    def decompose(self, layer: Any) -> Any:
+        """A full-rank decomposition of the layer's weights, reusable across ranks."""
+        raise NotImplementedError
+
+    def select_ranks(self, layer: Any, decomposition: Any, policy: Any, multiple: int, floor: int) -> Ranks:
+        """Ranks chosen by a rank policy (``edgelr.factorize.RankPolicy``)."""
+        raise NotImplementedError
+
+    def materialize(self, layer: Any, decomposition: Any, ranks: Ranks, *, exact: bool = True) -> Rewrite:
+        """The replacement chain at ``ranks``; ``exact=False`` allows a cheaper, slightly worse fit (search)."""
+        raise NotImplementedError
+
+    def check_ranks(self, layer: Any, ranks: Any) -> Ranks:
+        """``ranks`` as a tuple of ints within ``1..full``; raises :class:`FactorizeError` otherwise."""
+        full = self.full_ranks(layer)
+        if isinstance(ranks, (int, np.integer)):
+            ranks = (int(ranks),) * len(full)
+        try:
+            ranks = tuple(int(r) for r in ranks)
+        except (TypeError, ValueError):
+            raise FactorizeError(f"layer '{layer.name}': rank {ranks!r} is not an int or a tuple of ints; "
+                                 f"pass e.g. {full}") from None
+        if len(ranks) != len(full):
+            raise FactorizeError(f"layer '{layer.name}' ({self.method}) takes {len(full)} rank(s), got {ranks}; "
+                                 f"pass a tuple like {full}")
+        for r, f in zip(ranks, full):
+            if not 1 <= r <= f:
+                raise FactorizeError(f"layer '{layer.name}' ({self.method}): rank {r} is outside 1..{f}; "
+                                     f"pass ranks between 1 and the full ranks {full}")
+        return ranks
+
+
+_REGISTRY: list[Rewriter] = []
+_LOADED = False
+
+
+def register(rewriter: Rewriter) -> Rewriter:
+    """Add a rewriter to the registry (modules call this at import time)."""
+    if rewriter.method not in METHODS:
+        raise ValueError(f"rewriter method {rewriter.method!r} is not one of {METHODS}")
+    _REGISTRY.append(rewriter)
+    return rewriter
+
+
+def _load() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for name in _MODULES:
+            importlib.import_module(f"edgelr.rewrite.{name}")
+
+
+def rewriters() -> list[Rewriter]:
+    """All registered rewriters, in preference order."""
+    _load()
+    return list(_REGISTRY)
+
+
+def applicable_methods(layer: Any) -> list[str]:
+    """Low-rank methods that apply to ``layer``, preferred first (``[]`` when none).
+
+    Examples: Dense -> ``['svd']``; k x k Conv2D -> ``['tucker2', 'cp', 'spatial-svd']``;
+    1x1 Conv2D -> ``['svd']``; LSTM -> ``['svd', 'svd-recurrent']``.
+    """
+    return [r.method for r in rewriters() if r.supports(layer)]
+
+
+def layer_kind(layer: Any) -> str:
+    """A short kind label for reports (``dense``, ``conv2d``, ``conv2d-1x1``, ``lstm``...)."""
+    for r in rewriters():
+        if r.supports(layer):
+            return r.kind
+    return type(layer).__name__.lower()
+
+
+def get_rewriter(layer: Any, method: str) -> Rewriter | None:
+    """The rewriter for ``layer`` and ``method`` (``auto`` = first applicable), or None."""
+    for r in rewriters():
+        if (method == "auto" or r.method == method) and r.supports(layer):
+            return r
+    return None
+
+
+def child_name(layer: Any, suffix: str) -> str:
+    """Name of a replacement layer: ``<original>/<suffix>`` (tf_keras accepts '/' in layer names)."""
+    return f"{layer.name}/{suffix}"
+
+
+def derived_config(layer: Any, name: str, **overrides: Any) -> dict[str, Any]:
+    """``layer.get_config()`` renamed to ``name`` with ``overrides`` applied (initializers kept).
+
+    ``batch_input_shape`` / ``input_dim`` are dropped: the chain's first element receives them from the
+    model rewrite when needed.
+    """
+    config = dict(layer.get_config())
+    for key in ("batch_input_shape", "input_dim", "input_shape"):
+        config.pop(key, None)
+    config["name"] = name
+    config.update(overrides)
+    return config

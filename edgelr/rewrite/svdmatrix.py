@@ -1,0 +1,64 @@
+"""A matrix decomposed once (its Gram spectrum) and truncated cheaply at any rank.
+
+Every SVD-based rewriter (Dense, 1x1 and channel-SVD convs, separable pointwise, Embedding, recurrent
+kernels, spatial SVD) keeps one :class:`MatrixSVD` per weight matrix, so a rank search re-materializes a
+layer at a new rank with one matrix product instead of a new factorization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MatrixSVD:
+    """A weight matrix and its spectrum (:class:`edgelr.factorize.spectrum.Spectrum`).
+
+    Attributes
+    ----------
+    matrix : numpy.ndarray
+        ``(m, n)`` float32 weights.
+    spectrum : edgelr.factorize.spectrum.Spectrum
+        Gram eigen-decomposition of the smaller side; ``spectrum.singular_values`` has ``min(m, n)`` entries.
+    """
+
+    matrix: np.ndarray
+    spectrum: Any
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> "MatrixSVD":
+        """Decompose ``matrix`` (m, n) once."""
+        from edgelr.factorize.spectrum import matrix_spectrum
+
+        arr = np.asarray(matrix, dtype=np.float32)
+        return cls(arr, matrix_spectrum(arr.astype(np.float64)))
+
+    @property
+    def full_rank(self) -> int:
+        return int(min(self.matrix.shape))
+
+    def truncate(self, rank: int) -> Any:
+        """``SVDResult`` with ``left (m, rank)``, ``right (rank, n)`` (float32) and its relative error."""
+        from edgelr.factorize import truncated_svd
+
+        return truncated_svd(self.matrix, int(rank), spectrum=self.spectrum)
+
+
+def select_matrix_rank_for(matrix: MatrixSVD, policy: Any, cost: Callable[[int], tuple[int, int]],
+                           full_cost: tuple[int, int], multiple: int, floor: int) -> int:
+    """Rank of ``matrix`` chosen by ``policy`` (``edgelr.factorize.select_matrix_rank``)."""
+    from edgelr.factorize import select_matrix_rank
+
+    return int(select_matrix_rank(matrix.matrix, policy, cost=cost, full_cost=full_cost,
+                                  multiple=multiple, floor=floor, spectrum=matrix.spectrum))
+
+
+def select_svd_rank(rewriter: Any, layer: Any, matrix: MatrixSVD, policy: Any, multiple: int, floor: int) -> int:
+    """Rank for a single-rank SVD rewriter: the policy applied to ``matrix`` with the rewriter's cost model."""
+    from edgelr.rewrite.cost import layer_cost
+
+    return select_matrix_rank_for(matrix, policy, lambda r: rewriter.cost(layer, (int(r),)),
+                                  layer_cost(layer), multiple, floor)

@@ -1,0 +1,301 @@
+"""Whole-model rewrite: Functional with branches, residual adds and a nested model; Sequential; options;
+.keras round trip without custom objects; TFLite conversion with builtin ops only, run in ai-edge-litert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgelr.errors import FactorizeError
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def keras() -> Any:
+    from edgelr.tfcompat import keras2
+
+    return keras2()
+
+
+def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
+
+
+def _cnn(keras: Any) -> Any:
+    """Branches, a residual add, BN, pooling, a separable conv, a nested Sequential and a head Dense."""
+    inner = keras.Sequential([keras.layers.Dense(24, activation="relu", name="inner_dense"),
+                              keras.layers.Dense(16, name="inner_out")], name="inner")
+    inp = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    a = keras.layers.Conv2D(16, 3, padding="same", name="branch_a")(x)
+    b = keras.layers.Conv2D(16, 1, name="branch_b")(x)
+    x = keras.layers.Add(name="add")([a, b, x])
+    x = keras.layers.Conv2D(24, 4, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.SeparableConv2D(24, 3, padding="same", name="sep")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = inner(x)
+    out = keras.layers.Dense(10, activation="softmax", name="head")(x)
+    model = keras.Model(inp, out, name="cnn")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if layer.name != "inner":
+            layer.set_weights([rng.normal(0, 0.3, w.shape).astype("float32") + (1.0 if "variance" in v.name else 0.0)
+                               for w, v in zip(layer.get_weights(), layer.weights)])
+    return model
+
+
+def _snapshot(model: Any) -> tuple[str, list[str], list[np.ndarray]]:
+    from edgelr.rewrite import walk_layers
+
+    return (json.dumps(model.get_config(), sort_keys=True, default=str), [p for p, _ in walk_layers(model)],
+            [w.copy() for w in model.get_weights()])
+
+
+def _assert_same(snap: tuple, model: Any) -> None:
+    config, names, weights = snap
+    now = _snapshot(model)
+    assert now[0] == config and now[1] == names
+    assert len(now[2]) == len(weights) and all(np.array_equal(a, b) for a, b in zip(now[2], weights))
+
+
+def _full_ranks(plan: Any) -> dict[str, tuple[int, ...]]:
+    return {p: lp.full_ranks for p, lp in plan.layers.items() if lp.decomposition is not None and lp.method != "cp"}
+
+
+def _tflite(model: Any, representative: Any = None) -> bytes:
+    from edgelr.tfcompat import tf
+
+    converter = tf().lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def _run_tflite(content: bytes, x: np.ndarray) -> tuple[np.ndarray, set[str]]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=content)
+    ops = {d["op_name"] for d in interp._get_ops_details()}
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"]), ops
+
+
+def _assert_builtin(ops: set[str]) -> None:
+    assert ops and not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
+
+
+def test_functional_full_rank_roundtrip(keras: Any, tmp_path: Path) -> None:
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    model = _cnn(keras)
+    snap = _snapshot(model)
+    plan = plan_factorization(model, method="auto", rank_policy="rank:1", min_reduction=None, progress=False)
+    assert set(plan.candidates()) == {"conv1", "branch_a", "branch_b", "conv2", "sep", "inner/inner_dense",
+                                      "inner/inner_out", "head"}
+    new, report = build_factorized(model, plan, _full_ranks(plan))
+    _assert_same(snap, model)
+    assert list(report["layer"]) == ["conv1", "branch_a", "branch_b", "conv2", "sep", "inner/inner_dense",
+                                     "inner/inner_out", "head"]
+    assert not report["skipped"].any()
+    names = [layer.name for layer in new.layers]
+    for expected in ("conv1/tucker_in", "conv1/tucker_core", "conv1/tucker_out", "branch_b/svd_in", "bn1", "add",
+                     "pool", "inner", "head/svd_out"):
+        assert expected in names
+    assert [layer.name for layer in new.get_layer("inner").layers] == [
+        "inner_dense/svd_in", "inner_dense/svd_out", "inner_out/svd_in", "inner_out/svd_out"]
+    # BN passes through with its weights
+    for a, b in zip(model.get_layer("bn1").get_weights(), new.get_layer("bn1").get_weights()):
+        assert np.array_equal(a, b)
+    x = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    assert _rel_diff(expected, new.predict(x, verbose=0)) < 1e-4
+
+    path = tmp_path / "factorized.keras"
+    new.save(path)
+    loaded = keras.models.load_model(path)  # no custom objects
+    assert _rel_diff(expected, loaded.predict(x, verbose=0)) < 1e-4
+
+    out, ops = _run_tflite(_tflite(new), x[:1])
+    _assert_builtin(ops)
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
+    assert _rel_diff(expected[:1], out) < 1e-4
+
+
+def test_cp_and_spatial_models_convert(keras: Any) -> None:
+    """CP (with its explicit padding for a strided 'same' conv) and spatial SVD convert with builtin ops."""
+    from edgelr.rewrite import factorize_model
+
+    model = _cnn(keras)
+    x = np.random.default_rng(2).normal(size=(1, 16, 16, 3)).astype("float32")
+    for method in ("cp", "spatial-svd"):
+        new, report = factorize_model(model, method=method, rank_policy="rank:8", include=["conv2"],
+                                      min_reduction=None, progress=False)
+        assert list(report.loc[~report["skipped"], "layer"]) == ["conv2"]
+        out, ops = _run_tflite(_tflite(new), x)
+        _assert_builtin(ops)
+        assert _rel_diff(new.predict(x, verbose=0), out) < 1e-4
+
+
+def test_sequential_full_rank(keras: Any) -> None:
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    model = keras.Sequential([
+        keras.layers.Conv1D(8, 3, activation="relu", input_shape=(20, 4), name="c1"),
+        keras.layers.Conv1D(12, 1, name="c2"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(5, name="d"),
+    ], name="seq")
+    plan = plan_factorization(model, rank_policy="rank:1", min_reduction=None, progress=False)
+    new, _ = build_factorized(model, plan, _full_ranks(plan))
+    assert type(new).__name__ == "Sequential"
+    assert [layer.name for layer in new.layers] == ["c1/tucker_in", "c1/tucker_core", "c1/tucker_out",
+                                                    "c2/svd_in", "c2/svd_out", "flat", "d/svd_in", "d/svd_out"]
+    x = np.random.default_rng(3).normal(size=(3, 20, 4)).astype("float32")
+    assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) < 1e-4
+
+
+def test_include_skip_and_errors(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model
+
+    model = _cnn(keras)
+    _, report = factorize_model(model, rank_policy="rank:4", include=["conv*", "branch_?"], skip=["branch_b"],
+                                min_reduction=None, progress=False)
+    rewritten = set(report.loc[~report["skipped"], "layer"])
+    assert rewritten == {"conv1", "conv2", "branch_a"}
+    reasons = dict(zip(report["layer"], report["reason"]))
+    assert reasons["branch_b"] == "matched by skip" and reasons["head"] == "not matched by include"
+    # qualified names of nested layers match too
+    _, report = factorize_model(model, rank_policy="rank:4", include=["inner/*"], min_reduction=None, progress=False)
+    assert set(report.loc[~report["skipped"], "layer"]) == {"inner/inner_dense", "inner/inner_out"}
+
+    with pytest.raises(FactorizeError, match="bn1"):
+        factorize_model(model, include=["bn1"], progress=False)
+    with pytest.raises(FactorizeError, match="matches no layer"):
+        factorize_model(model, include=["nothing*"], progress=False)
+    with pytest.raises(FactorizeError, match="method"):
+        factorize_model(model, method="qr", progress=False)
+    with pytest.raises(FactorizeError, match="rank policy"):
+        factorize_model(model, rank_policy="ranks:3", progress=False)
+    with pytest.raises(FactorizeError, match="min_reduction"):
+        factorize_model(model, min_reduction=1.5, progress=False)
+
+
+def test_min_reduction_leaves_layers_that_do_not_pay(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model
+
+    inp = keras.Input((20,))
+    out = keras.layers.Dense(12, name="d")(inp)
+    model = keras.Model(inp, out)
+    # rank 8: 20*8 + 8*12 + 12 = 268 params vs 252: no saving
+    new, report = factorize_model(model, rank_policy="rank:8", progress=False)
+    assert bool(report.loc[0, "skipped"]) and "params" in report.loc[0, "reason"]
+    assert [layer.name for layer in new.layers[1:]] == ["d"]
+    assert int(report.loc[0, "params_after"]) == 252
+    # rank 4: 20*4 + 4*12 + 12 = 140 params (56%), MACs 128/240 (53%): rewritten at 10%, left at 50%
+    new, report = factorize_model(model, rank_policy="rank:4", progress=False)
+    assert not report.loc[0, "skipped"] and int(report.loc[0, "params_after"]) == 140 == new.count_params()
+    _, report = factorize_model(model, rank_policy="rank:4", min_reduction=0.5, progress=False)
+    assert bool(report.loc[0, "skipped"])
+
+
+def test_target_rounds_ranks_and_sets_defaults(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model
+    from edgelr.targets import get_target
+
+    inp = keras.Input((64,))
+    out = keras.layers.Dense(64, name="d")(inp)
+    model = keras.Model(inp, out)
+    multiple = get_target("rpi4").rank_multiple
+    _, report = factorize_model(model, rank_policy="rank:3", target="rpi4", progress=False)
+    assert report.loc[0, "ranks"] == (multiple,)
+    _, report = factorize_model(model, rank_policy="rank:3", target=get_target("rpi4"), progress=False)
+    assert report.loc[0, "ranks"] == (multiple,)
+
+
+def test_progress_goes_to_stderr(keras: Any, capsys: Any) -> None:
+    from edgelr.rewrite import factorize_model
+
+    inp = keras.Input((64,))
+    model = keras.Model(inp, keras.layers.Dense(64, name="d")(inp))
+    factorize_model(model, rank_policy="rank:8", progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "rewrite" in captured.err
+
+
+def test_plan_reuse_across_ranks(keras: Any) -> None:
+    """One plan, several rank sets: each build matches the count it promises and the error falls with rank."""
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    model = _cnn(keras)
+    plan = plan_factorization(model, rank_policy="params:0.5", min_reduction=None, progress=False)
+    errors = []
+    for r in (2, 4, 8):
+        new, report = build_factorized(model, plan, {"conv2": (r, r), "head": None}, exact=False)
+        row = report.set_index("layer").loc["conv2"]
+        assert row["ranks"] == (r, r)
+        assert int(row["params_after"]) == 16 * r + 16 * r * r + r * 24 + 24
+        assert bool(report.set_index("layer").loc["head", "skipped"])
+        errors.append(float(row["rel_error"]))
+    assert errors[0] > errors[1] > errors[2]
+    with pytest.raises(FactorizeError, match="not a factorizable layer"):
+        build_factorized(model, plan, {"bn1": 3})
+
+
+def test_recurrent_model_tflite(keras: Any, tmp_path: Path) -> None:
+    """Embedding -> LSTM (input projection, fused op kept) -> GRU (low-rank recurrent cell) -> Dense, batch 1."""
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    inp = keras.Input((12,), batch_size=1, dtype="int32")
+    x = keras.layers.Embedding(40, 16, name="emb")(inp)
+    x = keras.layers.LSTM(16, return_sequences=True, name="lstm")(x)
+    x = keras.layers.GRU(12, name="gru")(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="head")(x))
+    plan = plan_factorization(model, method="svd-recurrent", rank_policy="rank:1", min_reduction=None,
+                              include=["gru"], progress=False)
+    new, _ = build_factorized(model, plan, {"gru": (16, 12)})
+    from edgelr.rewrite import plan_factorization as plan2
+
+    plan_b = plan2(new, method="svd", rank_policy="rank:1", min_reduction=None, include=["lstm", "emb"],
+                   progress=False)
+    new, _ = build_factorized(new, plan_b, {"lstm": 16, "emb": 16})
+    assert [layer.name for layer in new.layers[1:]] == ["emb/svd_in", "emb/svd_out", "lstm/svd_in", "lstm", "gru",
+                                                        "head"]
+    assert type(new.get_layer("gru").cell).__name__ == "LowRankGRUCell"
+    x = np.random.default_rng(5).integers(0, 40, size=(1, 12)).astype("int32")
+    expected = model.predict(x, verbose=0)
+    assert _rel_diff(expected, new.predict(x, verbose=0)) < 1e-4
+    path = tmp_path / "rnn.keras"
+    new.save(path)
+    loaded = keras.models.load_model(path)  # the cell is registered, no custom_objects needed
+    assert _rel_diff(expected, loaded.predict(x, verbose=0)) < 1e-4
+    out, ops = _run_tflite(_tflite(new), x)
+    _assert_builtin(ops)
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and "WHILE" in ops
+    assert _rel_diff(expected, out) < 1e-4
+
+
+def test_subclassed_model_rejected(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model
+
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = keras.layers.Dense(4)
+
+        def call(self, x: Any) -> Any:
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 3), "float32"))
+    with pytest.raises(FactorizeError, match="subclassed"):
+        factorize_model(net, progress=False)
