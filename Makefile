@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # Debian packages the tests use: a real sshd, the real adb server, Fashion-MNIST, a headless browser,
 # a POSIX shell for the Android harness, ip netns for a separate "device" host.
-APT_PACKAGES := openssh-server adb dataset-fashion-mnist chromium iproute2 dash busybox procps
+APT_PACKAGES := openssh-server adb dataset-fashion-mnist chromium iproute2 dash busybox procps mksh
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast venv deps-apt clean bench

@@ -210,7 +210,7 @@ class ADBTransport(Transport):
         deadline = _Deadline(timeout or self.ready_timeout, "waiting for the adb device")
         devs = self.devices(deadline.remaining())
         if self.serial is None:
-            usable = [s for s, st in devs.items()]
+            usable = list(devs)
             if len(usable) != 1:
                 raise DeviceError(f"no adb serial given and the adb server lists {len(usable)} devices "
                                   f"({', '.join(usable) or 'none'}); set 'serial' in the inventory or ANDROID_SERIAL")
@@ -225,6 +225,7 @@ class ADBTransport(Transport):
         while True:
             state = self.devices(deadline.remaining()).get(self.serial)
             if state == "device":
+                self._check_features(deadline)
                 self._ready = True
                 return
             if state == "unauthorized":
@@ -237,6 +238,13 @@ class ADBTransport(Transport):
                 raise DeviceError(f"adb device {self.serial} stayed '{state or 'absent'}' for "
                                   f"{deadline.timeout:g} s; reconnect it (and accept the RSA prompt), then retry")
             time.sleep(0.1)
+
+    def _check_features(self, deadline: _Deadline) -> None:
+        """Require shell protocol v2 (Android 7+): without its exit packet a command's status is unknowable."""
+        features = self.host_query(f"host-serial:{self.serial}:features", deadline.remaining())
+        if "shell_v2" not in features.split(","):
+            raise DeviceError(f"adb device {self.serial} lacks the shell_v2 feature (features: {features.strip() or 'none'}); "
+                              f"edgelr needs Android 7 or newer to get reliable exit statuses over adb")
 
     def _service(self, service: str, deadline: _Deadline) -> AdbConnection:
         self.ensure_ready(min(deadline.remaining(), self.ready_timeout))

@@ -13,8 +13,13 @@ Pure parsers (checked against ``tests/fixtures/android/``):
 * :func:`parse_harness_output` - the record ``harness.sh`` prints.
 
 Device-side work (through any :class:`~device_agents.transport.Transport`, normally ``adb``):
-:func:`android_device_info` (for ``edgelr devices check``) and :func:`run_android_benchmark` (push the
-harness, the ABI's ``benchmark_model`` and the model once, run, parse, return frame rows).
+
+* :class:`AndroidHarness` - registered as ``android/benchmark_model`` in :mod:`edgelr.bench.harness`, so
+  ``edgelr bench --device <android device>`` runs through it (push harness + the ABI's binary once, run,
+  parse; the harness' temperatures, thermal status, power and per-rail energy go into ``bench.extra``);
+* :class:`OdpmProbe`, :class:`AndroidBatteryProbe` - appended to ``device_agents.probes.ENERGY_PROBES``;
+* :func:`android_device_info` (``edgelr devices check``) and :func:`run_android_benchmark` (one run
+  without the orchestration).
 """
 
 from __future__ import annotations
@@ -237,7 +242,7 @@ def odpm_power(before: OdpmReading, after: OdpmReading) -> dict[str, float]:
 
 # --- harness output --------------------------------------------------------------------------------------
 @dataclass
-class HarnessOutput:
+class HarnessRecord:
     """What ``harness.sh`` printed: named text blocks, the key=value record, and the samples table.
 
     ``samples`` rows: (uptime_cs, vmhwm_kb, vmrss_kb, current_now, voltage_now, battery_temp, status), the
@@ -253,7 +258,7 @@ class HarnessOutput:
         return int(self.result.get("exit_code", "-1"))
 
 
-def parse_harness_output(text: str) -> HarnessOutput:
+def parse_harness_output(text: str) -> HarnessRecord:
     """Split the harness' stdout into blocks and the result record.
 
     Raises
@@ -261,7 +266,7 @@ def parse_harness_output(text: str) -> HarnessOutput:
     BenchmarkError
         No ``EDGELR-RESULT-END`` line: the harness was killed or the output truncated.
     """
-    out = HarnessOutput()
+    out = HarnessRecord()
     name: str | None = None
     buf: list[str] = []
     in_result = False
@@ -398,7 +403,7 @@ class AndroidRun:
     """
 
     bench: Any                       # edgelr.bench.parse.BenchOutput
-    harness: HarnessOutput
+    harness: HarnessRecord
     abi: str
     binary: str
     binary_sha256: str
@@ -413,7 +418,8 @@ class AndroidRun:
     notes: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> list[tuple[str, float, str]]:
-        """(metric, value, note) rows of :data:`edgelr.bench.frame.METRICS` this run measured (aggregates)."""
+        """(metric, value, note) aggregates this run measured (:data:`edgelr.bench.frame.METRICS` names) plus
+        the per-rail rows of :meth:`rail_rows`."""
         b = self.bench
         rows: list[tuple[str, float, str]] = [
             ("init", b.init_ms, ""), ("first_inference", b.first_inference_ms, ""),
@@ -502,7 +508,7 @@ def run_android_benchmark(t: Transport, model: Path, *, runs: int = 50, warmup: 
     return run
 
 
-def _assemble(bench: Any, h: HarnessOutput, abi: str, remote_bin: str, bin_sha: str) -> AndroidRun:
+def _assemble(bench: Any, h: HarnessRecord, abi: str, remote_bin: str, bin_sha: str) -> AndroidRun:
     notes: dict[str, str] = {}
     hwm_kb = int(h.result.get("vmhwm_kb", "0") or 0)
     peak_mb = hwm_kb / 1024.0 if hwm_kb > 0 else NAN

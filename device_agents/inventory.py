@@ -19,6 +19,14 @@ Example ``~/.config/edgelr/inventory.toml``::
     serial = "33141FDH2000AB"
     benchmark_binary = "/data/local/tmp/android_aarch64_benchmark_model"
 
+Fields (all optional but ``transport``): ``transport`` (local | ssh | adb), ``target`` (profile, default
+``host``), ``os`` (linux | android; adb implies android); ssh: ``host port user key known_hosts
+trust_new_host``; adb: ``serial adb_host adb_port``; ``benchmark_binary`` (path on the device of LiteRT's
+``benchmark_model``; empty = edgelr's runner.py), ``benchmark_binary_local`` (a local file edgelr pushes
+to ``benchmark_binary``), ``python`` (device interpreter for runner.py), ``workdir``, ``affinity_mask``
+(hex, overrides the target's), ``shell`` (local only), ``connect_timeout``, ``command_timeout`` (s),
+``description``; a sub-table ``[devices.NAME.options]`` is passed to the transport's constructor as is.
+
 The file is found at ``--inventory FILE``, else ``$EDGELR_INVENTORY``, else
 ``$XDG_CONFIG_HOME/edgelr/inventory.toml`` (``~/.config/...``). A device ``local`` (this machine,
 target ``host``, run with this Python) is always available unless the file defines its own ``local``.
@@ -89,7 +97,7 @@ class DeviceSpec:
         if self.transport == "ssh":
             kw: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "key": self.key,
                                   "known_hosts": self.known_hosts, "trust_new_host": self.trust_new_host,
-                                  "connect_timeout": self.connect_timeout}
+                                  "connect_timeout": self.connect_timeout, "device": self.name}
         elif self.transport == "adb":
             kw = {"serial": self.serial, "adb_host": self.adb_host, "adb_port": self.adb_port,
                   "connect_timeout": self.connect_timeout}

@@ -470,12 +470,17 @@ class Cooldown:
 
 def wait_for_cooldown(t: Transport, limit_c: float, timeout_s: float = 300.0, poll_s: float = 5.0,
                       root: str = "", vcgencmd: str = "vcgencmd",
-                      sleep: Callable[[float], None] | None = None) -> Cooldown:
-    """Poll temperatures until the hottest is below ``limit_c`` or ``timeout_s`` passes."""
+                      sleep: Callable[[float], None] | None = None,
+                      reader: Callable[[], dict[str, float]] | None = None) -> Cooldown:
+    """Poll temperatures until the hottest is below ``limit_c`` or ``timeout_s`` passes.
+
+    ``reader`` replaces :func:`read_temperatures` (an OS harness may read ``dumpsys`` instead).
+    """
     sleep_fn = sleep or time.sleep
+    read = reader or (lambda: read_temperatures(t, root, vcgencmd))
     t0 = time.monotonic()
     while True:
-        temp = max_temperature(read_temperatures(t, root, vcgencmd))
+        temp = max_temperature(read())
         waited = time.monotonic() - t0
         if not math.isfinite(temp):
             return Cooldown(True, NAN, waited, "no temperature sensor: cool-down not checked")

@@ -102,7 +102,7 @@ class SSHTransport(Transport):
     host
         Host name, address or ``~/.ssh/config`` alias.
     port, user, key
-        Explicit options; they override ``~/.ssh/config``. ``key`` is a private key file (OpenSSH
+        Explicit options; they override ``~/.ssh/config`` (None, 0 or "" mean "not set"). ``key`` is a private key file (OpenSSH
         format); without one the config's IdentityFile entries, then the default keys are tried.
         A running ssh-agent (``SSH_AUTH_SOCK``) is used too unless ``use_agent`` is False.
     known_hosts
@@ -159,23 +159,24 @@ class SSHTransport(Transport):
                 raise DeviceError(f"cannot read SSH config {cfg_path}: {exc}; fix or move the file") from exc
         self.hostname: str = str(cfg.get("hostname", host))
         try:
-            self.port: int = int(port if port is not None else cfg.get("port", 22))
+            self.port: int = int(port or cfg.get("port", 22))  # None/0: not set
         except ValueError as exc:
             raise DeviceError(f"device {self.device!r}: port must be an integer, got {port!r}") from exc
         self.user: str = str(user or cfg.get("user") or getpass.getuser())
         if key:
             self.keys: list[str] = [str(Path(key).expanduser())]
-        else:
-            self.keys = [str(Path(k).expanduser()) for k in cfg.get("identityfile", [])]
-        for k in self.keys:
-            if key and not Path(k).is_file():
-                raise DeviceError(f"device {self.device!r}: SSH key file {k} not found; fix 'key' in the inventory")
+            if not Path(self.keys[0]).is_file():
+                raise DeviceError(f"device {self.device!r}: SSH key file {self.keys[0]} not found; fix 'key' in "
+                                  "the inventory")
+        else:  # like ssh, IdentityFile entries that do not exist are skipped
+            self.keys = [k for k in (str(Path(k).expanduser()) for k in cfg.get("identityfile", [])) if Path(k).is_file()]
         self.user_known_hosts = home / ".ssh" / "known_hosts"
         self.known_hosts: Path | None = Path(known_hosts).expanduser() if known_hosts else None
         self.record_file: Path = self.known_hosts or self.user_known_hosts
         self.stats = TransferStats()
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._no_sftp = False  # the device refused the SFTP subsystem: copy through exec channels
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._op_deadline = float("inf")  # monotonic end of the current operation (set by _deadline)
@@ -446,11 +447,54 @@ class SSHTransport(Transport):
         return code is not None
 
     # ------------------------------------------------------------------ files
-    def _sftp_client(self) -> paramiko.SFTPClient:
+    def _sftp_client(self) -> paramiko.SFTPClient | None:
+        """The SFTP session (opened once per connection); None when the device has no SFTP subsystem."""
         client = self._connected()
+        if self._no_sftp:
+            return None
         if self._sftp is None or self._sftp.sock.closed:
-            self._sftp = client.open_sftp()
+            try:
+                self._sftp = client.open_sftp()
+            except paramiko.SSHException as exc:
+                transport = client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise
+                log.info("device %s has no SFTP subsystem (%s); copying through 'cat'", self.device, exc)
+                self._no_sftp = True
+                return None
         return self._sftp
+
+    def _put_exec(self, f: BinaryIO, tmp: str, path: str, size: int, mode: int, deadline: float, what: str) -> None:
+        """Send ``f`` through ``cat > tmp`` on an exec channel, then chmod and rename (no SFTP needed)."""
+        transport = self._connected().get_transport()
+        assert transport is not None
+        chan = transport.open_session(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            chan.exec_command(f"cat > {shlex.quote(tmp)}")
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                chan.sendall(block)
+            chan.shutdown_write()
+            code, _, err = _drain(chan, deadline)
+        finally:
+            chan.close()
+        if code != 0:
+            self._run_inner(f"rm -f -- {shlex.quote(tmp)}", deadline)
+            raise DeviceError(f"{what} failed on device {self.device!r}: "
+                              f"{err.decode('utf-8', 'replace').strip() or 'cat exited ' + str(code)}; "
+                              "check the path and permissions")
+        self._finish_exec(tmp, path, (size, mode), deadline, what)
+
+    def _finish_exec(self, tmp: str, path: str, check: tuple[int, int] | None, deadline: float, what: str) -> None:
+        """``mv -f tmp path`` on the device; with ``check`` = (size, mode) also verify size and chmod."""
+        qt, qp = shlex.quote(tmp), shlex.quote(path)
+        pre = ""
+        if check is not None:
+            size, mode = check
+            pre = f'[ "$(wc -c < {qt})" -eq {size} ] && chmod {mode:o} {qt} && '
+        res = self._run_inner(f"{pre}mv -f -- {qt} {qp} || {{ rm -f -- {qt}; exit 1; }}", deadline)
+        if res.exit_code != 0:
+            raise DeviceError(f"{what} failed on device {self.device!r} while moving the upload into place: "
+                              f"{res.stderr.strip() or 'size mismatch'}; check the path and permissions")
 
     def remote_sha256(self, remote: str, timeout: float) -> str | None:
         """sha256 (hex) of the remote file, or None when it does not exist."""
@@ -477,8 +521,7 @@ class SSHTransport(Transport):
         with open(local, "rb") as f, self._deadline(timeout, what):
             digest, size = _sha256_file(f)
             parent = posixpath.dirname(path)
-            mk = f"mkdir -p -- {shlex.quote(parent)} && " if parent else ""
-            res = self._run_inner(f"{mk}{_sha_command(path)}", t0 + timeout)
+            res = self._run_inner(_sha_command(path, mkdir=parent), t0 + timeout)
             if res.exit_code != 0:
                 raise DeviceError(
                     f"{what}: cannot prepare the remote directory on device {self.device!r}: "
@@ -487,17 +530,27 @@ class SSHTransport(Transport):
             if _parse_sha(res.stdout) == digest:
                 self.stats.skipped += 1
                 return False
-            sftp = self._sftp_client()
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.edgelr-{secrets.token_hex(4)}.tmp")
-            try:
-                _put(sftp, f, tmp, size)
-                sftp.chmod(tmp, mode)
-                sftp.posix_rename(tmp, path)
-            except OSError as exc:
-                if not _is_sftp_status(exc):
-                    raise  # a link error: _deadline reports it
-                _try_remove(sftp, tmp)
-                raise DeviceError(f"{what} failed on device {self.device!r}: {exc}; check the path and permissions") from exc
+            sftp = self._sftp_client()
+            if sftp is None:  # no SFTP subsystem on the device (some busybox/dropbear boards)
+                self._put_exec(f, tmp, path, size, mode, t0 + timeout, what)
+            else:
+                try:
+                    _put(sftp, f, tmp, size)
+                    sftp.chmod(tmp, mode)
+                    try:
+                        sftp.posix_rename(tmp, path)
+                    except OSError as exc:  # server without posix-rename@openssh.com
+                        if not _is_sftp_status(exc):
+                            raise
+                        self._finish_exec(tmp, path, None, t0 + timeout, what)
+                except OSError as exc:
+                    if not _is_sftp_status(exc):
+                        raise  # a link error: _deadline reports it
+                    _try_remove(sftp, tmp)
+                    raise DeviceError(
+                        f"{what} failed on device {self.device!r}: {exc}; check the path and permissions"
+                    ) from exc
         self.stats.pushes += 1
         self.stats.bytes_sent += size
         return True
@@ -509,19 +562,32 @@ class SSHTransport(Transport):
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.edgelr-{secrets.token_hex(4)}.tmp")
         try:
+            t0 = time.monotonic()
             with open(tmp, "wb") as f, self._deadline(timeout, what):
                 sftp = self._sftp_client()
-                try:
-                    sftp.getfo(_remote_path(remote), f)
-                except (FileNotFoundError, PermissionError) as exc:
-                    raise DeviceError(f"{what}: {remote} is not readable on device {self.device!r} ({exc})") from exc
+                if sftp is None:  # no SFTP subsystem: stream it through cat
+                    res = self._run_inner(f"cat -- {shlex.quote(_remote_path(remote))}", t0 + timeout, raw=True)
+                    if res.exit_code != 0:
+                        raise DeviceError(f"{what}: {remote} is not readable on device {self.device!r} "
+                                          f"({res.stderr.strip()})")
+                    f.write(res.stdout_bytes)
+                else:
+                    try:
+                        sftp.getfo(_remote_path(remote), f)
+                    except (FileNotFoundError, PermissionError) as exc:
+                        raise DeviceError(
+                            f"{what}: {remote} is not readable on device {self.device!r} ({exc})"
+                        ) from exc
             os.replace(tmp, local)
             self.stats.bytes_received += local.stat().st_size
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _run_inner(self, line: str, deadline: float) -> RunResult:
-        """Run a shell line on the open connection inside an active :meth:`_deadline` (no kill)."""
+    def _run_inner(self, line: str, deadline: float, raw: bool = False) -> "_RawResult":
+        """Run a shell line on the open connection inside an active :meth:`_deadline` (no kill).
+
+        ``raw`` keeps stdout as bytes too (``stdout_bytes``), for file content.
+        """
         t0 = time.monotonic()
         transport = self._connected().get_transport()
         assert transport is not None
@@ -533,7 +599,15 @@ class SSHTransport(Transport):
             chan.close()
         if code is None:
             raise DeviceError(f"{_short(line)!r} did not finish on device {self.device!r} in time")
-        return RunResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - t0)
+        text = "" if raw else out.decode("utf-8", "replace")
+        return _RawResult(code, text, err.decode("utf-8", "replace"), time.monotonic() - t0, out if raw else b"")
+
+
+@dataclass(frozen=True)
+class _RawResult(RunResult):
+    """A :class:`RunResult` that can also carry stdout as bytes."""
+
+    stdout_bytes: bytes = b""
 
 
 def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, bytes]:
@@ -561,8 +635,12 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, 
         left = deadline - time.monotonic()
         if left <= 0:
             return None, b"".join(out), b"".join(err)
-        if not busy:
-            select.select([chan], [], [], min(left, 0.02))
+        if busy:
+            continue
+        if chan.eof_received:  # output ended: wake as soon as the exit status arrives
+            chan.status_event.wait(min(left, 0.05))
+        else:  # wakes on stdout/stderr data and on EOF
+            select.select([chan], [], [], min(left, 0.05))
 
 
 def _put(sftp: paramiko.SFTPClient, f: BinaryIO, remote: str, size: int) -> None:
@@ -626,12 +704,17 @@ def _remote_path(remote: str) -> str:
 _PY_SHA = "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
 
 
-def _sha_command(path: str) -> str:
-    """Shell line printing the sha256 hex of ``path`` (read via stdin: no name escaping), or nothing."""
+def _sha_command(path: str, mkdir: str = "") -> str:
+    """Shell line printing the sha256 hex of ``path`` (read via stdin: no name escaping), or nothing.
+
+    With ``mkdir``, that directory is created (``mkdir -p``) when ``path`` does not exist yet; the
+    line then fails only when it cannot be created. One round trip either way.
+    """
     q = shlex.quote(path)
+    otherwise = f"mkdir -p -- {shlex.quote(mkdir)}" if mkdir else "true"
     return (
         f"if [ -f {q} ]; then sha256sum < {q} 2>/dev/null || python3 -c {shlex.quote(_PY_SHA)} < {q} "
-        "2>/dev/null || true; fi"
+        f"2>/dev/null || true; else {otherwise}; fi"
     )
 
 

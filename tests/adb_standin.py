@@ -332,10 +332,12 @@ class AdbdStandin:
     """
 
     def __init__(self, root: Path, shell: list[str] | None = None, props: dict[str, str] | None = None,
-                 faults: Faults | None = None, odpm_power_w: dict[str, float] | None = None) -> None:
+                 faults: Faults | None = None, odpm_power_w: dict[str, float] | None = None,
+                 features: str = "shell_v2,cmd") -> None:
         self.root = Path(root)
         self.shell = shell or ["dash"]
         self.faults = faults or Faults()
+        self.features = features
         self.odpm_power_w = odpm_power_w if odpm_power_w is not None else {"S2M_VDD_CPUCL2": 1.5,
                                                                            "S3M_VDD_CPUCL1": 0.5}
         self.tmp_dir = self.root / "data" / "local" / "tmp"
@@ -397,7 +399,7 @@ exec /usr/bin/taskset "$(printf '%x' "$m")" "$@"
         p = self.props
         return (f"device::ro.product.name={p.get('ro.product.name', '')};"
                 f"ro.product.model={p.get('ro.product.model', '')};"
-                f"ro.product.device={p.get('ro.product.device', '')};features=shell_v2,cmd")
+                f"ro.product.device={p.get('ro.product.device', '')};features={self.features}")
 
     def env(self) -> dict[str, str]:
         return {"PATH": f"{self.root / 'bin'}:/usr/bin:/bin", "HOME": str(self.tmp_dir),
@@ -438,6 +440,7 @@ exec /usr/bin/taskset "$(printf '%x' "$m")" "$@"
                 sock, _ = self.server.accept()
             except OSError:
                 return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             link = _Link(self, sock)
             self._links.append(link)
             threading.Thread(target=link.serve, daemon=True).start()

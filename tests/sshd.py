@@ -175,7 +175,7 @@ class SshdServer:
             self.netns = None
 
 
-def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path) -> Path:
+def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path, sftp: bool = True) -> Path:
     cfg = d / "sshd_config"
     cfg.write_text(
         "\n".join(
@@ -191,7 +191,7 @@ def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path) -
                 "PermitRootLogin prohibit-password",
                 "UsePAM no",
                 "StrictModes no",
-                "Subsystem sftp internal-sftp",
+                "Subsystem sftp internal-sftp" if sftp else "# no SFTP subsystem",
                 "LogLevel VERBOSE",
                 "MaxStartups 50",
                 # bash sources ~/.bashrc for ssh commands when SHLVL < 2; this machine's root .bashrc
@@ -204,7 +204,7 @@ def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path) -
     return cfg
 
 
-def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519") -> SshdServer:
+def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519", sftp: bool = True) -> SshdServer:
     """Start sshd with throwaway keys under directory ``d``; wait until it accepts.
 
     Parameters
@@ -216,6 +216,8 @@ def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519") -> 
         Raises ``pytest.skip.Exception`` when the namespace cannot be created.
     host_key_type
         ``ssh-keygen -t`` type of the server's host key.
+    sftp
+        Offer the SFTP subsystem (``internal-sftp``); False mimics boards without one.
     """
     d.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -229,7 +231,7 @@ def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519") -> 
         port = 22
     else:
         host, port = "127.0.0.1", _free_port()
-    cfg = _config(d, host, port, host_key, authorized)
+    cfg = _config(d, host, port, host_key, authorized, sftp)
     argv = [SSHD, "-f", str(cfg), "-D", "-e"]
     if ns:
         argv = ["ip", "netns", "exec", ns, *argv]

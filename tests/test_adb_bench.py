@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -64,11 +65,19 @@ def test_cli_bench_end_to_end_and_pushes_once(adb_server: AdbServer, make_device
     assert 0 < first["value"] < 50                                          # ms, a tiny MLP
     assert rows["latency_min"]["value"] <= rows["latency_median"]["value"] <= rows["latency_max"]["value"]
     assert rows["peak_memory"]["value"] > 20                                # MB: VmHWM of the LiteRT process
-    assert rows["temp_before"]["value"] == 38.5                             # hottest fixture thermal zone
+    # the harness' own figures replace the generic probes': dumpsys HAL block (BIG 62.5 C, status LIGHT)
+    assert rows["temp_before"]["value"] == 62.5 and "dumpsys thermalservice" in rows["temp_before"]["note"]
+    assert rows["throttled"]["value"] == 1.0 and "LIGHT" in rows["throttled"]["note"]
     assert rows["avg_power"]["value"] == pytest.approx(2.0, rel=0.2)        # ODPM: 1.5 W + 0.5 W
-    assert "pixel_odpm" in rows["avg_power"]["note"]
+    assert "ODPM sum of 16 rails" in rows["avg_power"]["note"]
     assert rows["energy_per_inference"]["value"] == pytest.approx(rows["avg_power"]["value"] * first["value"],
                                                                   rel=1e-6)
+    rails = {r["note"]: r["value"] for r in json.loads(res.stdout)["rows"]
+             if r["metric"] == "rail_energy_per_inference"}
+    assert len(rails) == 16 and all(r["unit"] == "mJ" for r in json.loads(res.stdout)["rows"]
+                                    if r["metric"] == "rail_energy_per_inference")
+    assert rails["rail=S2M_VDD_CPUCL2 (ODPM)"] == pytest.approx(1.5 * first["value"], rel=0.2)
+    assert rails["rail=VSYS_PWR_DISPLAY (ODPM)"] == 0.0
     assert (dev.tmp_dir / "edgelr" / "bin" / "arm64-v8a" / "benchmark_model").is_file()
     # second run: binary, harness and model already there (sha256 skip): no sync session at all
     n_sync = dev.log.count("sync:")
@@ -88,6 +97,8 @@ def test_cli_devices_check_android(adb_server: AdbServer, make_device, tmp_path:
     assert report["ready"] is True and report["abi"] == "arm64-v8a" and report["cores"] == 8
     assert report["power_sensor"] == "pixel_odpm"
     assert report["program"]["tool"] == "android_bench"
+    assert report["android"]["model"] == "Pixel 7" and report["android"]["thermal_status"] == "LIGHT"
+    assert report["android"]["max_freq_khz"]["cpu6"] == 2850000
 
 
 @pytest.mark.timeout(240)
@@ -122,8 +133,12 @@ def test_cli_bench_unauthorized(adb_server: AdbServer, make_device, tmp_path: Pa
 
 
 @pytest.mark.timeout(240)
-def test_run_android_benchmark_directly(adb_server: AdbServer, make_device, tmp_path: Path) -> None:  # noqa: F811
-    dev = make_device()
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_run_android_benchmark_directly(adb_server: AdbServer, make_device, tmp_path: Path,  # noqa: F811
+                                        shell: str) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed (apt-get install {shell}); make test installs it")
+    dev = make_device(shell=["dash"] if shell == "dash" else ["busybox", "sh"])
     t = ADBTransport(serial=dev.serial, adb_port=adb_server.port)
     bm = write_launcher(tmp_path / "benchmark_model")
     run = run_android_benchmark(t, MODEL, runs=5, threads=1, affinity_mask="c0", benchmark_binary_local=str(bm),
@@ -145,3 +160,19 @@ def test_run_android_benchmark_directly(adb_server: AdbServer, make_device, tmp_
     bad.write_bytes(b"junk")
     with pytest.raises(BenchmarkError, match="Benchmarking failed"):
         run_android_benchmark(t, bad, runs=2, benchmark_binary_local=str(bm))
+
+
+@pytest.mark.timeout(60)
+def test_android_device_info(adb_server: AdbServer, make_device) -> None:  # noqa: F811
+    from device_agents.android import android_device_info
+
+    dev = make_device()
+    t = ADBTransport(serial=dev.serial, adb_port=adb_server.port)
+    info = android_device_info(t, "/data/local/tmp/edgelr/bin/arm64-v8a/benchmark_model")
+    assert (info["model"], info["android"], info["abi"], info["soc"]) == ("Pixel 7", "14", "arm64-v8a", "GS201")
+    assert info["cores"] == 8 and info["max_freq_khz"]["cpu7"] == 2850000 and info["max_freq_khz"]["cpu0"] == 1803000
+    assert set(info["governors"].values()) == {"sched_pixel"}
+    assert info["battery"]["status"] == "Discharging" and info["battery"]["power_w"] == pytest.approx(1.5963, abs=1e-3)
+    assert (info["thermal_status"], info["hottest_c"]) == ("LIGHT", 62.5)
+    assert len(info["odpm_rails"]) == 16 and info["odpm_rails"]["S2M_VDD_CPUCL2"] == "CPU(BIG)"
+    assert info["benchmark_binary_present"] is False

@@ -167,3 +167,20 @@ def test_unauthorized_device(adb_server: AdbServer, make_device) -> None:  # noq
     assert adb_server.adb_cmd("devices").stdout.count(f"{dev.serial}\tunauthorized") == 1
     with pytest.raises(DeviceError, match="unauthorized"):
         ADBTransport(serial=dev.serial, adb_port=adb_server.port).run("echo hi", timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_serial_from_android_serial(adb_server: AdbServer, phone, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setenv("ANDROID_SERIAL", phone.serial)
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(adb_server.port))
+    t = ADBTransport()
+    assert (t.serial, t.adb_port) == (phone.serial, adb_server.port)
+    assert t.run("echo $((6 * 7))", timeout=20).stdout == "42\n"
+
+
+@pytest.mark.timeout(60)
+def test_device_without_shell_v2_is_refused(adb_server: AdbServer, make_device) -> None:  # noqa: F811
+    dev = make_device(features="cmd")                                       # an Android 6 phone
+    t = ADBTransport(serial=dev.serial, adb_port=adb_server.port)
+    with pytest.raises(DeviceError, match="lacks the shell_v2 feature .*Android 7 or newer"):
+        t.run("true", timeout=20)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from device_agents.android import (
-    HarnessOutput, _assemble, normalise_battery, odpm_power, parse_enabled_rails, parse_getprop,
+    HarnessRecord, _assemble, normalise_battery, odpm_power, parse_enabled_rails, parse_getprop,
     parse_harness_output, parse_odpm, parse_thermalservice,
 )
 from edgelr.bench.parse import parse_benchmark_output
@@ -170,4 +170,4 @@ def test_harness_record_truncated_is_an_error() -> None:
     text = _text("1", "Full")
     with pytest.raises(BenchmarkError, match="without its result record"):
         parse_harness_output(text[: text.index("EDGELR-RESULT-END")])
-    assert isinstance(parse_harness_output(text), HarnessOutput)
+    assert isinstance(parse_harness_output(text), HarnessRecord)

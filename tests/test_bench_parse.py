@@ -155,3 +155,15 @@ def test_every_family_has_a_fixture_that_uses_it() -> None:
     seen.add("edgelr_runner_json")  # covered by test_runner_json_line_gives_samples
     missing = {f.name for f in FAMILIES} - seen - {"version"}
     assert not missing, f"families without a golden fixture: {missing}"
+
+
+def test_op_profiling_tables_do_not_disturb_timings_and_give_the_node_summary() -> None:
+    out = parse_benchmark_output(read("bm_op_profiling.txt"))
+    assert out.inference is not None and out.inference.count == 62     # "Timings (microseconds): count=" ignored
+    assert out.warmup is not None and out.warmup.count == 31
+    assert out.inference_avg_ms == pytest.approx(16.0104)
+    summary = out.extra["op_summary"]
+    assert [r["node_type"] for r in summary] == ["CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "SOFTMAX"]
+    assert summary[0] == {"node_type": "CONV_2D", "count": 15, "avg_ms": 10.503, "avg_pct": 68.599,
+                          "cdf_pct": 68.599, "mem_kb": 0.0, "times_called": 15}
+    assert "_op_section" not in out.extra

@@ -128,7 +128,7 @@ def test_regress_local_same_model_passes_slower_model_fails(models: tuple[Path, 
     assert lat["current"] > 5 * lat["baseline_value"]
     assert "regression(s) in run" in third.stderr
 
-    fourth = _regress(suite, env, "--accept")   # the slow model becomes the accepted baseline
+    fourth = _regress(suite, env, "--accept", "--accept-as", "v2")   # the slow model becomes the baseline
     assert fourth.returncode == 0, fourth.stderr[-1500:]
     out4 = json.loads(fourth.stdout)
     assert _latency(out4)["status"] == "regression"   # still reported against the old baseline
@@ -137,13 +137,14 @@ def test_regress_local_same_model_passes_slower_model_fails(models: tuple[Path, 
     r = H.runs(hist)
     assert r["run_id"].tolist() == [o["run_id"] for o in (out1, out2, out3, out4)]
     assert set(r["status"]) == {"complete"} and set(r["kind"]) == {"regress"} and set(r["suite"]) == {"nightly"}
-    assert H.baselines(hist)["run_id"].tolist() == [out1["run_id"], out4["run_id"]]
+    assert H.baselines(hist)[["name", "run_id"]].values.tolist() == [
+        ["accepted", out1["run_id"]], ["v2", out4["run_id"]], ["accepted", out4["run_id"]]]
     frame = H.load(hist)
     assert set(frame["model"]) == {"classifier"} and set(frame["device"]) == {"local"}
     assert (frame[frame["metric"] == "latency"].groupby("run_id").size() == 20).all()
     comps = H.load_comparisons(hist)
-    assert (comps[(comps["metric"] == "latency")]["status"].tolist()
-            == ["no-baseline", lat2 if (lat2 := _latency(out2)["status"]) else "", "regression", "regression"])
+    assert comps[comps["metric"] == "latency"]["status"].tolist() == [
+        "no-baseline", _latency(out2)["status"], "regression", "regression"]
 
 
 @pytest.mark.slow
@@ -197,6 +198,9 @@ def test_regress_killed_mid_write_leaves_complete_runs_only(models: tuple[Path, 
     # the store keeps working: the next run compares with the first one
     again = _regress(suite, env)
     assert again.returncode == 0, again.stderr[-1500:]
+    unknown = _regress(suite, env, "--baseline", "nope")    # refused before any device work
+    assert unknown.returncode == 2 and "no baseline of that name" in unknown.stderr
+    assert len(H.runs(hist)) == 3
 
 
 @pytest.mark.slow

@@ -243,6 +243,10 @@ def test_ssh_config_alias_is_honoured_and_explicit_options_win(sshd_server: Sshd
         assert t.run(["echo", "via-config"], timeout=10).stdout == "via-config\n"
     with SSHTransport("badport", port=sshd_server.port, ssh_config=str(cfg), known_hosts=kh, use_agent=False) as t:
         assert t.run(["true"], timeout=10).exit_code == 0
+    # empty inventory values (port 0, user "", key "") mean "not set": the config decides
+    with SSHTransport("mypi", port=0, user="", key="", ssh_config=str(cfg), known_hosts=kh, use_agent=False) as t:
+        assert (t.port, t.user) == (sshd_server.port, sshd_server.user)
+        assert t.run(["true"], timeout=10).exit_code == 0
 
 
 def test_default_ssh_config_is_read_from_home(sshd_server: SshdServer, _private_home: Path) -> None:
@@ -260,3 +264,26 @@ def test_fingerprint_matches_ssh_keygen(sshd_server: SshdServer) -> None:
 
     key = paramiko.Ed25519Key.from_private_key_file(str(sshd_server.host_key))
     assert fingerprint(key) == _ssh_keygen_fingerprint(sshd_server.host_key.with_suffix(".pub"))
+
+
+def test_device_without_sftp_gets_files_through_exec_channels(tmp_path: Path) -> None:
+    from tests.sshd import start_sshd
+
+    server = start_sshd(tmp_path / "nosftp", sftp=False)
+    try:
+        src = tmp_path / "m.tflite"
+        src.write_bytes(os.urandom(200_000))
+        remote = tmp_path / "dev dir" / "it's" / "m.tflite"
+        with SSHTransport(**server.transport_kwargs()) as t:
+            assert t.push(src, str(remote), timeout=20, mode=0o700) is True
+            assert remote.read_bytes() == src.read_bytes()
+            assert stat.S_IMODE(remote.stat().st_mode) == 0o700
+            assert t.push(src, str(remote), timeout=20) is False
+            t.pull(str(remote), tmp_path / "back.bin", timeout=20)
+            assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+            with pytest.raises(DeviceError, match="not readable"):
+                t.pull(str(tmp_path / "absent"), tmp_path / "x.bin", timeout=10)
+            assert t._no_sftp is True  # really took the exec path
+            assert sorted(p.name for p in remote.parent.iterdir()) == ["m.tflite"]
+    finally:
+        server.stop()

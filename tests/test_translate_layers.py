@@ -179,6 +179,80 @@ def test_nested_model_shared_by_two_inputs_and_multi_output(keras: Any, tmp_path
     assert loaded.get_layer("encoder").count_params() == inner.count_params()
 
 
+def test_sequential_inside_sequential_and_dict_inputs(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    rng = np.random.default_rng(6)
+    block = keras.Sequential([L.Dense(5, activation="relu"), L.Dense(3)], name="block")
+    outer = keras.Sequential([keras.Input((4,)), block, L.Dense(2)], name="outer")
+    _roundtrip(outer, rng.normal(size=(3, 4)).astype("float32"), tmp_path / "seqseq.keras")
+
+    p = keras.Input((3,), name="p")
+    q = keras.Input((2,), name="q")
+    out = L.Dense(1, name="y")(L.Concatenate()([p, q]))
+    model = keras.Model({"p": p, "q": q}, out)
+    xs = {"p": rng.normal(size=(2, 3)).astype("float32"), "q": rng.normal(size=(2, 2)).astype("float32")}
+    _roundtrip(model, xs, tmp_path / "dict.keras")
+
+
+def test_lambda_layer_is_a_clear_error(keras: Any, tmp_path: Path) -> None:
+    import edgelr
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2.0)])
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ModelLoadError) as err:
+        edgelr.load_model(tmp_path / "lambda.keras")
+    assert "Lambda" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_more_layer_kinds(keras: Any, tmp_path: Path) -> None:
+    """Adapted Normalization, transposed/1-D/grouped convs, attention, padding/cropping, PReLU, SimpleRNN."""
+    L = keras.layers
+    rng = np.random.default_rng(7)
+    x2 = rng.normal(2.0, 3.0, size=(2, 12, 12, 4)).astype("float32")
+    norm = L.Normalization()
+    norm.adapt(x2)
+    image = keras.Sequential(
+        [
+            keras.Input((12, 12, 4)),
+            norm,
+            L.ZeroPadding2D(1),
+            L.Conv2D(8, 3, groups=2, kernel_regularizer="l2", activity_regularizer=keras.regularizers.L1(0.01)),
+            L.Conv2DTranspose(4, 3, strides=2),
+            L.UpSampling2D(),
+            L.PReLU(),
+            L.LayerNormalization(),
+            L.Cropping2D(1),
+            L.SpatialDropout2D(0.1),
+            L.GaussianNoise(0.1),
+            L.ELU(),
+            L.Permute((3, 1, 2)),
+            L.Softmax(),
+        ]
+    )
+    _roundtrip(image, x2, tmp_path / "image.keras")
+
+    x1 = rng.normal(size=(2, 10, 4)).astype("float32")
+    seq_in = keras.Input((10, 4))
+    h = L.Conv1D(5, 3, padding="causal", dilation_rate=2)(seq_in)
+    h = L.MultiHeadAttention(num_heads=2, key_dim=3)(h, h)
+    h = L.Attention()([h, h])
+    h = L.SimpleRNN(3, return_sequences=True)(L.MaxPooling1D()(h))
+    h = L.Dense(2, kernel_constraint=keras.constraints.MaxNorm(2.0))(L.GlobalAveragePooling1D()(h))
+    _roundtrip(keras.Model(seq_in, h), x1, tmp_path / "seq.keras")
+
+
+def test_frozen_nested_model_stays_frozen(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    base = keras.Sequential([keras.Input((4,)), L.Dense(5), L.BatchNormalization()], name="base")
+    base.trainable = False
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2, name="head")(base(inp)))
+    loaded, _ = _roundtrip(model, np.ones((2, 4), "float32"), tmp_path / "frozen.keras")
+    assert len(loaded.trainable_weights) == len(model.trainable_weights) == 2  # only the head
+    assert len(loaded.non_trainable_weights) == len(model.non_trainable_weights) == 6
+    assert not any(layer.trainable for layer in loaded.get_layer("base").layers)
+
+
 def test_keras3_activation_semantics_are_kept(keras: Any, tmp_path: Path) -> None:
     """hard_sigmoid is relu6(x+3)/6 in Keras 3 but 0.2x+0.5 in tf_keras: the translation keeps Keras 3's."""
     L = keras.layers

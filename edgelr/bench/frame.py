@@ -58,6 +58,7 @@ METRICS: dict[str, str] = {
 
 # Added with the benchmark core (issue 5): the throttling canary's time, and helpers.
 METRICS["canary"] = "ms"        # minimum time of the fixed sh canary workload before the run
+METRICS["rail_energy_per_inference"] = "mJ"  # per power rail (Pixel ODPM), note "rail=NAME"
 
 
 def new_run_id() -> str:

@@ -8,8 +8,12 @@ the device's OS or the benchmark tool sits behind :class:`Harness`:
 * ``parse``: the program's output -> :class:`~edgelr.bench.parse.BenchOutput` plus the peak RSS.
 
 Harnesses are registered under ``"<os>/<tool>"`` (``linux/runner``, ``linux/benchmark_model``; an Android
-module adds ``android/benchmark_model``). :func:`select_harness` imports ``edgelr.bench.harness_<os>``
-on first use when the key is not registered yet.
+module adds ``android/benchmark_model``). :func:`select_harness` imports ``edgelr.bench.harness_<os>``,
+then ``device_agents.<os>``, on first use when the key is not registered yet.
+
+A harness may put into ``BenchOutput.extra``: ``override_rows`` ({metric: (value, note)}, replacing the
+generic probes' aggregate for that metric, e.g. temperatures from ``dumpsys``) and ``extra_rows``
+([(metric, value, note)], appended as further aggregate rows).
 """
 
 from __future__ import annotations
@@ -110,6 +114,13 @@ class Harness(ABC):
     def parse(self, prog: ProgramInfo, result: RunResult) -> HarnessOutput:
         """The program's output -> typed result; BenchmarkError when it failed."""
 
+    def temperatures(self, t: Transport, root: str = "", vcgencmd: str = "vcgencmd") -> dict[str, float]:
+        """Device temperatures (degrees C) for cool-down and temp_before/after; sysfs thermal zones by
+        default, an OS harness may read its own source (Android: ``dumpsys thermalservice``)."""
+        from device_agents.probes import read_temperatures
+
+        return read_temperatures(t, root, vcgencmd)
+
 
 HARNESSES: dict[str, type[Harness]] = {}
 
@@ -131,20 +142,28 @@ def harness_key(device: DeviceSpec) -> str:
 
 
 def select_harness(device: DeviceSpec) -> Harness:
-    """The harness for ``device``; imports ``edgelr.bench.harness_<os>`` lazily when needed."""
+    """The harness for ``device``; imports ``edgelr.bench.harness_<os>`` / ``device_agents.<os>`` when needed.
+
+    Without ``benchmark_binary`` the ``<os>/runner`` harness is preferred and ``<os>/benchmark_model`` taken
+    when the OS has no runner harness (Android: the harness finds or pushes the binary itself).
+    """
     key = harness_key(device)
-    if key not in HARNESSES:
+    keys = [key] if key.endswith("/benchmark_model") else [key, f"{device.os}/benchmark_model"]
+    for module in (f"edgelr.bench.harness_{device.os}", f"device_agents.{device.os}"):
+        if any(k in HARNESSES for k in keys):
+            break
         try:
-            importlib.import_module(f"edgelr.bench.harness_{device.os}")
+            importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != f"edgelr.bench.harness_{device.os}":
+            if exc.name != module:
                 raise
-    if key not in HARNESSES:
-        hint = ("set benchmark_binary to a LiteRT benchmark_model on the device"
-                if key.endswith("/runner") else "drop benchmark_binary to use edgelr's runner.py")
-        raise BenchmarkError(f"device '{device.name}' needs a '{key}' harness, which this edgelr does not have "
-                             f"(available: {', '.join(sorted(HARNESSES))}); {hint}")
-    return HARNESSES[key](device)
+    for k in keys:
+        if k in HARNESSES:
+            return HARNESSES[k](device)
+    hint = ("set benchmark_binary to a LiteRT benchmark_model on the device"
+            if key.endswith("/runner") else "drop benchmark_binary to use edgelr's runner.py")
+    raise BenchmarkError(f"device '{device.name}' needs a '{key}' harness, which this edgelr does not have "
+                         f"(available: {', '.join(sorted(HARNESSES))}); {hint}")
 
 
 def push_text(t: Transport, text: str, remote: str, timeout: float, mode: int = 0o755) -> bool:

@@ -69,6 +69,8 @@ class BenchOutput:
 
     ``samples_ms`` holds the per-run latencies (shape (num_runs,)) when the program printed them
     (edgelr's runner does; ``benchmark_model`` does not). ``raw`` is the full text as received.
+    ``extra["op_summary"]``: with ``--enable_op_profiling``, the last "Summary by node type" table as
+    dicts (node_type, count, avg_ms, avg_pct, cdf_pct, mem_kb, times_called).
     """
 
     raw: str = ""
@@ -238,6 +240,28 @@ def _version(m: re.Match[str], out: BenchOutput) -> None:
     out.tool_version = m.group(1)
 
 
+# --- op profiling (--enable_op_profiling): the "Summary by node type" table -----------------------------
+@family("op_profile_header", r"^=+ ?(Summary by node type|Run Order|Top by Computation Time|Top by Memory Use)"
+                             r" ?=+\s*$")
+def _op_header(m: re.Match[str], out: BenchOutput) -> None:
+    section = m.group(1)
+    out.extra["_op_section"] = section
+    if section == "Summary by node type":  # init and regular runs each print one; the last one wins
+        out.extra["op_summary"] = []
+
+
+@family("op_summary_row",
+        rf"^(\S+)\s+(\d+)\s+({_NUM})\s+({_NUM})%\s+({_NUM})%\s+({_NUM})\s+(\d+)\s*$")
+def _op_row(m: re.Match[str], out: BenchOutput) -> None:
+    if out.extra.get("_op_section") != "Summary by node type":
+        return
+    rows = out.extra.setdefault("op_summary", [])
+    assert isinstance(rows, list)
+    rows.append({"node_type": m.group(1), "count": int(m.group(2)), "avg_ms": _f(m.group(3)),
+                 "avg_pct": _f(m.group(4)), "cdf_pct": _f(m.group(5)), "mem_kb": _f(m.group(6)),
+                 "times_called": int(m.group(7))})
+
+
 # --- LiteRT 2.x Python tool: a block in milliseconds -------------------------------------------------
 @family("litert_block_header", r"^(?:=+ ?)?\s*BENCHMARK RESULTS\s*(?:=+)?\s*$")
 def _block_header(m: re.Match[str], out: BenchOutput) -> None:
@@ -352,6 +376,7 @@ def parse_benchmark_output(stdout: str, stderr: str = "", exit_code: int = 0,
                     out.families.append(fam.name)
                 break
     _finish_block(out)
+    out.extra.pop("_op_section", None)
     stats = out._stats_lines
     if len(stats) >= 2:
         out.warmup, out.inference = stats[-2], stats[-1]

@@ -26,7 +26,7 @@ from device_agents import probes
 from device_agents.inventory import DeviceSpec
 from device_agents.transport import Transport
 from edgelr.bench.frame import METRICS, new_run_id, to_frame, write_frame
-from edgelr.bench.harness import HarnessOutput, ProgramInfo, check_run, select_harness
+from edgelr.bench.harness import Harness, HarnessOutput, ProgramInfo, check_run, select_harness
 from edgelr.bench.parse import BenchOutput
 from edgelr.errors import BenchmarkError, DeviceError, UsageError
 from edgelr.targets import get_target
@@ -91,7 +91,7 @@ class _Rows:
     def add(self, metric: str, value: float, note: str = "", sample: int = -1) -> None:
         v = float(value) if value is not None else NAN
         self.rows.append({**self.common, "metric": metric, "sample": sample, "value": v,
-                          "unit": METRICS[metric], "note": note if (note or math.isfinite(v)) else "not reported",
+                          "unit": METRICS.get(metric, ""), "note": note if (note or math.isfinite(v)) else "not reported",
                           "timestamp": self.common["timestamp"]})
 
 
@@ -128,6 +128,20 @@ def _latency_rows(rows: _Rows, bench: BenchOutput) -> None:
              f"{bench.tool} build prints no p95")
 
 
+def _apply_harness_rows(rows: _Rows, bench: BenchOutput) -> None:
+    """The harness' own figures: ``extra["override_rows"]`` replace aggregates, ``extra["extra_rows"]`` add rows."""
+    overrides = bench.extra.get("override_rows") or {}
+    if isinstance(overrides, dict):
+        for r in rows.rows:
+            if r["sample"] == -1 and r["metric"] in overrides:
+                value, note = overrides[r["metric"]]
+                r["value"], r["note"] = float(value), str(note)
+    extra = bench.extra.get("extra_rows") or []
+    if isinstance(extra, list):
+        for metric, value, note in extra:
+            rows.add(str(metric), float(value), str(note))
+
+
 @dataclass
 class _Session:
     """What is set up once per device: the program, sensors, canary baseline."""
@@ -141,7 +155,7 @@ class _Session:
 
 
 def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, progress: Progress,
-           harness: Any, threads: int, mask: str) -> _Session:
+           harness: Harness, threads: int, mask: str) -> _Session:
     workdir = device.remote_workdir
     timeout = device.connect_timeout * 6
     check_run(transport, f"mkdir -p {shlex.quote(workdir)}/models", timeout, f"creating workdir {workdir}")
@@ -154,13 +168,16 @@ def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, pr
     return _Session(prog, workdir, threads, mask, meter, baseline)
 
 
-def _one_run(device: DeviceSpec, transport: Transport, harness: Any, session: _Session, model: Path,
+def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session: _Session, model: Path,
              remote_model: str, sha: str, rep: int, settings: BenchSettings, run_id: str,
              progress: Progress, target_name: str) -> list[dict[str, Any]]:
     notes: list[str] = list(session.prog.notes)
+
+    def temps() -> dict[str, float]:
+        return harness.temperatures(transport, settings.sensor_root, settings.vcgencmd)
+
     cool = probes.wait_for_cooldown(transport, settings.cooldown_c, settings.cooldown_timeout_s,
-                                    settings.cooldown_poll_s, settings.sensor_root, settings.vcgencmd,
-                                    sleep=time.sleep)
+                                    settings.cooldown_poll_s, reader=temps)
     if cool.waited_s > 1:
         progress(f"  cooled down for {cool.waited_s:.0f} s ({cool.temp_c:.1f} C)")
     if cool.note:
@@ -173,16 +190,18 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Any, session: _S
     elif throttled:
         progress(f"  canary {canary:.2f} ms > 1.10 x baseline {session.canary_baseline_ms:.2f} ms: cooling down")
         cool = probes.wait_for_cooldown(transport, settings.cooldown_c - 5, settings.cooldown_timeout_s,
-                                        settings.cooldown_poll_s, settings.sensor_root, settings.vcgencmd)
+                                        settings.cooldown_poll_s, reader=temps)
+        if cool.note:
+            notes.append(f"after the canary: {cool.note}")
         canary = probes.run_canary(transport)
         throttled = probes.is_throttled(canary, session.canary_baseline_ms)
-    temps_before = probes.read_temperatures(transport, settings.sensor_root, settings.vcgencmd)
+    temps_before = temps()
     e_before = session.meter.read(transport)
     cmd = harness.command(session.prog, remote_model, session.threads, settings.runs, settings.warmup,
                           settings.use_xnnpack, session.mask, settings.memory_poll_s, session.workdir)
     result = transport.run(cmd, timeout=settings.timeout_s or device.command_timeout)
     e_after = session.meter.read(transport)
-    temps_after = probes.read_temperatures(transport, settings.sensor_root, settings.vcgencmd)
+    temps_after = temps()
     hout: HarnessOutput = harness.parse(session.prog, result)
     bench = hout.bench
     thr_state = probes.read_throttled(transport, settings.vcgencmd)
@@ -218,13 +237,14 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Any, session: _S
         rows.add("throttled", NAN, "no canary (date lacks %N) and no vcgencmd")
     else:
         rows.add("throttled", 1.0 if throttled else 0.0, "; ".join(thr_notes))
-    rows.add("canary", canary, "" if math.isfinite(canary) else "canary not timed (date lacks %N or --no-canary)")
+    rows.add("canary", canary, "" if math.isfinite(canary) else "canary not timed (--no-canary, or date lacks %N)")
     energy = probes.energy_between(e_before, e_after, session.meter.note)
     lat = bench.latency_avg_ms
     rows.add("energy_per_inference", energy.per_inference_mj(lat),
              (f"avg power x mean latency; {energy.note}" if math.isfinite(energy.avg_power_w) else energy.note))
     rows.add("avg_power", energy.avg_power_w, energy.note)
     rows.add("model_size", float(model.stat().st_size))
+    _apply_harness_rows(rows, bench)
     if notes:
         for r in rows.rows:
             if r["metric"] == "latency_avg":

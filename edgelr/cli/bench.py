@@ -40,6 +40,8 @@ Per-run latencies are kept as `latency` rows (sample 0..N-1) in --out and --json
 @click.option("--cooldown-timeout", type=float, default=300.0, show_default=True,
               help="Longest cool-down wait (s); then it runs hot and says so in the notes.")
 @click.option("--xnnpack/--no-xnnpack", default=True, show_default=True, help="Use the XNNPACK delegate.")
+@click.option("--canary/--no-canary", default=True, show_default=True,
+              help="Time a tiny fixed workload before each run; > 1.10 x the first one means throttled.")
 @click.option("--timeout", type=float, help="Deadline of one benchmark run (s) [default: the device's].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the long results frame to .parquet or .csv (kept even when a later model fails).")
@@ -48,7 +50,7 @@ Per-run latencies are kept as `latency` rows (sample 0..N-1) in --out and --json
 @click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
               help="Append the run to this results history (directory or .sqlite) [env: EDGELR_HISTORY].")
 def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads: int | None, runs: int,
-          warmup: int, repeat: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool,
+          warmup: int, repeat: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool, canary: bool,
           timeout: float | None, out: Path | None, as_json: bool, trust_new_host: bool,
           history: str | None) -> None:
     """Benchmark MODEL.tflite [MODEL2 ...] on a device: latency, peak memory, temperature, energy.
@@ -65,7 +67,8 @@ def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads:
         raise UsageError(f"--out {out}: expected a .parquet or .csv file name")
     spec = get_device(device, inventory)
     settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, repeat=repeat, cooldown_c=cooldown_c,
-                             cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack, timeout_s=timeout, out=out)
+                             cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack, timeout_s=timeout, out=out,
+                             canary=canary)
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
     transport = open_transport(spec, **overrides)
     try:

@@ -118,6 +118,13 @@ def _probe(spec: Any, transport: Any, report: dict[str, Any]) -> None:
     report["power_note"] = meter.note
     report["taskset"] = transport.run("command -v taskset >/dev/null 2>&1 && echo yes",
                                       timeout=spec.connect_timeout * 3).stdout.strip() == "yes"
+    if spec.os == "android":  # phone specifics (getprop, dumpsys thermalservice, battery, ODPM rails)
+        from device_agents.android import android_device_info
+
+        info_ = android_device_info(transport, spec.benchmark_binary, timeout=spec.connect_timeout * 6)
+        report["android"] = info_
+        if not temps and math.isfinite(float(info_.get("hottest_c", math.nan) or math.nan)):
+            report["temperatures_c"] = {"dumpsys hottest": float(info_["hottest_c"])}
     try:
         harness = select_harness(spec)
         report["workdir"] = spec.remote_workdir
@@ -147,6 +154,13 @@ def _print_report(r: dict[str, Any]) -> None:
              f"since boot: {', '.join(thr['since_boot']) or 'ok'}")
         line("power sensor", r.get("power_sensor") or f"none ({r.get('power_note')})")
         line("taskset", "yes" if r.get("taskset") else "no (affinity masks not applied)")
+        android = r.get("android")
+        if android:
+            line("android", f"{android.get('manufacturer', '')} {android.get('model', '')}, Android "
+                 f"{android.get('android', '?')} (SDK {android.get('sdk', '?')}), SoC {android.get('soc', '?')}")
+            line("thermal status", android.get("thermal_status", "unknown"))
+            line("battery", android.get("battery", "unknown"))
+            line("odpm rails", ", ".join(android.get("odpm_rails") or {}) or "none")
         prog = r.get("program")
         line("benchmark", f"{prog['tool']}: {prog['version']}" if prog else "NOT READY")
     for p in r["problems"]:

@@ -59,6 +59,8 @@ and are stored). A regression outranks a device error.
               "else ~/.config/edgelr/inventory.toml).")
 @click.option("--baseline", default=None, help="last | NAME | window:N  [default: the suite's, else last]")
 @click.option("--accept", is_flag=True, help="Record this run as the new baseline (exit 0 despite regressions).")
+@click.option("--accept-as", "accept_as", default=None, metavar="NAME",
+              help="Record this run as the baseline called NAME (compare later with --baseline NAME).")
 @click.option("--alpha", type=float, default=None, help="Significance level [default: the suite's, else 0.01].")
 @click.option("--history", "history_override", type=click.Path(), help="History store (overrides the suite's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON on stdout.")
@@ -70,7 +72,8 @@ and are stored). A regression outranks a device error.
               help="Where to write the schedule files [default: ~/.config/edgelr/schedule].")
 @click.option("--log-dir", type=click.Path(file_okay=False),
               help="Where scheduled runs write one log each [default: <history>/logs].")
-def regress(suite_file: str, inventory: str | None, baseline: str | None, accept: bool, alpha: float | None,
+def regress(suite_file: str, inventory: str | None, baseline: str | None, accept: bool, accept_as: str | None,
+            alpha: float | None,
             history_override: str | None, as_json: bool, install_schedule: str | None, every: str,
             schedule_dir: str | None, log_dir: str | None) -> None:
     """Run a regression suite: benchmark its models on its devices, store and compare with a baseline."""
@@ -82,7 +85,7 @@ def regress(suite_file: str, inventory: str | None, baseline: str | None, accept
         _install(suite, install_schedule, every, schedule_dir, log_dir, history, inventory, baseline)
         return
     run_suite(suite, history, inventory=inventory, baseline=baseline or suite.baseline,
-              alpha=suite.alpha if alpha is None else alpha, accept=accept, as_json=as_json)
+              alpha=suite.alpha if alpha is None else alpha, accept=accept, accept_as=accept_as, as_json=as_json)
 
 
 def _install(suite: "Suite", kind: str, every: str, schedule_dir: str | None, log_dir: str | None, history: Path,
@@ -121,7 +124,7 @@ def _bench_device(suite: "Suite", device: str, inventory: str | None, run_id: st
 
 
 def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline: str, alpha: float, accept: bool,
-              as_json: bool) -> None:
+              as_json: bool, accept_as: str | None = None) -> None:
     """Run, store, compare, print; raise RegressionFound (3) or DeviceError (1) at the end."""
     import pandas as pd
 
@@ -129,7 +132,16 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     from edgelr.report import history as H
     from edgelr.report.stats import compare_run, parse_baseline
 
-    parse_baseline(baseline)
+    from edgelr.errors import UsageError
+
+    name, _ = parse_baseline(baseline)
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha {alpha}: expected a probability between 0 and 1, e.g. 0.01")
+    if name not in ("accepted", "window") and H.store_path(history).exists():
+        known = set(H.baselines(history)["name"])
+        if name not in known:   # check before spending an hour on the devices
+            raise UsageError(f"--baseline {baseline}: no baseline of that name in {H.store_path(history)} "
+                             f"(names: {sorted(known) or 'none'}); create it with --accept-as {baseline}")
     lock = threading.Lock()
 
     def say(msg: str) -> None:
@@ -152,7 +164,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
                 for device, fut in futures.items():
                     try:
                         frames.append(fut.result())
-                    except EdgelrError as exc:
+                    except (EdgelrError, OSError) as exc:
                         partial = getattr(exc, "partial_frame", None)
                         if partial is not None and len(partial):
                             frames.append(partial)
@@ -178,6 +190,8 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     comps = compare_run(hist, accepted, run_id, suite.thresholds, baseline=baseline, alpha=alpha)
     H.record_comparisons(history, comps)
     auto = False
+    if accept_as:
+        H.mark_baseline(history, run_id, accept_as)
     if accept:
         H.mark_baseline(history, run_id, "accepted")
     elif baseline == "last" and not (accepted["name"] == "accepted").any():
@@ -202,7 +216,9 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
         info(f"no accepted baseline yet: run {run_id} accepted as the baseline (use --accept to move it)")
     elif accept:
         info(f"run {run_id} accepted as the baseline")
-    if len(regressions) and not accept:
+    if accept_as:
+        info(f"run {run_id} recorded as baseline {accept_as!r} (compare with --baseline {accept_as})")
+    if len(regressions) and not (accept or accept_as):
         what = ", ".join(f"{r.model}/{r.device}/{r.metric} {_change(r)}" for r in regressions.itertuples())
         raise RegressionFound(f"{len(regressions)} regression(s) in run {run_id}: {what}"
                               + (f"; device errors: {'; '.join(errors)}" if errors else ""))

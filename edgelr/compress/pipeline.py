@@ -160,6 +160,7 @@ class Attempt:
     params: int
     macs: int
     tflite_drop: float
+    int8_path: dict[str, Any] = field(default_factory=dict)
 
 
 def _log(opts: CompressOptions, msg: str) -> None:
@@ -264,7 +265,7 @@ class Runner:
 
     def run(self, model: Any, factor_report: Any, label: str) -> Attempt:
         """Fine-tune ``model`` (in place), QAT, convert and validate it."""
-        from edgelr.compress.qat import QatResult, quantize_aware
+        from edgelr.compress.qat import QatResult, calibrate_ranges, quantize_aware
 
         d, t, o = self.data, self.task, self.opts
         test_fact = score(predict(model, d.x_test), d.y_test, t)
@@ -285,11 +286,12 @@ class Runner:
             if qat.applied:
                 _log(o, f"[{label}] quantization-aware training ({len(qat.quantized_layers)} layer(s) QAT, "
                         f"{len(qat.float_layers)} float)")
+                calibrate_ranges(qat.model, self.rep, batch_size=min(o.batch_size, len(self.rep)))
                 qat_ft = distill(qat.model, self.teacher, self.x_fit, self.y_fit, d.x_val, d.y_val, t,
                                  self.distill_config(o.qat_epochs, 0.2), progress=o.progress, desc=f"QAT {label}")
                 qat_conv = convert(qat.model, self.quantization, io_dtype=self.io_dtype, representative=self.rep)
-                # keep whichever int8 model scores better on the validation split (QAT's activation ranges
-                # start at +-6 and move by an EMA with decay 0.999: short QAT runs can be worse than PTQ)
+                # keep whichever int8 model scores better on the validation split (a short QAT run on little
+                # data can end up worse than post-training quantization)
                 ptq_val = score(run_tflite(conv.content, d.x_val), d.y_val, t)
                 qat_val = score(run_tflite(qat_conv.content, d.x_val), d.y_val, t)
                 qat_better = qat_val >= ptq_val if t.higher_is_better else qat_val <= ptq_val
@@ -304,11 +306,11 @@ class Runner:
                 _log(o, f"[{label}] QAT not applied: {qat.error}")
         val = validate_tflite(conv.content, d.x_test, d.y_test, reference=test_out, classifier=t.classifier,
                               progress=o.progress)
-        conv.notes.append(f"int8 path: {int8_path}")
         params, macs = model_cost(model)
         tfl_score = val.accuracy if t.classifier else val.loss
         return Attempt(model, factor_report, label, float(ft.initial_val or 0.0), test_fact, ft, val_ft, test_ft,
-                       qat, qat_ft, conv, val, params, macs, drop(self.original_test, float(tfl_score), t))
+                       qat, qat_ft, conv, val, params, macs, drop(self.original_test, float(tfl_score), t),
+                       int8_path)
 
 
 def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.PathLike[str] | None = None, *,
@@ -490,7 +492,8 @@ def _assemble(name: str, original: Any, d: Any, task: Task, tgt: Any, quantizati
                 {"history": a.qat_finetune.history, "best_val": a.qat_finetune.best_val}},
         "tflite": {"quantization": quantization, "io_dtype": a.conversion.io_dtype,
                    "batch_size": a.conversion.batch_size, "converted_in_child_process": a.conversion.isolated,
-                   "notes": a.conversion.notes, "validation": a.validation.to_dict()},
+                   "notes": a.conversion.notes, "int8_path": a.int8_path,
+                   "validation": a.validation.to_dict()},
         "baseline_tflite": {"notes": base_conv.notes, "validation": base_val.to_dict()},
         "search": search_info,
         "message": message,
@@ -531,6 +534,10 @@ def summary_markdown(result: CompressResult) -> str:
                   f"Float during QAT (int8 by calibration): {', '.join(q['float']) or 'none'}.", ""]
     else:
         lines += [f"QAT: not applied ({q.get('error')}).", ""]
+    path = r["tflite"].get("int8_path") or {}
+    if "val_qat_tflite" in path:
+        lines += [f"int8 model used: {path['used']} (validation {task_metric}: QAT {path['val_qat_tflite']:.4g}, "
+                  f"post-training {path['val_post_training_tflite']:.4g}).", ""]
     ops = r["tflite"]["validation"]["ops"]
     lines += [f"TFLite ops: {', '.join(f'{k} x{v}' for k, v in sorted(ops['ops'].items()))}; XNNPACK takes "
               f"{ops['num_delegated']} of {ops['num_nodes']} nodes"

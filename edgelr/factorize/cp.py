@@ -83,7 +83,12 @@ def cp(kernel: np.ndarray, rank: int, *, n_iter_max: int = 100, random_state: in
     with warnings.catch_warnings():
         # tensorly warns when R exceeds a mode's size and fills those columns from random_state
         warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs", category=UserWarning)
-        weights, factors = parafac(arr, r, n_iter_max=n_iter_max, init="svd", random_state=random_state)
+        try:
+            weights, factors = parafac(arr, r, n_iter_max=n_iter_max, init="svd", random_state=random_state)
+        except np.linalg.LinAlgError as exc:
+            raise FactorizeError(
+                f"CP rank {r} of a {arr.shape} kernel: ALS failed ({exc}); try a lower rank or Tucker-2 for this layer"
+            ) from exc
     weights = np.asarray(weights, dtype=np.float64)
     vertical, horizontal, first, last_t = (np.asarray(f, dtype=np.float64) for f in factors)
     first = first * weights[None, :]

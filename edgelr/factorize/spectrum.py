@@ -1,10 +1,11 @@
 """Spectra computed once and shared by rank selection and decomposition.
 
-A :class:`Spectrum` is the eigen-decomposition of a Gram matrix ``X X^T`` (or ``X^T X``): its
-eigenvalues are the squared singular values of ``X`` and its eigenvectors are the singular vectors of
-that side. EVBMF and energy rank selection need only the singular values; truncated SVD and the HOSVD
-start of Tucker-2 need the vectors too, so passing the same :class:`Spectrum` to both avoids a second
-factorization of the same matrix.
+A :class:`Spectrum` holds the Gram matrix ``X X^T`` (or ``X^T X``) of one side of a matrix ``X`` and
+its eigenvalues, the squared singular values of ``X``. EVBMF and energy rank selection need only the
+eigenvalues (an ``O(k^3)`` values-only eigen-solve of the small ``k x k`` Gram matrix, far cheaper
+than a full SVD); truncated SVD and the HOSVD start of Tucker-2 then ask for the leading
+``r`` eigenvectors only (:meth:`Spectrum.leading_vectors`). Passing the same :class:`Spectrum` to the
+selector and the decomposition avoids factorizing a layer twice.
 """
 
 from __future__ import annotations
@@ -13,30 +14,56 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.linalg
 
 from edgelr.factorize._checks import as_finite_array
 
 
+def leading_eigenvectors(gram: np.ndarray, rank: int) -> np.ndarray:
+    """``(k, rank)`` orthonormal eigenvectors of the ``rank`` largest eigenvalues of a symmetric matrix.
+
+    Parameters
+    ----------
+    gram
+        ``(k, k)`` symmetric positive semi-definite float64 matrix.
+    rank
+        ``1 <= rank <= k``.
+
+    Returns
+    -------
+    np.ndarray
+        Columns in descending order of eigenvalue. A few leading vectors come from LAPACK's
+        selected-eigenvalue driver (``syevr``), many from the full divide-and-conquer solver.
+    """
+    k = gram.shape[0]
+    if 4 * rank <= k:
+        _, vectors = scipy.linalg.eigh(gram, subset_by_index=(k - rank, k - 1), driver="evr", check_finite=False)
+    else:
+        _, vectors = scipy.linalg.eigh(gram, driver="evd", check_finite=False)
+        vectors = vectors[:, k - rank :]
+    return np.ascontiguousarray(vectors[:, ::-1])
+
+
 @dataclass(frozen=True)
 class Spectrum:
-    """Eigen-decomposition of the Gram matrix of one side of a matrix ``X`` of shape ``(m, n)``.
+    """Gram matrix of one side of a matrix ``X`` of shape ``(m, n)`` and its eigenvalues.
 
     Attributes
     ----------
     values
         ``(k,)`` float64 eigenvalues of the Gram matrix in descending order, clipped at 0, where
         ``k = m`` for ``side="rows"`` and ``k = n`` for ``side="columns"``. ``values[h] = s_h**2``.
-    vectors
-        ``(k, k)`` float64 orthonormal eigenvectors (columns), in the order of ``values``: the left
-        singular vectors of ``X`` for ``side="rows"``, the right ones for ``side="columns"``.
+    gram
+        ``(k, k)`` float64 Gram matrix: ``X X^T`` for ``side="rows"``, ``X^T X`` for ``side="columns"``.
     shape
         ``(m, n)``, the shape of ``X``.
     side
-        ``"rows"`` if the Gram matrix is ``X X^T`` (m x m), ``"columns"`` if it is ``X^T X`` (n x n).
+        Which side the Gram matrix is of; its eigenvectors are the left singular vectors of ``X`` for
+        ``"rows"`` and the right ones for ``"columns"``.
     """
 
     values: np.ndarray
-    vectors: np.ndarray
+    gram: np.ndarray
     shape: tuple[int, int]
     side: Literal["rows", "columns"]
 
@@ -50,9 +77,13 @@ class Spectrum:
         """``||X||_F^2``, the sum of the squared singular values."""
         return float(self.values.sum())
 
+    def leading_vectors(self, rank: int) -> np.ndarray:
+        """``(k, rank)`` singular vectors of this side for the ``rank`` largest singular values."""
+        return leading_eigenvectors(self.gram, rank)
+
 
 def gram_spectrum(matrix: np.ndarray, side: Literal["rows", "columns"]) -> Spectrum:
-    """Eigen-decompose the Gram matrix of one side of ``matrix`` (no input checks: internal use).
+    """Gram matrix of one side of ``matrix`` and its eigenvalues (no input checks: internal use).
 
     Parameters
     ----------
@@ -62,10 +93,9 @@ def gram_spectrum(matrix: np.ndarray, side: Literal["rows", "columns"]) -> Spect
         ``"rows"`` for ``X X^T`` (m x m), ``"columns"`` for ``X^T X`` (n x n).
     """
     gram = matrix @ matrix.T if side == "rows" else matrix.T @ matrix
-    values, vectors = np.linalg.eigh(gram)
+    values = scipy.linalg.eigh(gram, eigvals_only=True, check_finite=False)
     values = np.clip(values[::-1], 0.0, None)
-    vectors = np.ascontiguousarray(vectors[:, ::-1])
-    return Spectrum(values=values, vectors=vectors, shape=(int(matrix.shape[0]), int(matrix.shape[1])), side=side)
+    return Spectrum(values=values, gram=gram, shape=(int(matrix.shape[0]), int(matrix.shape[1])), side=side)
 
 
 def matrix_spectrum(matrix: np.ndarray) -> Spectrum:
@@ -80,7 +110,7 @@ def matrix_spectrum(matrix: np.ndarray) -> Spectrum:
     Returns
     -------
     Spectrum
-        ``side="rows"`` when ``m <= n`` else ``side="columns"``; costs ``O(m n min(m, n))``.
+        ``side="rows"`` when ``m <= n`` else ``side="columns"``.
 
     Raises
     ------
@@ -118,8 +148,8 @@ def unfolding_spectra(kernel: np.ndarray) -> tuple[Spectrum, Spectrum]:
     Returns
     -------
     tuple[Spectrum, Spectrum]
-        Row-side spectra (``c_in x c_in`` and ``c_out x c_out`` Gram matrices): their vectors are the
-        HOSVD factors of Tucker-2 and their singular values feed EVBMF/energy rank selection.
+        Row-side spectra (``c_in x c_in`` and ``c_out x c_out`` Gram matrices): their leading
+        vectors are the HOSVD factors of Tucker-2 and their singular values feed EVBMF/energy.
 
     Raises
     ------

@@ -77,7 +77,7 @@ def _check_spectrum(spectrum: Spectrum, shape: tuple[int, int]) -> None:
 
 def _split_factors(arr: np.ndarray, rank: int, spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, float]:
     """Rank-``rank`` factors of ``arr`` (float64) from its Gram spectrum, and the relative error."""
-    vecs = spectrum.vectors[:, :rank]
+    vecs = spectrum.leading_vectors(rank)
     sing = np.sqrt(spectrum.values[:rank])
     # Split sqrt(S) evenly; for (numerically) zero singular values keep the product exact instead.
     tiny = max(float(sing[0]) if sing.size else 0.0, 1e-300) * 1e-12

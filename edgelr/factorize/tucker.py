@@ -5,8 +5,9 @@
 1x1 conv ``r_out -> c_out``.
 
 HOSVD start (leading eigenvectors of the Gram matrices of the mode-2 and mode-3 unfoldings), then
-HOOI sweeps: each factor is refreshed from the Gram matrix of the kernel projected on the other
-factor. All eigen-decompositions are of ``c x c`` Gram matrices, never an SVD of a long unfolding.
+HOOI sweeps: each factor is refreshed from the leading left singular vectors of the unfolding of the
+kernel projected on the other factor, computed from the smaller of its two Gram matrices (``c x c``
+or ``kh*kw*r x kh*kw*r``), never by an SVD of a long unfolding.
 The error follows from the core norm because the factors are orthonormal:
 ``||W - W_hat||^2 = ||W||^2 - ||core||^2``.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
-from edgelr.factorize.spectrum import Spectrum, gram_spectrum, mode_unfolding
+from edgelr.factorize.spectrum import Spectrum, gram_spectrum, leading_eigenvectors, mode_unfolding
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,18 @@ class Tucker2Result:
     n_iter: int
 
 
-def _leading_vectors(gram: np.ndarray, rank: int) -> np.ndarray:
-    """``(c, rank)`` eigenvectors of the ``rank`` largest eigenvalues of a symmetric ``(c, c)`` matrix."""
-    _, vectors = np.linalg.eigh(gram)
-    return np.ascontiguousarray(vectors[:, ::-1][:, :rank])
+def _leading_left_vectors(matrix: np.ndarray, rank: int) -> np.ndarray:
+    """``(c, rank)`` leading left singular vectors of a ``(c, n)`` matrix, via its smaller Gram matrix.
+
+    In HOOI the projected unfolding is ``c x (kh*kw*r)``; with small ranks ``n = kh*kw*r < c`` and the
+    ``n x n`` Gram ``X^T X`` is the cheap one: its eigenvectors ``V`` give ``X V``, orthonormalised by QR.
+    """
+    c, n = matrix.shape
+    if n < c and rank <= n:
+        v = leading_eigenvectors(matrix.T @ matrix, rank)
+        q, _ = np.linalg.qr(matrix @ v)
+        return np.ascontiguousarray(q)
+    return leading_eigenvectors(matrix @ matrix.T, rank)
 
 
 def _check_ranks(ranks: object, c_in: int, c_out: int) -> tuple[int, int]:
@@ -119,8 +128,8 @@ def tucker2(
                 f"spectra: computed for unfoldings {spec_in.shape} and {spec_out.shape}, not for a kernel of "
                 f"shape {arr.shape}; pass unfolding_spectra(kernel) of this very kernel"
             )
-    u_in = np.ascontiguousarray(spec_in.vectors[:, :r_in])
-    u_out = np.ascontiguousarray(spec_out.vectors[:, :r_out])
+    u_in = spec_in.leading_vectors(r_in)
+    u_out = spec_out.leading_vectors(r_out)
 
     spatial = kh * kw
     w_ab = arr.reshape(spatial * c_in, c_out)  # rows (s, a), columns b
@@ -142,11 +151,11 @@ def tucker2(
             break
         # refresh u_in from the mode-2 Gram of W x_3 u_out^T
         y2 = y.transpose(1, 0, 2).reshape(c_in, spatial * r_out)
-        u_in = _leading_vectors(y2 @ y2.T, r_in)
+        u_in = _leading_left_vectors(y2, r_in)
         # refresh u_out from the mode-3 Gram of W x_2 u_in^T
         z = (w_ba @ u_in).reshape(spatial, c_out, r_in)
         z3 = z.transpose(1, 0, 2).reshape(c_out, spatial * r_in)
-        u_out = _leading_vectors(z3 @ z3.T, r_out)
+        u_out = _leading_left_vectors(z3, r_out)
         y = (w_ab @ u_out).reshape(spatial, c_in, r_out)
         core, new_error = core_and_error(u_in, y)
         n_iter += 1

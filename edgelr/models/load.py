@@ -68,6 +68,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _load_error(where: Path, exc: BaseException, objs: CustomObjects) -> ModelLoadError:
     """One-line ModelLoadError for an exception raised by a Keras loader."""
+    if "Lambda" in str(exc):
+        return ModelLoadError(
+            f"{where}: the model has a Lambda layer (serialized Python code), which edgelr neither executes nor "
+            "translates; replace it by a custom layer and supply that with --custom-objects module.py"
+        )
     match = _UNKNOWN_CLASS.search(str(exc))
     if match:
         name = match.group(1) or match.group(2)
@@ -208,5 +213,3 @@ def model_info(model: Any, info: LoadInfo | None = None) -> dict[str, Any]:
         "layer_types": dict(sorted(types.items())),
     }
     return out
-
-

@@ -15,6 +15,8 @@ JSON that sits in ``config.json``), translate it object by object, and *rebuild*
    ``keras_history = [layer, node, tensor]``) by calling the new tf_keras layers on the new tensors,
    which avoids tf_keras' own node-index conventions for nested models (it skips a nested
    Functional's first node, Keras 3 does not);
+   Keras 3 operations recorded in the graph (``x + 3.0``) are replayed as TensorFlow ops, which tf_keras
+   records as ``TFOpLambda`` layers (:mod:`edgelr.models.ops`);
 3. nested models and wrapper layers (``TimeDistributed``, ``Bidirectional``) are built recursively;
 4. weights are copied layer by layer, matched by layer name (recursing into nested models) and
    within a layer by variable name (``kernel``, ``moving_mean``...) or, when names repeat (e.g.
@@ -34,12 +36,17 @@ from typing import Any
 import numpy as np
 
 from edgelr.errors import ModelLoadError
+from edgelr.models.ops import is_operation, operation
 from edgelr.tfcompat import keras2, keras3, tf
 
 # Keys renamed between Keras 3 and tf_keras, per layer class: {class: {keras3_key: tf_keras_key}}.
 _RENAMED_KEYS: dict[str, dict[str, str]] = {
     "InputLayer": {"batch_shape": "batch_input_shape"},
     "LeakyReLU": {"negative_slope": "alpha"},
+}
+# Keys tf_keras' from_config requires but Keras 3 does not write, with values meaning "not given".
+_ADDED_KEYS: dict[str, dict[str, Any]] = {
+    "MultiHeadAttention": {"query_shape": None, "key_shape": None, "value_shape": None},
 }
 # Keras 3-only keys that only affect training randomness or device kernels: safe to drop.
 _TRAINING_ONLY_KEYS: frozenset[str] = frozenset({"seed", "use_cudnn"})
@@ -322,7 +329,7 @@ def _layer_config(obj: Mapping[str, Any], ctx: _Context, owner: str = "") -> tup
             f"{ctx.hint(cls_name)}"
         )
     renames = _RENAMED_KEYS.get(cls_name, {})
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(_ADDED_KEYS.get(cls_name, {}))
     for key, val in cfg.items():
         key = renames.get(key, key)
         if key == "dtype":
@@ -338,7 +345,7 @@ def _layer_config(obj: Mapping[str, Any], ctx: _Context, owner: str = "") -> tup
         accepted = accepted | _RNN_POPPED_KWARGS
     if accepted is not None:
         for key in list(out):
-            if key in accepted:
+            if key in accepted or key in _ADDED_KEYS.get(cls_name, {}):
                 continue
             if _is_neutral(out[key]) or key in _TRAINING_ONLY_KEYS:
                 del out[key]
@@ -455,7 +462,17 @@ def _build_functional(cfg: Mapping[str, Any], ctx: _Context) -> Any:
         if obj["class_name"] == "InputLayer":
             outputs[(name, 0)] = _input_tensor(obj, ctx)
             continue
-        layers[name] = _build_layer(obj, ctx)
+        if is_operation(obj):
+            op = operation(obj)
+            if op is None:
+                raise ModelLoadError(
+                    f"{ctx.where}: '{name}' is the Keras 3 operation keras.ops {obj['class_name']} "
+                    f"({obj.get('module')}), which edgelr cannot translate yet; express it with Keras layers "
+                    "or a custom layer supplied with --custom-objects module.py"
+                )
+            layers[name] = op
+        else:
+            layers[name] = _build_layer(obj, ctx)
         for i, node in enumerate(obj.get("inbound_nodes", [])):
             if not isinstance(node, dict) or "args" not in node:
                 raise ModelLoadError(
@@ -496,7 +513,7 @@ def _build_functional(cfg: Mapping[str, Any], ctx: _Context) -> Any:
                 raise ModelLoadError(
                     f"{ctx.where}: calling rebuilt layer '{name}' ({type(layers[name]).__name__}) failed: "
                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                ) from exc
+                ) from None
             progressed = True
         if not progressed:
             names = sorted({n for n, _, _ in remaining})
@@ -519,18 +536,24 @@ def _short_name(var: Any) -> str:
     return name.split(":")[0].rsplit("/", 1)[-1]
 
 
-def _collect_assignments(src: Any, dst: Any, where: str, out: list[tuple[Any, np.ndarray]]) -> None:
-    """Pair the variables of Keras 3 layer ``src`` with those of tf_keras layer ``dst``."""
+def _collect_assignments(
+    src: Any, dst: Any, where: str, out: list[tuple[Any, np.ndarray]], leaves: list[Any]
+) -> None:
+    """Pair the variables of Keras 3 layer ``src`` with those of tf_keras layer ``dst``; mirror ``trainable``."""
     tfk = keras2()
+    dst.trainable = bool(src.trainable)  # on a model this first sets every sub-layer; children override below
     if isinstance(dst, tfk.Model) and hasattr(src, "layers"):
         by_name = {layer.name: layer for layer in src.layers}
         for layer in dst.layers:
             if isinstance(layer, tfk.layers.InputLayer):
                 continue
             if layer.name not in by_name:
-                raise ModelLoadError(f"{where}: no Keras 3 layer named '{layer.name}' to copy weights from")
-            _collect_assignments(by_name[layer.name], layer, where, out)
+                if layer.weights:
+                    raise ModelLoadError(f"{where}: no Keras 3 layer named '{layer.name}' to copy weights from")
+                continue
+            _collect_assignments(by_name[layer.name], layer, where, out, leaves)
         return
+    leaves.append(dst)
     src_w = list(src.weights)
     dst_w = list(dst.weights)
     if len(src_w) != len(dst_w):
@@ -562,8 +585,13 @@ def copy_weights(src: Any, dst: Any, where: str = "model") -> int:
         Number of variables assigned.
     """
     pairs: list[tuple[Any, np.ndarray]] = []
-    _collect_assignments(src, dst, where, pairs)
+    leaves: list[Any] = []
+    _collect_assignments(src, dst, where, pairs, leaves)
     keras2().backend.batch_set_value(pairs)
+    for layer in leaves:
+        # preprocessing layers (Normalization...) derive constants from their weights
+        if hasattr(layer, "finalize_state") and layer.built:
+            layer.finalize_state()
     return len(pairs)
 
 

@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS baselines (
 CREATE TABLE IF NOT EXISTS comparisons (
     run_id TEXT NOT NULL, baseline TEXT, model TEXT, device TEXT, metric TEXT, status TEXT,
     method TEXT, p_value REAL, effect REAL, ci_low REAL, ci_high REAL, threshold TEXT,
-    n_current INTEGER, n_baseline INTEGER, change_run TEXT, note TEXT
+    n_current INTEGER, n_baseline INTEGER, current REAL, baseline_value REAL, change_run TEXT, note TEXT
 );
 """
 
@@ -553,15 +553,16 @@ def baselines(history: str | os.PathLike[str]) -> "pd.DataFrame":
 
 
 COMPARISON_COLUMNS = ["run_id", "baseline", "model", "device", "metric", "status", "method", "p_value",
-                      "effect", "ci_low", "ci_high", "threshold", "n_current", "n_baseline", "change_run", "note"]
+                      "effect", "ci_low", "ci_high", "threshold", "n_current", "n_baseline", "current",
+                      "baseline_value", "change_run", "note"]
+_COMPARISON_FLOATS = ("p_value", "effect", "ci_low", "ci_high", "current", "baseline_value")
 
 
 def record_comparisons(history: str | os.PathLike[str], comparisons: "pd.DataFrame") -> None:
     """Store regression verdicts (:data:`COMPARISON_COLUMNS`) so reports can mark regressions."""
     if not len(comparisons):
         return
-    rows = [tuple(_cell("x", r.get(c)) if c not in ("p_value", "effect", "ci_low", "ci_high")
-                  else _cell("value", r.get(c)) for c in COMPARISON_COLUMNS)
+    rows = [tuple(_cell("value" if c in _COMPARISON_FLOATS else "x", r.get(c)) for c in COMPARISON_COLUMNS)
             for r in comparisons.to_dict("records")]
     with _write_tx(history) as con:
         con.executemany(f"INSERT INTO comparisons ({', '.join(COMPARISON_COLUMNS)}) VALUES "

@@ -1,0 +1,189 @@
+"""``edgelr compress`` end to end: outputs, report fields, exit codes, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgelr.cli.main import main
+
+FAST = ["--epochs", "1", "--max-train", "384", "--target", "host"]
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        rv = main(args)  # click returns ctx.exit(N)'s code (standalone_mode=False); the console script exits with it
+        code = rv if isinstance(rv, int) else 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def cnn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CNN trained on digits (~96 % test accuracy), saved by tf_keras."""
+    from edgelr.data import load_data
+    from edgelr.tfcompat import keras2
+
+    k2 = keras2()
+    k2.utils.set_random_seed(0)
+    d = load_data("digits")
+    inp = k2.Input((8, 8, 1))
+    h = k2.layers.Conv2D(16, 3, activation="relu", padding="same")(inp)
+    h = k2.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
+    h = k2.layers.MaxPooling2D()(h)
+    h = k2.layers.Flatten()(h)
+    h = k2.layers.Dense(64, activation="relu")(h)
+    model = k2.Model(inp, k2.layers.Dense(10, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(d.x_train, d.y_train, epochs=8, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("model") / "cnn.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compressed(cnn_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, dict]:
+    """One CLI run with --json (rank policy macs:0.5), shared by the assertions below."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("run") / "out"
+    buf = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(buf):
+        try:
+            rv = main(["compress", str(cnn_path), "--data", "digits", "--out", str(out), "--rank-policy", "macs:0.5",
+                       "--json", *FAST])
+            code = rv if isinstance(rv, int) else 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return out, code, json.loads(buf.getvalue())
+
+
+@pytest.mark.timeout(600)
+def test_cli_writes_every_output(compressed: tuple[Path, int, dict]) -> None:
+    out, code, summary = compressed
+    assert code == 0
+    for name in ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "search.csv").exists()  # no budget, no search
+    assert summary["outputs"]["model.tflite"] == str(out / "model.tflite")
+    assert summary["compressed"]["tflite_bytes"] == (out / "model.tflite").stat().st_size
+    assert summary["original"]["tflite_bytes"] == (out / "baseline.tflite").stat().st_size
+
+
+@pytest.mark.timeout(600)
+def test_cli_summary_and_report_fields(compressed: tuple[Path, int, dict]) -> None:
+    out, _, s = compressed
+    assert s["target"] == "host" and s["quantization"] == "int8" and s["metric"] == "accuracy"
+    # macs:0.5 on every factorizable layer: the model has fewer MACs and params than the original
+    assert s["compressed"]["macs"] < s["original"]["macs"] and s["compressed"]["params"] < s["original"]["params"]
+    assert s["reduction"]["macs_x"] == pytest.approx(s["original"]["macs"] / s["compressed"]["macs"])
+    assert s["budget_met"] is None and s["max_accuracy_drop"] is None
+    assert 80.0 <= s["original"]["score"] <= 100.0
+    assert s["compressed"]["tflite_score"] > 50.0  # a working model, not a broken conversion
+    assert s["drop_points"] == pytest.approx(s["original"]["score"] - s["compressed"]["tflite_score"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["compressed"]["macs"] == s["compressed"]["macs"]
+    val = report["tflite"]["validation"]
+    assert val["input_dtype"] == "float32"  # the host profile asks for float I/O
+    assert val["ops"]["custom_ops"] == [] and val["ops"]["num_nodes"] >= 5
+    assert 0 <= val["agreement"] <= 100
+    assert report["qat"]["applied"] is True and report["qat"]["float"] == []
+    assert report["tflite"]["int8_path"]["used"] in ("qat", "post-training")
+    assert len(report["finetune"]["history"]) == 1
+    assert report["data"]["sizes"]["test"] == 359
+
+
+@pytest.mark.timeout(600)
+def test_cli_layers_table_and_keras_model(compressed: tuple[Path, int, dict]) -> None:
+    import pandas as pd
+
+    from edgelr.compress.evaluate import predict
+    from edgelr.compress.validate import run_tflite
+    from edgelr.data import load_data
+    from edgelr.tfcompat import keras2
+
+    out, _, s = compressed
+    layers = pd.read_csv(out / "layers.csv")
+    assert list(layers["layer"]) == ["conv2d", "conv2d_1", "dense", "dense_1"]
+    assert {"method", "ranks", "params_before", "params_after", "macs_after", "qat", "reason"} <= set(layers.columns)
+    done = layers[~layers["skipped"]]
+    assert len(done) >= 1 and (done["macs_after"] < done["macs_before"]).all()
+    model = keras2().models.load_model(out / "model.keras")
+    from edgelr.rewrite.cost import model_cost
+
+    assert model_cost(model) == (s["compressed"]["params"], s["compressed"]["macs"])
+    # the float32 conversion of the saved factorized model matches it
+    from edgelr.compress.convert import convert
+
+    x = load_data("digits").x_test[:64]
+    np.testing.assert_allclose(run_tflite(convert(model, "none").content, x), predict(model, x), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cli_budget_impossible_exits_1_and_writes_best(cnn_path: Path, compressed: tuple[Path, int, dict],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = compressed[0].parent / "budget"
+    out.mkdir()
+    (out / "stale.txt").write_text("old run")
+    code, stdout, err = run_cli(["compress", str(cnn_path), "--data", "digits", "--out", str(out), "--force",
+                                 "--max-accuracy-drop", "-50", "--no-qat", *FAST], capsys)
+    assert code == 1
+    assert "budget NOT met" in err and "written anyway" in err
+    assert not (out / "stale.txt").exists()  # --force replaced the directory
+    for name in ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md",
+                 "search.csv", "search.png"):
+        assert (out / name).is_file(), name
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    search = report["search"]
+    assert search["budget_met"] is False and report["summary"]["budget_met"] is False
+    assert len(search["trials"]) >= 1 and any(c["tried"] for c in search["candidates"])
+    assert len(search["sensitivity"]) >= 4  # several shares of several layers were scored
+    assert all({"macs", "params", "val_score"} <= set(c) for c in search["candidates"])
+    assert report["qat"]["applied"] is False and "--no-qat" in report["qat"]["error"]
+
+
+def test_cli_refuses_existing_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.tflite").write_bytes(b"x")
+    code, _, err = run_cli(["compress", str(tmp_path / "any.keras"), "--data", "digits", "--out", str(out)], capsys)
+    assert code == 2
+    assert "already exists" in err and "--force" in err
+    assert (out / "model.tflite").read_bytes() == b"x"
+
+
+def test_cli_unknown_target_lists_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["compress", str(tmp_path / "m.keras"), "--data", "digits", "--out", str(tmp_path / "o"),
+                            "--target", "toaster"], capsys)
+    assert code == 1
+    assert "unknown target 'toaster'" in err and "rpi4" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_rank_policy_and_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["compress", str(tmp_path / "m.keras"), "--data", "digits", "--out", str(tmp_path / "o"),
+                            "--rank-policy", "half"], capsys)
+    assert code == 2 and "half" in err
+    code, _, err = run_cli(["compress", str(tmp_path / "m.keras"), "--data", "digits", "--out", str(tmp_path / "o")],
+                           capsys)
+    assert code == 1 and "does not exist" in err
+
+
+@pytest.mark.timeout(300)
+def test_cli_data_that_does_not_fit(cnn_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.zeros((20, 28, 28, 1), np.float32)
+    y = np.zeros(20, np.int64)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    code, _, err = run_cli(["compress", str(cnn_path), "--data", str(tmp_path / "d.npz"), "--out",
+                            str(tmp_path / "o")], capsys)
+    assert code == 1 and "(28, 28, 1)" in err
+    assert not (tmp_path / "o").exists()
