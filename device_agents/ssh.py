@@ -89,7 +89,13 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 f"If this is the right device, trust it once with --trust-new-host (or trust_new_host = true in "
                 f"the inventory), or record it yourself: ssh-keyscan -p {t.port} {t.hostname} >> {t.record_file}"
             )
-        t.record_host_key(hostname, key)
+        try:
+            t.record_host_key(hostname, key)
+        except OSError as exc:
+            raise HostKeyError(
+                f"cannot record the host key of device {t.device!r} in {t.record_file}: {exc.strerror or exc}; "
+                "fix the file's permissions or set known_hosts to a writable file"
+            ) from exc
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
@@ -102,9 +108,10 @@ class SSHTransport(Transport):
     host
         Host name, address or ``~/.ssh/config`` alias.
     port, user, key
-        Explicit options; they override ``~/.ssh/config`` (None, 0 or "" mean "not set"). ``key`` is a private key file (OpenSSH
-        format); without one the config's IdentityFile entries, then the default keys are tried.
-        A running ssh-agent (``SSH_AUTH_SOCK``) is used too unless ``use_agent`` is False.
+        Explicit options; they override ``~/.ssh/config`` (None, 0 or "" mean "not set"). ``key`` is a
+        private key file (OpenSSH format); without one the config's IdentityFile entries, then the
+        default keys are tried. A running ssh-agent (``SSH_AUTH_SOCK``) is used too unless ``use_agent``
+        is False.
     known_hosts
         Extra known_hosts file, read besides ``~/.ssh/known_hosts``; new keys are recorded here when given.
     trust_new_host
@@ -169,7 +176,8 @@ class SSHTransport(Transport):
                 raise DeviceError(f"device {self.device!r}: SSH key file {self.keys[0]} not found; fix 'key' in "
                                   "the inventory")
         else:  # like ssh, IdentityFile entries that do not exist are skipped
-            self.keys = [k for k in (str(Path(k).expanduser()) for k in cfg.get("identityfile", [])) if Path(k).is_file()]
+            found = (str(Path(k).expanduser()) for k in cfg.get("identityfile", []))
+            self.keys = [k for k in found if Path(k).is_file()]
         self.user_known_hosts = home / ".ssh" / "known_hosts"
         self.known_hosts: Path | None = Path(known_hosts).expanduser() if known_hosts else None
         self.record_file: Path = self.known_hosts or self.user_known_hosts
@@ -273,7 +281,8 @@ class SSHTransport(Transport):
             raise DeviceError(self._no_answer(shown, what))
 
     def _no_answer(self, timeout: float, what: str) -> str:
-        return f"device {self.device!r} ({self.where}) did not answer within {timeout:g} s during {what}; check the link"
+        return (f"device {self.device!r} ({self.where}) did not answer within {timeout:g} s during {what}; "
+                "check the link")
 
     def _connected(self) -> paramiko.SSHClient:
         """The live client, connecting first if needed. Call inside :meth:`_deadline`."""
@@ -299,7 +308,8 @@ class SSHTransport(Transport):
             sock = socket.create_connection((self.hostname, self.port), timeout=limit)
         except TimeoutError as exc:
             raise DeviceError(
-                f"device {self.device!r} ({self.where}) did not answer within {min(self.connect_timeout, self._op_timeout):g} s "
+                f"device {self.device!r} ({self.where}) did not answer within "
+                f"{min(self.connect_timeout, self._op_timeout):g} s "
                 "during connect; "
                 "check the link and the address"
             ) from exc

@@ -175,7 +175,8 @@ class SshdServer:
             self.netns = None
 
 
-def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path, sftp: bool = True) -> Path:
+def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path, sftp: bool = True,
+            extra: list[str] | None = None) -> Path:
     cfg = d / "sshd_config"
     cfg.write_text(
         "\n".join(
@@ -197,6 +198,7 @@ def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path, s
                 # bash sources ~/.bashrc for ssh commands when SHLVL < 2; this machine's root .bashrc
                 # runs `pyenv init` (~150 ms, ~100 processes) which no real device has. SHLVL=1 skips it.
                 "SetEnv SHLVL=1",
+                *(extra or []),
                 "",
             ]
         )
@@ -204,7 +206,8 @@ def _config(d: Path, listen: str, port: int, host_key: Path, authorized: Path, s
     return cfg
 
 
-def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519", sftp: bool = True) -> SshdServer:
+def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519", sftp: bool = True,
+               extra_config: list[str] | None = None) -> SshdServer:
     """Start sshd with throwaway keys under directory ``d``; wait until it accepts.
 
     Parameters
@@ -218,6 +221,8 @@ def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519", sft
         ``ssh-keygen -t`` type of the server's host key.
     sftp
         Offer the SFTP subsystem (``internal-sftp``); False mimics boards without one.
+    extra_config
+        More sshd_config lines (e.g. ``ChrootDirectory /path``).
     """
     d.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -231,7 +236,7 @@ def start_sshd(d: Path, netns: bool = False, host_key_type: str = "ed25519", sft
         port = 22
     else:
         host, port = "127.0.0.1", _free_port()
-    cfg = _config(d, host, port, host_key, authorized, sftp)
+    cfg = _config(d, host, port, host_key, authorized, sftp, extra_config)
     argv = [SSHD, "-f", str(cfg), "-D", "-e"]
     if ns:
         argv = ["ip", "netns", "exec", ns, *argv]

@@ -172,6 +172,7 @@ def test_memwrap_is_posix_sh_and_samples_vmhwm(tmp_path: Path, shell: list[str])
         assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.timeout(60)
 def test_harness_rows_override_and_extend_the_generic_ones(tmp_path: Path, sysroot: Path) -> None:
     """The seam the Android harness uses: extra["override_rows"] replace aggregates, extra["extra_rows"] add."""
     from edgelr.bench.harness import HARNESSES, BenchmarkModelHarness, register_harness
@@ -207,6 +208,7 @@ def test_android_devices_get_the_android_harness() -> None:
     assert type(select_harness(spec)).__name__ == "AndroidHarness"
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("canaries, throttled", [([10.0, 20.0, 20.0], 1.0), ([10.0, 20.0, 10.5], 0.0)])
 def test_throttling_canary_cools_down_and_retries(tmp_path: Path, sysroot: Path, monkeypatch: pytest.MonkeyPatch,
                                                   canaries: list[float], throttled: float) -> None:

@@ -180,3 +180,14 @@ def test_detect_format_does_not_need_tensorflow(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["keras3-keras", "False"]
     assert detect_format(tmp_path / "m.keras").is_keras3
+
+
+def test_unbuilt_keras3_model_is_rejected(keras: Any, tmp_path: Path) -> None:
+    import warnings
+
+    model = keras.Sequential([keras.layers.Dense(3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp_path / "unbuilt.keras")
+    with pytest.raises(ModelLoadError, match="before it was built"):
+        edgelr.load_model(tmp_path / "unbuilt.keras")

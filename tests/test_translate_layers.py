@@ -201,7 +201,8 @@ def test_lambda_layer_is_a_clear_error(keras: Any, tmp_path: Path) -> None:
     model.save(tmp_path / "lambda.keras")
     with pytest.raises(ModelLoadError) as err:
         edgelr.load_model(tmp_path / "lambda.keras")
-    assert "Lambda" in str(err.value) and "\n" not in str(err.value)
+    msg = str(err.value)
+    assert "Lambda" in msg and "--custom-objects" in msg and "\n" not in msg
 
 
 def test_more_layer_kinds(keras: Any, tmp_path: Path) -> None:
@@ -239,6 +240,21 @@ def test_more_layer_kinds(keras: Any, tmp_path: Path) -> None:
     h = L.SimpleRNN(3, return_sequences=True)(L.MaxPooling1D()(h))
     h = L.Dense(2, kernel_constraint=keras.constraints.MaxNorm(2.0))(L.GlobalAveragePooling1D()(h))
     _roundtrip(keras.Model(seq_in, h), x1, tmp_path / "seq.keras")
+
+
+def test_rnn_cells_built_sequential_and_nested_h5(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    rng = np.random.default_rng(8)
+    x1 = rng.normal(size=(2, 10, 4)).astype("float32")
+    cells = keras.Sequential([keras.Input((10, 4)), L.RNN(L.LSTMCell(3), return_sequences=True), L.RNN([L.GRUCell(3), L.LSTMCell(2)])])
+    _roundtrip(cells, x1, tmp_path / "cells.keras")
+    built = keras.Sequential([L.Dense(3), L.Dense(2)])  # no Input: built by build()
+    built.build((None, 4))
+    _roundtrip(built, rng.normal(size=(2, 4)).astype("float32"), tmp_path / "built.keras")
+    inp = keras.Input((4,))
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(3, activation="hard_silu")], name="inner")
+    nested = keras.Model(inp, L.Dense(2)(inner(inp)))
+    _roundtrip(nested, rng.normal(size=(2, 4)).astype("float32"), tmp_path / "nested.h5")
 
 
 def test_frozen_nested_model_stays_frozen(keras: Any, tmp_path: Path) -> None:

@@ -84,6 +84,59 @@ def _walk(model: Any) -> Iterator[Any]:
             yield from _walk(layer)
 
 
+_STOCK_CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
+
+
+def custom_cell_layers(model: Any) -> list[str]:
+    """Names of recurrent layers whose cell is not a stock LSTM/GRU/SimpleRNN cell (they convert to WHILE loops)."""
+    names = []
+    for layer in _walk(model):
+        cell = getattr(layer, "cell", None)
+        if cell is not None and type(cell).__name__ not in _STOCK_CELLS and not getattr(layer, "unroll", False):
+            names.append(layer.name)
+    return names
+
+
+def unrolled_copy(model: Any, max_steps: int = 128) -> Any:
+    """A copy of ``model`` with ``unroll=True`` on every recurrent layer (weights copied).
+
+    Full-integer conversion of an RNN with a custom cell crashes the converter on the ``WHILE`` loop; the
+    unrolled graph (fixed, short sequence length) converts to plain builtin ops.
+
+    Raises
+    ------
+    ConversionError
+        Unknown or too long (> ``max_steps``) sequence length.
+    """
+    from edgelr.tfcompat import keras2
+
+    k2 = keras2()
+    steps = model.inputs[0].shape[1] if len(model.inputs[0].shape) >= 3 else None
+    if steps is None or int(steps) > max_steps:
+        raise ConversionError(f"cannot unroll the recurrent layers of {model.name!r}: sequence length {steps} "
+                              f"(need a fixed length <= {max_steps}); use --quantize dynamic")
+    if any(type(getattr(layer, "cell", None)).__name__.startswith("LowRank") for layer in _walk(model)):
+        import edgelr.rewrite.cells  # noqa: F401 - registers the low-rank cells for from_config
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if "unroll" in config:
+            config["unroll"] = True
+        return type(layer).from_config(config)
+
+    import contextlib
+
+    scope: Any = contextlib.nullcontext()
+    if any(type(layer).__name__.startswith("Quantize") for layer in model.layers):
+        import tensorflow_model_optimization as tfmot
+
+        scope = tfmot.quantization.keras.quantize_scope()
+    with scope:
+        copy = k2.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def check_quantization(quantization: str, io_dtype: str = "float32") -> str:
     """Normalise and check a quantization name (``float32`` is an alias of ``none``)."""
     q = "none" if quantization in ("float32", "fp32") else quantization
@@ -195,6 +248,12 @@ def convert(model: Any, quantization: str = "int8", *, io_dtype: str = "float32"
     if isolate is None:
         isolate = recurrent and q == "int8"
     t0 = time.perf_counter()
+    pre_notes: list[str] = []
+    if q == "int8" and custom_cell_layers(model):
+        names = custom_cell_layers(model)
+        model = unrolled_copy(model)
+        pre_notes.append(f"recurrent layer(s) {names} with custom cells unrolled for full-integer conversion "
+                         "(the converter crashes on their WHILE loop)")
     if isolate:
         content, notes = _convert_isolated(model, q, io, representative, batch_size, timeout)
     else:
@@ -205,7 +264,7 @@ def convert(model: Any, quantization: str = "int8", *, io_dtype: str = "float32"
         content, notes = _run_converter(lambda: tfm.lite.TFLiteConverter.from_concrete_functions([conc], model),
                                         q, io, representative, batch_size)
     return ConversionResult(content=content, quantization=q, io_dtype=io, batch_size=batch_size,
-                            isolated=bool(isolate), seconds=time.perf_counter() - t0, notes=notes)
+                            isolated=bool(isolate), seconds=time.perf_counter() - t0, notes=pre_notes + notes)
 
 
 def _convert_isolated(model: Any, quantization: str, io_dtype: str, representative: np.ndarray | None,

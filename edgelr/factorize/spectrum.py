@@ -15,8 +15,65 @@ from typing import Literal
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 from edgelr.factorize._checks import as_finite_array
+
+
+class SymmetricEigen:
+    """Eigenvalues of a symmetric matrix now, any number of leading eigenvectors later, one reduction.
+
+    The matrix is reduced once to tridiagonal form ``A = Q T Q^T`` (LAPACK ``dsytrd``, the
+    ``O(k^3)`` step); all eigenvalues come from ``T`` (``dsterf``, ``O(k^2)``), and
+    :meth:`leading_vectors` computes only the requested eigenvectors of ``T`` (``dstemr``) and maps
+    them back with the stored reflectors (``dormqr``). Rank selection needs every eigenvalue but only
+    the first ``r`` vectors, so this costs about one values-only solve instead of two solves.
+
+    Parameters
+    ----------
+    matrix
+        ``(k, k)`` symmetric float64 matrix (only its lower triangle is read).
+    """
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self._matrix = matrix
+        k = int(matrix.shape[0])
+        self._k = k
+        self._reflectors: np.ndarray | None = None
+        if k == 1:
+            self.values = np.array([float(matrix[0, 0])])
+            return
+        lwork = int(scipy.linalg.lapack.dsytrd_lwork(k, lower=1)[0])
+        c, d, e, tau, info = scipy.linalg.lapack.dsytrd(matrix, lower=1, lwork=max(lwork, k))
+        values, info2 = scipy.linalg.lapack.dsterf(d.copy(), e.copy())
+        if info != 0 or info2 != 0:  # pragma: no cover - LAPACK failure: use the one-shot solver
+            self.values = np.asarray(scipy.linalg.eigh(matrix, eigvals_only=True, check_finite=False))[::-1].copy()
+            return
+        self._reflectors, self._tau, self._d, self._e = c, tau, d, e
+        self.values = np.asarray(values)[::-1].copy()  # descending
+
+    def leading_vectors(self, rank: int) -> np.ndarray:
+        """``(k, rank)`` orthonormal eigenvectors of the ``rank`` largest eigenvalues, descending."""
+        k = self._k
+        if k == 1:
+            return np.ones((1, 1))
+        if self._reflectors is not None:
+            lapack = scipy.linalg.lapack
+            m, _, z, info = lapack.dstemr(self._d, np.append(self._e, 0.0), 2, 0.0, 0.0, k - rank + 1, k)
+            if info == 0 and m == rank:
+                z = np.asfortranarray(z[:, :rank])
+                vectors = np.empty((k, rank))
+                vectors[0] = z[0]
+                qz, _, info = lapack.dormqr(
+                    "L", "N", self._reflectors[1:, : k - 1], self._tau, z[1:], max(1, 64 * rank)
+                )
+                if info == 0:
+                    vectors[1:] = qz
+                    return np.ascontiguousarray(vectors[:, ::-1])
+        _, vectors = scipy.linalg.eigh(  # pragma: no cover - fallback when MRRR fails
+            self._matrix, subset_by_index=(k - rank, k - 1), check_finite=False
+        )
+        return np.ascontiguousarray(vectors[:, ::-1])
 
 
 def leading_eigenvectors(gram: np.ndarray, rank: int) -> np.ndarray:
@@ -32,16 +89,9 @@ def leading_eigenvectors(gram: np.ndarray, rank: int) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        Columns in descending order of eigenvalue. A few leading vectors come from LAPACK's
-        selected-eigenvalue driver (``syevr``), many from the full divide-and-conquer solver.
+        Columns in descending order of eigenvalue.
     """
-    k = gram.shape[0]
-    if 4 * rank <= k:
-        _, vectors = scipy.linalg.eigh(gram, subset_by_index=(k - rank, k - 1), driver="evr", check_finite=False)
-    else:
-        _, vectors = scipy.linalg.eigh(gram, driver="evd", check_finite=False)
-        vectors = vectors[:, k - rank :]
-    return np.ascontiguousarray(vectors[:, ::-1])
+    return SymmetricEigen(gram).leading_vectors(rank)
 
 
 @dataclass(frozen=True)
@@ -53,8 +103,9 @@ class Spectrum:
     values
         ``(k,)`` float64 eigenvalues of the Gram matrix in descending order, clipped at 0, where
         ``k = m`` for ``side="rows"`` and ``k = n`` for ``side="columns"``. ``values[h] = s_h**2``.
-    gram
-        ``(k, k)`` float64 Gram matrix: ``X X^T`` for ``side="rows"``, ``X^T X`` for ``side="columns"``.
+    eigen
+        The reduced Gram matrix (``X X^T`` for ``side="rows"``, ``X^T X`` for ``side="columns"``),
+        from which :meth:`leading_vectors` computes eigenvectors on demand.
     shape
         ``(m, n)``, the shape of ``X``.
     side
@@ -63,7 +114,7 @@ class Spectrum:
     """
 
     values: np.ndarray
-    gram: np.ndarray
+    eigen: SymmetricEigen
     shape: tuple[int, int]
     side: Literal["rows", "columns"]
 
@@ -79,7 +130,7 @@ class Spectrum:
 
     def leading_vectors(self, rank: int) -> np.ndarray:
         """``(k, rank)`` singular vectors of this side for the ``rank`` largest singular values."""
-        return leading_eigenvectors(self.gram, rank)
+        return self.eigen.leading_vectors(rank)
 
 
 def gram_spectrum(matrix: np.ndarray, side: Literal["rows", "columns"]) -> Spectrum:
@@ -93,9 +144,9 @@ def gram_spectrum(matrix: np.ndarray, side: Literal["rows", "columns"]) -> Spect
         ``"rows"`` for ``X X^T`` (m x m), ``"columns"`` for ``X^T X`` (n x n).
     """
     gram = matrix @ matrix.T if side == "rows" else matrix.T @ matrix
-    values = scipy.linalg.eigh(gram, eigvals_only=True, check_finite=False)
-    values = np.clip(values[::-1], 0.0, None)
-    return Spectrum(values=values, gram=gram, shape=(int(matrix.shape[0]), int(matrix.shape[1])), side=side)
+    eigen = SymmetricEigen(gram)
+    values = np.clip(eigen.values, 0.0, None)
+    return Spectrum(values=values, eigen=eigen, shape=(int(matrix.shape[0]), int(matrix.shape[1])), side=side)
 
 
 def matrix_spectrum(matrix: np.ndarray) -> Spectrum:

@@ -111,7 +111,15 @@ def _load_keras3(det: DetectedFormat, objs: CustomObjects) -> Any:
         raise
     except Exception as exc:
         raise _load_error(det.path, exc, objs) from None
-    return translate_model(src, custom_objects=objs.tf_keras, where=str(det.path))
+    try:
+        return translate_model(src, custom_objects=objs.tf_keras, where=str(det.path))
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # an unforeseen layer detail: still one line, naming what failed
+        raise ModelLoadError(
+            f"{det.path}: could not translate the Keras 3 model to tf_keras ({_first_line(exc)}); "
+            "save it with tf_keras instead, or report this model"
+        ) from None
 
 
 def load_model_with_info(path: str | os.PathLike[str], custom_objects: CustomObjectsSpec = None) -> tuple[Any, LoadInfo]:

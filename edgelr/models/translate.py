@@ -632,6 +632,11 @@ def translate_model(k3_model: Any, custom_objects: Mapping[str, Any] | None = No
                 f"{where}: a subclassed Keras 3 model ({cls}) has no config to translate; "
                 "rebuild it as a Sequential or functional model, or save it with tf_keras"
             )
+    if not k3_model.built:
+        raise ModelLoadError(
+            f"{where}: the Keras 3 model was saved before it was built (no input shape, no weights); "
+            "add a keras.Input or call it on data, then save it again"
+        )
     serialized = k3.saving.serialize_keras_object(k3_model)
     model = _build_layer(serialized, ctx)
     copy_weights(k3_model, model, where)

@@ -22,6 +22,7 @@ Writes reports/agent_overhead.md and prints the same tables.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `.venv/bin/python "
         f"tests/perf/bench_agent_overhead.py --iters {args.iters} --models {args.models} --runs {args.runs}`.",
         "Device: Debian OpenSSH sshd on 127.0.0.1 (tests/sshd.py), device Python = this venv (real LiteRT",
-        f"runner). Model: 16->32->4 float32 MLP, {model_size} bytes. Host: 2 shared cores, busy with other jobs.",
+        f"runner). Model: 16->32->4 float32 MLP, {model_size} bytes. Host: {os.cpu_count()} cores shared with other "
+        f"jobs; load average at the end {os.getloadavg()[0]:.1f} (timings are noisy under load).",
         "Round-trip time on loopback is ~0; on a real Pi over Wi-Fi add about (round trips x RTT).",
         "",
         "## Overhead (seconds)",
@@ -256,6 +258,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "",
         f"The cold bench sent the runner and the model ({', '.join(c.what.rsplit('/', 1)[-1] for c in cold_calls if c.kind == 'push' and c.sent)});",
         f"the warm ones sent nothing: {sum(1 for c in warm_pushes if c.sent)} of {len(warm_pushes)} push calls transferred data.",
+        "",
+        "## Notes",
+        "",
+        f"- The SSH transport's own cost is one exec round trip per command (~{rt * 1000:.0f} ms here under load; "
+        "4-8 ms measured on a quiet moment of this host). A skipped push is ONE command (remote sha256, or mkdir "
+        "when the file is absent) and sends no data; the local sha256 is cached by (inode, size, mtime).",
+        "- Most of the per-call set-up is not the transport: the runner's `--version` probe starts Python and "
+        "imports ai-edge-litert on the device, and the throttling canary (a shell busy loop) runs once as a "
+        "baseline and once before every run. Both live in edgelr.bench.run/harness. Caching the runner "
+        "version per (device, runner sha256) and a shorter canary would bring the 1-model figure toward the "
+        "per-model one.",
+        f"- {runs_per_model:.0f} round trips per model: merging the sensor reads (temperatures before/after, "
+        "energy, throttled) into one command each would save several round trips, which matters over Wi-Fi "
+        "(RTT 2-10 ms).",
         "",
         "## Where the time of one warm 1-model bench goes",
         "",
