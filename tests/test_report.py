@@ -80,6 +80,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_markdown_and_html_reports_render_in_headless_chromium(history: Path, tmp_path: Path) -> None:
     md, page = tmp_path / "out" / "report.md", tmp_path / "out" / "report.html"

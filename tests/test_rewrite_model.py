@@ -305,3 +305,24 @@ def test_subclassed_model_rejected(keras: Any) -> None:
     net(np.zeros((1, 3), "float32"))
     with pytest.raises(FactorizeError, match="subclassed"):
         factorize_model(net, progress=False)
+
+
+def test_shared_layer_and_nested_functional(keras: Any) -> None:
+    """A Dense called twice (two nodes) and a nested Functional model called on both branches."""
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    sub_in = keras.Input((12,))
+    sub = keras.Model(sub_in, keras.layers.Dense(6, activation="tanh", name="sub_dense")(sub_in), name="sub")
+    a, b = keras.Input((10,), name="a"), keras.Input((10,), name="b")
+    shared = keras.layers.Dense(12, activation="relu", name="shared")
+    ya, yb = sub(shared(a)), sub(shared(b))
+    out = keras.layers.Dense(3, name="head")(keras.layers.Concatenate(name="cat")([ya, yb]))
+    model = keras.Model([a, b], [out, ya], name="twin")
+    plan = plan_factorization(model, rank_policy="rank:1", min_reduction=None, progress=False)
+    assert set(plan.candidates()) == {"shared", "sub/sub_dense", "head"}
+    new, _ = build_factorized(model, plan, _full_ranks(plan))
+    rng = np.random.default_rng(7)
+    xs = [rng.normal(size=(4, 10)).astype("float32") for _ in range(2)]
+    for before, after in zip(model(xs), new(xs)):
+        assert _rel_diff(np.asarray(before), np.asarray(after)) < 1e-4
+    assert [layer.name for layer in new.get_layer("sub").layers[1:]] == ["sub_dense/svd_in", "sub_dense/svd_out"]

@@ -287,3 +287,19 @@ def test_device_without_sftp_gets_files_through_exec_channels(tmp_path: Path) ->
             assert sorted(p.name for p in remote.parent.iterdir()) == ["m.tflite"]
     finally:
         server.stop()
+
+
+def test_hashed_known_hosts_entries_written_by_ssh_keygen_are_honoured(sshd_server: SshdServer, tmp_path: Path) -> None:
+    good = tmp_path / "kh_hashed"
+    good.write_text(sshd_server.host_key_line())
+    subprocess.run(["ssh-keygen", "-H", "-f", str(good)], check=True, capture_output=True)
+    assert good.read_text().startswith("|1|")  # really hashed (HashKnownHosts format)
+    with SSHTransport(**sshd_server.transport_kwargs(known_hosts=str(good))) as t:
+        assert t.run(["true"], timeout=10).exit_code == 0
+
+    impostor = _keygen(tmp_path / "impostor")
+    bad = tmp_path / "kh_hashed_bad"
+    bad.write_text(f"{sshd_server.known_hosts_name} {' '.join(impostor.with_suffix('.pub').read_text().split()[:2])}\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(bad)], check=True, capture_output=True)
+    with pytest.raises(HostKeyError, match="CHANGED"):
+        SSHTransport(**sshd_server.transport_kwargs(known_hosts=str(bad), trust_new_host=True)).run(["true"], timeout=10)

@@ -28,22 +28,12 @@ def report(history: str, html_out: str | None, md_out: str | None, since: str | 
       edgelr report reports/history --html report.html --md report.md --since 30d
       edgelr report --json | jq '.latest'
     """
-    from edgelr.report import history as H
     from edgelr.report import render as R
 
-    frame = H.load(history, since=since)
-    runs = H.runs(history)
-    comps = H.load_comparisons(history)
-    if since:
-        runs = runs[runs["started_at"] >= H.parse_since(since)]
-        comps = comps[comps["run_id"].isin(set(runs["run_id"]))]
-    data = R.report_data(frame, comps, runs)
-    if html_out or md_out:
-        figs = R.figures(frame, data)
-        if html_out:
-            info(f"wrote {R.render_html(data, figs, html_out)}")
-        if md_out:
-            info(f"wrote {R.render_markdown(data, figs, md_out)}")
+    data = R.write_report(history, html_out=html_out, md_out=md_out, since=since)
+    for path in (html_out, md_out):
+        if path:
+            info(f"wrote {path}")
     if as_json:
         echo_json(R.to_json(data))
     elif not (html_out or md_out):

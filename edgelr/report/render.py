@@ -150,10 +150,9 @@ def figures(frame: "pd.DataFrame", data: dict[str, "pd.DataFrame"], dpi: int = 9
         idx = [i for i, r in enumerate(t["run_id"]) if r in bad]
         if idx:
             ax.plot(idx, y[idx], "v", color="red", ms=10, label="regression")
-        if len(y) >= 4:
-            for s in segment_l1(y):
-                ax.axvline(s - 0.5, color="orange", ls="--", lw=1.2)
-            ax.plot([], [], color="orange", ls="--", label="step change")
+        steps = segment_l1(y) if len(y) >= 4 else []
+        for s in steps:
+            ax.axvline(s - 0.5, color="orange", ls="--", lw=1.2, label="step change" if s == steps[0] else None)
         ax.set_xticks(x)
         ax.set_xticklabels(_run_labels(t["run_started"]), rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("latency (ms)")
@@ -313,3 +312,24 @@ def to_json(data: dict[str, "pd.DataFrame"]) -> dict[str, list[dict[str, Any]]]:
         recs = df.astype(object).where(df.notna(), None).to_dict("records") if len(df) else []
         out[k] = recs
     return out
+
+
+def write_report(history: str | os.PathLike[str], html_out: str | os.PathLike[str] | None = None,
+                 md_out: str | os.PathLike[str] | None = None, since: str | None = None) -> dict[str, "pd.DataFrame"]:
+    """Load ``history`` and write the HTML and/or Markdown report; return the tables (``edgelr demo`` calls this)."""
+    from edgelr.report import history as H
+
+    frame = H.load(history, since=since)
+    runs = H.runs(history)
+    comps = H.load_comparisons(history)
+    if since:
+        runs = runs[runs["started_at"] >= H.parse_since(since)]
+        comps = comps[comps["run_id"].isin(set(runs["run_id"]))]
+    data = report_data(frame, comps, runs)
+    if html_out or md_out:
+        figs = figures(frame, data)
+        if html_out:
+            render_html(data, figs, html_out)
+        if md_out:
+            render_markdown(data, figs, md_out)
+    return data
