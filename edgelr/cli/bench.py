@@ -48,11 +48,13 @@ Per-run latencies are kept as `latency` rows (sample 0..N-1) in --out and --json
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and every row as JSON on stdout.")
 @click.option("--trust-new-host", is_flag=True, help="SSH: accept and remember an unknown host key.")
 @click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
-              help="Append the run to this results history (directory or .sqlite) [env: EDGELR_HISTORY].")
+              help="Results history the run is appended to (directory or .sqlite) [env: EDGELR_HISTORY; "
+                   "default: ~/.local/share/edgelr/history].")
+@click.option("--no-history", is_flag=True, help="Do not append this run to the results history.")
 def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads: int | None, runs: int,
           warmup: int, repeat: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool, canary: bool,
           timeout: float | None, out: Path | None, as_json: bool, trust_new_host: bool,
-          history: str | None) -> None:
+          history: str | None, no_history: bool) -> None:
     """Benchmark MODEL.tflite [MODEL2 ...] on a device: latency, peak memory, temperature, energy.
 
     Prints a summary per model (avg/median/p90 latency in ms, peak RSS in MB, energy per inference in
@@ -62,10 +64,12 @@ def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads:
     from edgelr.bench.frame import write_frame
     from edgelr.bench.run import BenchSettings, benchmark
     from edgelr.errors import DeviceError, UsageError
+    from edgelr.report.history import default_history
 
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out}: expected a .parquet or .csv file name")
     spec = get_device(device, inventory)
+    history = None if no_history else (history or str(default_history()))
     settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, repeat=repeat, cooldown_c=cooldown_c,
                              cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack, timeout_s=timeout, out=out,
                              canary=canary)
@@ -123,18 +127,13 @@ def summarize(frame: "pd.DataFrame") -> list[dict[str, Any]]:
     return out
 
 
-# --- history hook (the lead wires it) ------------------------------------------------------------------
+# --- results history ----------------------------------------------------------------------------------
 def _record_history(frame: "pd.DataFrame", history: str | None = None, status: str = "complete",
                     error: str | None = None, **context: Any) -> None:
-    """HOOK: append the run to the results history (``edgelr.report.history.append_run``).
-
-    Does nothing when no history location is given (``--history`` / ``$EDGELR_HISTORY``) or when the
-    history module is not installed. ``context`` carries e.g. ``device=NAME`` for future use.
-    """
+    """Append the run to the results history (nothing with ``--no-history``); says where on stderr."""
     if not history:
         return
-    try:
-        from edgelr.report.history import append_run  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    append_run(frame, history, kind="bench", status=status, error=error)
+    from edgelr.report.history import append_run
+
+    run_id = append_run(frame, history, kind="bench", status=status, error=error)
+    info(f"recorded run {run_id} in {history}")

@@ -6,18 +6,18 @@ import click
 
 from edgelr.cli._common import echo_json, info, table
 
-DEFAULT_HISTORY = "reports/history"
 
 
 @click.command()
-@click.argument("history", required=False, default=DEFAULT_HISTORY)
+@click.argument("history", required=False, envvar="EDGELR_HISTORY")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
 @click.option("--md", "md_out", type=click.Path(dir_okay=False),
               help="Write a Markdown report here (figures as PNGs in <name>_figures/).")
 @click.option("--since", default=None, help="Only runs started since: 30d, 12h, 2w or an ISO date.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's tables as JSON on stdout.")
 def report(history: str, html_out: str | None, md_out: str | None, since: str | None, as_json: bool) -> None:
-    """Render the results history HISTORY (directory or .sqlite file; default reports/history).
+    """Render the results history HISTORY (directory or .sqlite file; default $EDGELR_HISTORY, else
+    ~/.local/share/edgelr/history, where `edgelr bench` records runs).
 
     Per device and model: latency over time with regression markers and step changes, latency
     distributions of the last runs, memory and energy trends, and the accuracy-vs-latency-vs-size view
@@ -29,6 +29,9 @@ def report(history: str, html_out: str | None, md_out: str | None, since: str | 
       edgelr report --json | jq '.latest'
     """
     from edgelr.report import render as R
+    from edgelr.report.history import default_history
+
+    history = history or str(default_history())
 
     data = R.write_report(history, html_out=html_out, md_out=md_out, since=since)
     for path in (html_out, md_out):

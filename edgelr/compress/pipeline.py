@@ -466,7 +466,13 @@ def _assemble(name: str, original: Any, d: Any, task: Task, tgt: Any, quantizati
         "budget_met": budget_met,
         "seconds": seconds,
     }
-    if budget_met is False:
+    if not len(layers) or bool(layers["skipped"].all()):
+        message = ("no layer could be factorized (every layer is kept; layers.csv says why); the model was "
+                   f"fine-tuned and converted as is: {task.metric} {_fmt_score(task, runner.original_test)} -> "
+                   f"{_fmt_score(task, tfl)} ({quantization} tflite)")
+        if budget_met is False:
+            message += f"; accuracy budget NOT met ({a.tflite_drop:.2f} > {opts.max_accuracy_drop:g} points)"
+    elif budget_met is False:
         message = (f"accuracy budget NOT met: the best configuration found loses {a.tflite_drop:.2f} points "
                    f"(budget {opts.max_accuracy_drop:g}) at {summary['reduction']['macs_x']:.2f}x fewer MACs; "
                    "it was written anyway")

@@ -106,31 +106,7 @@ KERAS3_ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
     "log_sigmoid": _k3_log_sigmoid,
     "celu": _k3_celu,
 }
-_REGISTERED_ACTIVATIONS: dict[str, str] = {}
-
-
-def translation_objects() -> dict[str, Any]:
-    """The tf_keras custom objects translated models may use (pass them when reloading a saved copy).
-
-    Returns
-    -------
-    dict
-        ``{"edgelr>k3_hard_sigmoid": fn, ...}``; the functions are also registered globally in tf_keras.
-    """
-    tfk = keras2()
-    out: dict[str, Any] = {}
-    for name, fn in KERAS3_ACTIVATIONS.items():
-        key = f"edgelr>k3_{name}"
-        if key not in _REGISTERED_ACTIVATIONS:
-            fn_named = _named_copy(fn, f"k3_{name}")
-            tfk.saving.register_keras_serializable(package="edgelr", name=f"k3_{name}")(fn_named)
-            _REGISTERED_ACTIVATIONS[key] = key
-            _FN_BY_KEY[key] = fn_named
-        out[key] = _FN_BY_KEY[key]
-    return out
-
-
-_FN_BY_KEY: dict[str, Callable[[Any], Any]] = {}
+_TRANSLATION_OBJECTS: dict[str, Callable[[Any], Any]] = {}
 
 
 def _named_copy(fn: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
@@ -140,6 +116,24 @@ def _named_copy(fn: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
     wrapped.__name__ = name
     wrapped.__qualname__ = name
     return wrapped
+
+
+def translation_objects() -> dict[str, Any]:
+    """The tf_keras custom objects translated models may use (pass them when reloading a saved copy).
+
+    Returns
+    -------
+    dict
+        ``{"edgelr>k3_hard_sigmoid": fn, ...}``; the functions are also registered globally in tf_keras
+        (package ``edgelr``), so a translated model saved by tf_keras reloads in a process that called this.
+    """
+    if not _TRANSLATION_OBJECTS:
+        tfk = keras2()
+        for name, fn in KERAS3_ACTIVATIONS.items():
+            named = _named_copy(fn, f"k3_{name}")
+            tfk.saving.register_keras_serializable(package="edgelr", name=f"k3_{name}")(named)
+            _TRANSLATION_OBJECTS[f"edgelr>k3_{name}"] = named
+    return dict(_TRANSLATION_OBJECTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,8 +270,9 @@ def _value(value: Any, ctx: _Context, owner: str) -> Any:
             raise ModelLoadError(
                 f"{ctx.where}: {owner} uses custom object {cls_name} (module {module}); {ctx.hint(cls_name)}"
             )
-        return {"class_name": value.get("registered_name") if value.get("registered_name") in ctx.custom else cls_name,
-                "config": _value(cfg, ctx, owner)}
+        registered = value.get("registered_name")
+        key = registered if registered in ctx.custom else cls_name
+        return {"class_name": key, "config": _value(cfg, ctx, owner)}
     return {"class_name": cls_name, "config": _object_config(cls_name, module, cfg, ctx, owner)}
 
 

@@ -92,6 +92,12 @@ CREATE TABLE IF NOT EXISTS comparisons (
 
 
 # ----------------------------------------------------------------------------------------------- paths
+def default_history() -> Path:
+    """Where runs go when no history is named: ``$XDG_DATA_HOME/edgelr/history`` (``~/.local/share/...``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edgelr" / "history"
+
+
 def store_path(history: str | os.PathLike[str]) -> Path:
     """The SQLite file of ``history``: the path itself if it ends in .sqlite/.db, else ``<dir>/history.sqlite``."""
     p = Path(history).expanduser()
