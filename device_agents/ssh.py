@@ -404,7 +404,9 @@ class SSHTransport(Transport):
             if not k.isidentifier():
                 raise DeviceError(f"{what}: environment variable name {k!r} is not valid; use letters, digits and _")
         prefix = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
-        remote = f"echo {_PID_MARKER}$$ >&2; {prefix}{line}"
+        # "exit $?" on its own line: the shell waits for the command and reports a signal death as 128+N
+        # (an exec'd command killed by a signal gives no exit status over SSH, paramiko ignores exit-signal)
+        remote = f"echo {_PID_MARKER}$$ >&2; {prefix}{line}\nexit $?"
         t0 = time.monotonic()
         with self._deadline(timeout + KILL_GRACE_S, what, shown=timeout):
             client = self._connected()
@@ -639,9 +641,10 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, 
         if chan.exit_status_ready() and (chan.eof_received or chan.closed) and not (
             chan.recv_ready() or chan.recv_stderr_ready()
         ):
-            return chan.recv_exit_status(), b"".join(out), b"".join(err)
-        if chan.closed and not chan.exit_status_ready():
-            raise EOFError("the channel closed before the command reported an exit status")
+            code = chan.recv_exit_status()
+            if code == -1:  # no exit-status request came: the link died, or an exit-signal (paramiko drops those)
+                _raise_if_link_lost(chan)
+            return code, b"".join(out), b"".join(err)
         left = deadline - time.monotonic()
         if left <= 0:
             return None, b"".join(out), b"".join(err)
@@ -651,6 +654,21 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, 
             chan.status_event.wait(min(left, 0.05))
         else:  # wakes on stdout/stderr data and on EOF
             select.select([chan], [], [], min(left, 0.05))
+
+
+def _raise_if_link_lost(chan: paramiko.Channel, wait_s: float = 0.25) -> None:
+    """Raise EOFError when ``chan``'s connection is gone (checked for up to ``wait_s`` s).
+
+    paramiko closes the channels of a dead connection before it marks the transport inactive, so a
+    closed channel without exit status is ambiguous for a moment.
+    """
+    transport = chan.get_transport()
+    end = time.monotonic() + wait_s
+    while transport is not None and transport.is_active():
+        if time.monotonic() >= end:
+            return
+        time.sleep(0.01)
+    raise EOFError("the connection closed before the command reported an exit status")
 
 
 def _put(sftp: paramiko.SFTPClient, f: BinaryIO, remote: str, size: int) -> None:

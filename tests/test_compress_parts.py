@@ -90,6 +90,7 @@ def test_int8_full_integer_has_int8_ops_and_runs(cnn, digits):
     assert val.ops.num_delegated + sum(val.ops.not_delegated.values()) == val.ops.num_nodes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_float16_and_dynamic_are_smaller_and_close(cnn, digits):
     from edgelr.compress.convert import convert
@@ -206,3 +207,22 @@ def test_lstm_int8_converts_in_child_process_with_batch_one(k2):
     val = validate_tflite(res.content, x, reference=model.predict(x, verbose=0))
     assert val.ops.ops.get("UNIDIRECTIONAL_SEQUENCE_LSTM") == 1
     assert val.max_abs_diff < 0.05
+
+
+def test_history_rows_of_a_compress_run(tmp_path):
+    from edgelr.compress.pipeline import CompressResult, _append_history
+    from edgelr.report.history import load
+
+    summary = {"metric": "accuracy", "quantization": "int8",
+               "original": {"params": 1000, "macs": 5000, "tflite_bytes": 4000, "tflite_score": 91.5},
+               "compressed": {"params": 400, "macs": 2000, "tflite_bytes": 1500, "tflite_score": 90.25}}
+    res = CompressResult(summary=summary, report={}, layers=None, model=None, tflite=b"", baseline_tflite=b"",
+                         out_dir=None, budget_met=None, message="")
+    _append_history(str(tmp_path / "hist"), res, "cnn", "rpi4")
+    frame = load(tmp_path / "hist", kinds=["compress"])
+    got = {(r.model, r.metric): (r.value, r.unit) for r in frame.itertuples()}
+    assert got == {("cnn", "accuracy"): (91.5, "%"), ("cnn", "model_size"): (4000.0, "bytes"),
+                   ("cnn", "params"): (1000.0, "count"), ("cnn", "macs"): (5000.0, "count"),
+                   ("cnn-compressed", "accuracy"): (90.25, "%"), ("cnn-compressed", "model_size"): (1500.0, "bytes"),
+                   ("cnn-compressed", "params"): (400.0, "count"), ("cnn-compressed", "macs"): (2000.0, "count")}
+    assert set(frame["target"]) == {"rpi4"} and set(frame["tool"]) == {"compress"}

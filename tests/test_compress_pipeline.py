@@ -49,7 +49,7 @@ def test_lstm_compress_reports_float_layers_and_converts(lstm_case, tmp_path: Pa
     assert rep["qat"]["float"] == ["lstm"]  # tfmot has no QuantizeConfig for the recurrent layer
     assert "head/svd_in" in rep["qat"]["quantization_aware"] or "head" in rep["qat"]["quantization_aware"]
     layers = {row["layer"]: row for row in rep["layers"]}
-    assert layers["lstm"]["qat"] == "no" and "LSTM" in layers["lstm"]["qat_note"] or "RNN" in layers["lstm"]["qat_note"]
+    assert layers["lstm"]["qat"] == "no" and "no 8-bit QuantizeConfig for RNN" in layers["lstm"]["qat_note"]
     assert layers["lstm"]["method"] == "svd-recurrent" and not layers["lstm"]["skipped"]
     tfl = rep["tflite"]
     assert tfl["batch_size"] == 1 and tfl["converted_in_child_process"] is True

@@ -17,7 +17,10 @@ from edgelr.errors import ModelLoadError
 from edgelr.models.formats import detect_format
 from edgelr.models.load import load_model_with_info, model_info
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +194,16 @@ def test_unbuilt_keras3_model_is_rejected(keras: Any, tmp_path: Path) -> None:
         model.save(tmp_path / "unbuilt.keras")
     with pytest.raises(ModelLoadError, match="before it was built"):
         edgelr.load_model(tmp_path / "unbuilt.keras")
+
+
+def test_keras3_file_with_unknown_custom_class(keras: Any, tmp_path: Path) -> None:
+    class Halver(keras.layers.Layer):  # not registered: Keras 3 cannot find it when reading
+        def call(self, x: Any) -> Any:
+            return 0.5 * x
+
+    inp = keras.Input((3,))
+    keras.Model(inp, Halver(name="half")(inp)).save(tmp_path / "h.keras")
+    with pytest.raises(ModelLoadError) as err:
+        edgelr.load_model(tmp_path / "h.keras")
+    msg = str(err.value)
+    assert "Halver" in msg and "--custom-objects" in msg and "\n" not in msg

@@ -17,7 +17,7 @@ import pytest
 
 from device_agents.ssh import KILL_GRACE_S, SSHTransport
 from edgelr.errors import DeviceError
-from tests.sshd import SshdServer, sshd_netns, sshd_server  # noqa: F401  (fixtures)
+from tests.sshd import SshdServer, sshd_netns, sshd_server, wait_accepting  # noqa: F401  (fixtures)
 
 MARGIN_S = 1.5  # scheduling slack on 2 busy cores
 
@@ -86,6 +86,17 @@ def test_sshd_killed_mid_push_gives_clear_device_error(
 
 
 @pytest.mark.timeout(60)
+def test_sshd_killed_mid_run_is_a_device_error_not_an_exit_code(sshd_server: SshdServer) -> None:
+    with SSHTransport(**sshd_server.transport_kwargs()) as t:
+        assert t.run(["true"], timeout=10).exit_code == 0
+        threading.Timer(0.5, sshd_server.kill_all).start()
+        start = time.monotonic()
+        with pytest.raises(DeviceError, match=r"connection to device 'sshdev' .* was lost during run of 'sleep 20'"):
+            t.run(["sleep", "20"], timeout=15)
+        assert time.monotonic() - start < 5
+
+
+@pytest.mark.timeout(60)
 def test_blackholed_link_mid_run_raises_within_deadline(sshd_netns: SshdServer) -> None:
     deadline = 5.0
     with SSHTransport(**sshd_netns.transport_kwargs()) as t:
@@ -139,5 +150,6 @@ def test_link_back_up_reconnects_on_next_call(sshd_netns: SshdServer) -> None:
         with pytest.raises(DeviceError):
             t.run(["sleep", "10"], timeout=2)
         sshd_netns.link_up()
+        wait_accepting(sshd_netns.host, sshd_netns.port)  # the kernel may report "no route" for a moment (ARP)
         assert t.run(["echo", "again"], timeout=10).stdout == "again\n"
         assert t.stats.connects == 2

@@ -118,6 +118,8 @@ def pi_rootfs() -> Iterator[Path]:
 
 @pytest.fixture
 def pi_sshd(pi_rootfs: Path, tmp_path: Path) -> Iterator[SshdServer]:
+    """sshd serving the rootfs (ChrootDirectory); the device's workdir starts empty."""
+    shutil.rmtree(pi_rootfs / "tmp" / "edgelr", ignore_errors=True)
     server = start_sshd(tmp_path / "sshd", extra_config=[f"ChrootDirectory {pi_rootfs}"])
     try:
         yield server

@@ -54,6 +54,14 @@ def test_run_returns_exit_code_stdout_stderr_and_reuses_one_connection(sshd_serv
         assert ok.duration_s > 0
 
 
+def test_program_killed_by_a_signal_reports_128_plus_signal(sshd_server: SshdServer) -> None:
+    crash = "import os, signal; print('partial', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"
+    with SSHTransport(**sshd_server.transport_kwargs()) as t:
+        res = t.run(["python3", "-c", crash], timeout=20)
+    assert res.exit_code == 128 + 11  # like a local shell; not -1 (paramiko drops SSH exit-signal)
+    assert res.stdout == "partial\n" and "Segmentation fault" in res.stderr
+
+
 def test_large_interleaved_output_is_drained_without_hanging(sshd_server: SshdServer) -> None:
     n = 3_000_000  # far beyond the SSH window and pipe buffers on both streams
     with SSHTransport(**sshd_server.transport_kwargs()) as t:

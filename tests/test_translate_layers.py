@@ -257,6 +257,21 @@ def test_rnn_cells_built_sequential_and_nested_h5(keras: Any, tmp_path: Path) ->
     _roundtrip(nested, rng.normal(size=(2, 4)).astype("float32"), tmp_path / "nested.h5")
 
 
+def test_layers_private_to_keras_applications(keras: Any, tmp_path: Path) -> None:
+    """ConvNeXt's LayerScale/StochasticDepth and InceptionResNet's CustomScaleLayer map to tf_keras' twins."""
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    L = keras.layers
+    inp = keras.Input((5, 5, 4))
+    h = LayerScale(0.5, 4, name="ls")(L.Conv2D(4, 1)(inp))
+    h = StochasticDepth(0.1)(h)
+    model = keras.Model(inp, CustomScaleLayer(0.3)([inp, h]))
+    model.get_layer("ls").set_weights([np.array([1.0, -2.0, 3.0, 0.5], "float32")])
+    x = np.random.default_rng(9).normal(size=(2, 5, 5, 4)).astype("float32")
+    _roundtrip(model, x, tmp_path / "apps.keras")
+
+
 def test_frozen_nested_model_stays_frozen(keras: Any, tmp_path: Path) -> None:
     L = keras.layers
     base = keras.Sequential([keras.Input((4,)), L.Dense(5), L.BatchNormalization()], name="base")
@@ -430,3 +445,29 @@ def test_custom_objects_file_errors(tmp_path: Path) -> None:
     wrong.write_text("CUSTOM_OBJECTS = [1, 2]\n")
     with pytest.raises(ModelLoadError, match="expected a dict"):
         resolve_custom_objects(wrong)
+
+
+def test_translated_model_is_accepted_by_tfmot_qat(keras: Any, tmp_path: Path) -> None:
+    """The point of translating: tfmot's quantize_model takes the result (it rejects Keras 3 models)."""
+    import edgelr
+    import tensorflow_model_optimization as tfmot
+
+    L = keras.layers
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), L.Conv2D(4, 3), L.BatchNormalization(), L.ReLU(), L.Flatten(), L.Dense(3)]
+    )
+    model.save(tmp_path / "q.keras")
+    with pytest.raises(Exception):
+        tfmot.quantization.keras.quantize_model(model)
+    qat = tfmot.quantization.keras.quantize_model(edgelr.load_model(tmp_path / "q.keras"))
+    x = np.random.default_rng(10).normal(size=(2, 8, 8, 1)).astype("float32")
+    y = np.asarray(qat(x))
+    assert y.shape == (2, 3) and np.isfinite(y).all()
+
+
+def test_mixed_precision_policy_is_kept(keras: Any, tmp_path: Path) -> None:
+    L = keras.layers
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, dtype="mixed_float16"), L.Dense(2, dtype="float32")])
+    loaded, _ = _roundtrip(model, np.random.default_rng(11).normal(size=(2, 4)).astype("float32"), tmp_path / "mp.keras")
+    assert loaded.layers[0].dtype_policy.name == "mixed_float16"
+    assert loaded.layers[1].dtype_policy.name == "float32"

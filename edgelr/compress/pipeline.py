@@ -31,7 +31,7 @@ import numpy as np
 from edgelr.compress.convert import ConversionResult, check_quantization, convert
 from edgelr.compress.distill import DistillConfig, DistillResult, distill, teacher_outputs
 from edgelr.compress.evaluate import Task, detect_task, drop, predict, score
-from edgelr.compress.validate import TfliteValidation, run_tflite, validate_tflite
+from edgelr.compress.validate import XNNPACK_METHOD, TfliteValidation, run_tflite, validate_tflite
 from edgelr.errors import EdgelrError, UsageError
 
 OUTPUT_FILES = ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md")
@@ -481,6 +481,9 @@ def _assemble(name: str, original: Any, d: Any, task: Task, tgt: Any, quantizati
                    f"fewer params, {task.metric} {_fmt_score(task, runner.original_test)} -> "
                    f"{_fmt_score(task, tfl)} ({quantization} tflite)"
                    + (f", within the {opts.max_accuracy_drop:g}-point budget" if budget_met else ""))
+    if a.validation.ops.custom_ops:
+        message += (f"; WARNING: model.tflite uses non-builtin ops {a.validation.ops.custom_ops} that a stock "
+                    "LiteRT runtime may not have")
     report = {
         "summary": summary,
         "target": tgt.to_dict(),
@@ -498,7 +501,7 @@ def _assemble(name: str, original: Any, d: Any, task: Task, tgt: Any, quantizati
                 {"history": a.qat_finetune.history, "best_val": a.qat_finetune.best_val}},
         "tflite": {"quantization": quantization, "io_dtype": a.conversion.io_dtype,
                    "batch_size": a.conversion.batch_size, "converted_in_child_process": a.conversion.isolated,
-                   "notes": a.conversion.notes, "int8_path": a.int8_path,
+                   "notes": a.conversion.notes, "int8_path": a.int8_path, "xnnpack_method": XNNPACK_METHOD,
                    "validation": a.validation.to_dict()},
         "baseline_tflite": {"notes": base_conv.notes, "validation": base_val.to_dict()},
         "search": search_info,

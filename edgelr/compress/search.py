@@ -8,7 +8,8 @@ After AIMET's greedy compression-ratio selection, made cheap:
    :data:`RATIOS`, only that layer is compressed and the model is scored on a validation subset.
 3. **Greedy configurations**: for a per-layer tolerance ``t``, every layer takes its smallest share whose
    drop is ``<= t``; sweeping ``t`` over the measured drops gives a family of configurations from mild to
-   aggressive. Each is built once and scored on the subset (the candidates table / accuracy-vs-MACs plot).
+   aggressive. Uniform configurations (every layer at the same share) and the rank policy's own choice are
+   added. Each is built once and scored on the subset (the candidates table / accuracy-vs-MACs plot).
 4. **One fine-tune** of the chosen configuration: the most compressed candidate whose un-fine-tuned drop is
    within the recoverable slack ``max(4 X, X + 3)`` points (distillation recovers most of it), then QAT,
    int8 conversion and validation on the test split against the float original.
@@ -139,6 +140,12 @@ def search_and_run(runner: Any, target: Any) -> tuple[Any, dict[str, Any]]:
         if key not in keys and any(v is not None for v in key):
             keys.add(key)
             configs.append((f"t={t:.2f}", cfg))
+    for share in RATIOS:  # uniform configurations fill the gaps between greedy ones (smoother back-off)
+        cfg = {p: next((r for s, r, _ in drops[p] if s == share), None) for p in paths}
+        key = tuple(cfg[p] for p in paths)
+        if key not in keys and any(v is not None for v in key):
+            keys.add(key)
+            configs.append((f"uniform {share:g}", cfg))
     if plan.selected:
         cfg = {p: plan.selected.get(p) for p in paths}
         key = tuple(cfg[p] for p in paths)

@@ -18,6 +18,10 @@ import numpy as np
 
 from edgelr.errors import ConversionError
 
+XNNPACK_METHOD = ("ai-edge-litert interpreter built with and without default delegates; nodes of each XNNPACK "
+                  "DELEGATE partition found by walking back from its outputs to its inputs through the original "
+                  "graph's producers (Interpreter._get_ops_details)")
+
 
 @dataclass
 class OpSummary:

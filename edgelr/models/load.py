@@ -39,6 +39,9 @@ _UNKNOWN_CLASS = re.compile(
 )
 
 
+_LAMBDA = re.compile(r"deserializ\w* of a `?Lambda`? layer")
+
+
 @dataclass(frozen=True)
 class LoadInfo:
     """How a model was loaded.
@@ -68,7 +71,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _load_error(where: Path, exc: BaseException, objs: CustomObjects) -> ModelLoadError:
     """One-line ModelLoadError for an exception raised by a Keras loader."""
-    if "Lambda" in str(exc):
+    if _LAMBDA.search(str(exc)):
         return ModelLoadError(
             f"{where}: the model has a Lambda layer (serialized Python code), which edgelr neither executes nor "
             "translates; replace it by a custom layer and supply that with --custom-objects module.py"

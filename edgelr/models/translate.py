@@ -18,6 +18,8 @@ JSON that sits in ``config.json``), translate it object by object, and *rebuild*
    Keras 3 operations recorded in the graph (``x + 3.0``) are replayed as TensorFlow ops, which tf_keras
    records as ``TFOpLambda`` layers (:mod:`edgelr.models.ops`);
 3. nested models and wrapper layers (``TimeDistributed``, ``Bidirectional``) are built recursively;
+   layers private to a Keras 3 application (ConvNeXt's ``LayerScale``) map to tf_keras' twins; a
+   custom layer is built from the tf_keras class the user supplies (``--custom-objects``);
 4. weights are copied layer by layer, matched by layer name (recursing into nested models) and
    within a layer by variable name (``kernel``, ``moving_mean``...) or, when names repeat (e.g.
    ``Bidirectional``), by order, with a shape check on every variable; the parameter counts must agree.
@@ -25,6 +27,11 @@ JSON that sits in ``config.json``), translate it object by object, and *rebuild*
 Activation functions whose tf_keras namesake computes something else (``hard_sigmoid`` is
 ``relu6(x + 3) / 6`` in Keras 3 but ``0.2 x + 0.5`` clipped in tf_keras) or that tf_keras lacks are
 replaced by tf_keras-serializable functions with Keras 3's definition (:data:`KERAS3_ACTIVATIONS`).
+
+The alternative, translating ``config.json`` and reading ``model.weights.h5`` ourselves, would avoid
+needing the Keras 3 version of a custom layer, but it would re-implement Keras 3's weight-file walk
+(keys such as ``layers/dense_1/vars/0`` derive from class names and attribute paths and change
+between Keras 3 releases) and handle only ``.keras``; reading with Keras 3 is the robust choice.
 """
 
 from __future__ import annotations
@@ -50,8 +57,6 @@ _ADDED_KEYS: dict[str, dict[str, Any]] = {
 }
 # Keras 3-only keys that only affect training randomness or device kernels: safe to drop.
 _TRAINING_ONLY_KEYS: frozenset[str] = frozenset({"seed", "use_cudnn"})
-# Keys of Keras 3 serialized objects that tf_keras' legacy form does not carry.
-_META_KEYS: frozenset[str] = frozenset({"module", "registered_name", "build_config", "compile_config"})
 # Keyword arguments tf_keras' base Layer accepts through **kwargs.
 _BASE_LAYER_KWARGS: frozenset[str] = frozenset(
     {
@@ -302,6 +307,21 @@ def _object_config(cls_name: str, module: Any, cfg: Any, ctx: _Context, owner: s
     return out
 
 
+def _application_layer(module: Any, cls_name: str) -> type | None:
+    """tf_keras' twin of a layer private to a Keras 3 application (ConvNeXt's LayerScale...)."""
+    prefix = "keras.src.applications."
+    if not (isinstance(module, str) and module.startswith(prefix)):
+        return None
+    import importlib
+
+    try:
+        mod = importlib.import_module("tf_keras.src.applications." + module[len(prefix):])
+    except ImportError:
+        return None
+    found = getattr(mod, cls_name, None)
+    return found if isinstance(found, type) else None
+
+
 def _layer_config(obj: Mapping[str, Any], ctx: _Context, owner: str = "") -> tuple[type, dict[str, Any]]:
     """The tf_keras class and translated config of a serialized built-in Keras 3 layer."""
     cls_name = obj["class_name"]
@@ -317,7 +337,7 @@ def _layer_config(obj: Mapping[str, Any], ctx: _Context, owner: str = "") -> tup
             f"{ctx.where}: {owner} is a custom layer (module {obj.get('module')}) with no tf_keras version; "
             f"{ctx.hint(cls_name)}"
         )
-    tf_cls = getattr(ctx.tfk.layers, cls_name, None)
+    tf_cls = getattr(ctx.tfk.layers, cls_name, None) or _application_layer(obj.get("module"), cls_name)
     if tf_cls is None:
         raise ModelLoadError(
             f"{ctx.where}: {owner}: tf_keras has no layer {cls_name}, so it cannot be translated; "
@@ -619,14 +639,13 @@ def translate_model(k3_model: Any, custom_objects: Mapping[str, Any] | None = No
     """
     k3 = keras3()
     ctx = _Context(custom_objects, where)
-    if not isinstance(k3_model, (k3.Sequential,)) and type(k3_model).__name__ not in ("Functional",):
-        if not (isinstance(k3_model, k3.Model) and hasattr(k3_model, "_nodes_by_depth")
-                and type(k3_model).__module__.startswith("keras.")):
-            cls = type(k3_model).__name__
-            raise ModelLoadError(
-                f"{where}: a subclassed Keras 3 model ({cls}) has no config to translate; "
-                "rebuild it as a Sequential or functional model, or save it with tf_keras"
-            )
+    from keras.src.models.functional import Functional
+
+    if not isinstance(k3_model, (k3.Sequential, Functional)):
+        raise ModelLoadError(
+            f"{where}: a subclassed Keras 3 model ({type(k3_model).__name__}) has no config to translate; "
+            "rebuild it as a Sequential or functional model, or save it with tf_keras"
+        )
     if not k3_model.built:
         raise ModelLoadError(
             f"{where}: the Keras 3 model was saved before it was built (no input shape, no weights); "
