@@ -46,20 +46,23 @@ def layer_rows(model: Any, prefix: str = "") -> list[dict[str, Any]]:
     return rows
 
 
-def inspect_model(model: Any, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything ``edgelr inspect`` reports, as plain data (JSON-ready)."""
+def inspect_model(model: Any, load_info: Any = None) -> dict[str, Any]:
+    """Everything ``edgelr inspect`` reports, as plain data (JSON-ready).
+
+    ``load_info`` is what :func:`edgelr.models.load.load_model_with_info` returned (format, writer).
+    """
+    from edgelr.models.load import model_info
+
+    meta = model_info(model, load_info)
     rows = layer_rows(model)
     factorizable = [r for r in rows if r["methods"]]
     return {
-        **(info or {}),
-        "name": model.name,
-        "inputs": [_fmt_shape(t.shape) for t in model.inputs],
-        "outputs": [_fmt_shape(t.shape) for t in model.outputs],
+        **{k: meta[k] for k in ("name", "path", "format", "keras_version", "translated", "inputs", "outputs")},
         "layers": rows,
         "totals": {
             "layers": len(rows),
-            "params": int(model.count_params()),
-            "trainable_params": int(sum(int(w.shape.num_elements()) for w in model.trainable_weights)),
+            "params": meta["params"],
+            "trainable_params": meta["trainable_params"],
             "macs": int(sum(r["macs"] for r in rows)),
             "factorizable_layers": len(factorizable),
             "factorizable_macs": int(sum(r["macs"] for r in factorizable)),

@@ -27,14 +27,15 @@ def inspect(model_path: str, custom_objects: str | None, as_json: bool) -> None:
     from edgelr.models.load import load_model_with_info
 
     info(f"loading {model_path} ...")
-    model, meta = load_model_with_info(model_path, custom_objects=custom_objects)
-    report = inspect_model(model, {"path": str(model_path), **meta})
+    model, load_info = load_model_with_info(model_path, custom_objects=custom_objects)
+    report = inspect_model(model, load_info)
     if as_json:
         echo_json(report)
         return
-    click.echo(f"model:   {report['path']} ({report.get('format', '?')})")
-    click.echo(f"inputs:  {', '.join(report['inputs'])}")
-    click.echo(f"outputs: {', '.join(report['outputs'])}")
+    translated = ", translated to tf_keras" if report.get("translated") else ""
+    click.echo(f"model:   {report['path']} ({report['format']}, Keras {report['keras_version']}{translated})")
+    click.echo(f"inputs:  {_io(report['inputs'])}")
+    click.echo(f"outputs: {_io(report['outputs'])}")
     click.echo()
     rows = [{**r, "methods": ",".join(r["methods"]) or "-"} for r in report["layers"]]
     click.echo(table(rows, ["layer", "kind", "output_shape", "params", "macs", "methods"]))
@@ -43,3 +44,8 @@ def inspect(model_path: str, custom_objects: str | None, as_json: bool) -> None:
     click.echo(f"total: {t['layers']} layers, {t['params']:,} parameters, {t['macs']:,} MACs per example; "
                f"{t['factorizable_layers']} factorizable layers hold {t['factorizable_params']:,} parameters "
                f"and {t['factorizable_macs']:,} MACs")
+
+
+def _io(specs: list[dict]) -> str:
+    return ", ".join(f"{s['name']} ({', '.join('None' if d is None else str(d) for d in s['shape'])}) {s['dtype']}"
+                     for s in specs)

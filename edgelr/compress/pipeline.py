@@ -58,7 +58,7 @@ class CompressOptions:
         [--quantize] int8 | float16 | dynamic | none; default the target's.
     batch_size, learning_rate, temperature, alpha : distillation settings (see DistillConfig)
     max_train : int or None
-        Use at most this many training samples per epoch.
+        Use at most this many training samples per epoch (a new random draw each epoch).
     calibration_samples : int
         Representative samples for int8 calibration (drawn from the training split).
     include, skip : list of str or None
@@ -245,8 +245,7 @@ class Runner:
         self.io_dtype = io_dtype
         self.opts = opts
         self.rep = _representative(data.x_train, opts.calibration_samples, opts.seed)
-        n = len(data.x_train) if opts.max_train is None else min(len(data.x_train), opts.max_train)
-        self.x_fit, self.y_fit = data.x_train[:n], data.y_train[:n]
+        self.x_fit, self.y_fit = data.x_train, data.y_train
         self._teacher: np.ndarray | None = None
         self.original_val = score(predict(original, data.x_val), data.y_val, task)
         self.original_test_out = predict(original, data.x_test)
@@ -261,7 +260,8 @@ class Runner:
     def distill_config(self, epochs: int, lr_scale: float = 1.0) -> DistillConfig:
         o = self.opts
         return DistillConfig(epochs=epochs, batch_size=o.batch_size, learning_rate=o.learning_rate * lr_scale,
-                             temperature=o.temperature, alpha=o.alpha, patience=2, seed=o.seed)
+                             temperature=o.temperature, alpha=o.alpha, patience=2, max_train=o.max_train,
+                             seed=o.seed)
 
     def run(self, model: Any, factor_report: Any, label: str) -> Attempt:
         """Fine-tune ``model`` (in place), QAT, convert and validate it."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
+from edgelr.factorize.blas import one_blas_thread
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ def max_cp_rank(shape: tuple[int, int, int, int]) -> int:
     return int(math.prod(shape) // max(shape))
 
 
+@one_blas_thread
 def cp(kernel: np.ndarray, rank: int, *, n_iter_max: int = 100, random_state: int = 0) -> CPResult:
     """CP decomposition of a conv kernel by ALS (``tensorly.decomposition.parafac``, ``init='svd'``).
 

@@ -1,9 +1,7 @@
 """Factorize many layers at once: one layer per worker thread, one BLAS thread per worker.
 
-NumPy and LAPACK release the GIL, so plain threads run layers in parallel. Multi-threaded BLAS inside
-each eigen-solve helps little (the tridiagonal reduction is memory-bound) and collapses when the
-cores are shared with other work (OpenBLAS threads spin-wait: a 1024 x 1024 eigen-solve took 10x
-longer on a loaded 2-core machine), so :func:`map_layers` limits BLAS to one thread while it runs.
+NumPy and LAPACK release the GIL, so plain threads run layers in parallel, while BLAS stays at one
+thread (see :mod:`edgelr.factorize.blas` for why).
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from edgelr.errors import FactorizeError
+from edgelr.factorize.blas import single_blas_thread
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,8 +49,6 @@ def map_layers(
     FactorizeError
         ``workers`` is not a positive integer.
     """
-    from threadpoolctl import threadpool_limits
-
     if workers is None:
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -70,7 +67,7 @@ def map_layers(
         return result
 
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_blas_thread():
             if workers == 1:
                 return [run(item) for item in items]
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgelr-factorize") as pool:

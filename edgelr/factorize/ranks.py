@@ -33,6 +33,7 @@ import numpy as np
 
 from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array
+from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.cp import max_cp_rank
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum, mode_unfolding
 from edgelr.factorize.vbmf import energy_rank, evbmf_rank_from_singular_values
@@ -144,6 +145,7 @@ def _spectrum_rank(singular_values: np.ndarray, shape: tuple[int, int], policy: 
     return max(evbmf_rank_from_singular_values(singular_values, shape), min(floor, max_rank))
 
 
+@one_blas_thread
 def select_matrix_rank(
     matrix: np.ndarray,
     policy: RankPolicy | str,
@@ -206,6 +208,7 @@ def _unfolding_spectra(arr: np.ndarray, spectra: tuple[Spectrum, Spectrum] | Non
     return gram_spectrum(mode_unfolding(arr, 2), "rows"), gram_spectrum(mode_unfolding(arr, 3), "rows")
 
 
+@one_blas_thread
 def select_tucker2_ranks(
     kernel: np.ndarray,
     policy: RankPolicy | str,
@@ -263,6 +266,7 @@ def select_tucker2_ranks(
     return _round_clip(r_in, multiple, c_in), _round_clip(r_out, multiple, c_out)
 
 
+@one_blas_thread
 def select_cp_rank(
     kernel: np.ndarray,
     policy: RankPolicy | str,

@@ -18,6 +18,7 @@ import scipy.linalg
 import scipy.linalg.lapack
 
 from edgelr.factorize._checks import as_finite_array
+from edgelr.factorize.blas import one_blas_thread
 
 
 class SymmetricEigen:
@@ -149,6 +150,7 @@ def gram_spectrum(matrix: np.ndarray, side: Literal["rows", "columns"]) -> Spect
     return Spectrum(values=values, eigen=eigen, shape=(int(matrix.shape[0]), int(matrix.shape[1])), side=side)
 
 
+@one_blas_thread
 def matrix_spectrum(matrix: np.ndarray) -> Spectrum:
     """Spectrum of a matrix through the Gram matrix of its smaller side.
 
@@ -188,6 +190,7 @@ def mode_unfolding(kernel: np.ndarray, mode: Literal[2, 3]) -> np.ndarray:
     return kernel.transpose(3, 0, 1, 2).reshape(c_out, kh * kw * c_in)
 
 
+@one_blas_thread
 def unfolding_spectra(kernel: np.ndarray) -> tuple[Spectrum, Spectrum]:
     """Spectra of the mode-2 (``c_in``) and mode-3 (``c_out``) unfoldings of a conv kernel.
 

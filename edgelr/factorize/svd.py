@@ -14,6 +14,7 @@ import numpy as np
 
 from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
+from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum
 
 
@@ -94,6 +95,7 @@ def _split_factors(arr: np.ndarray, rank: int, spectrum: Spectrum) -> tuple[np.n
     return left, right, rel_error
 
 
+@one_blas_thread
 def truncated_svd(matrix: np.ndarray, rank: int, *, spectrum: Spectrum | None = None) -> SVDResult:
     """Best rank-``rank`` approximation ``matrix ~= left @ right`` (Eckart-Young).
 
@@ -144,6 +146,7 @@ def spatial_matrix(kernel: np.ndarray) -> np.ndarray:
     return kernel.transpose(2, 0, 3, 1).reshape(c_in * kh, c_out * kw)
 
 
+@one_blas_thread
 def spatial_svd(kernel: np.ndarray, rank: int, *, spectrum: Spectrum | None = None) -> SpatialSVDResult:
     """Spatial SVD (Jaderberg et al. 2014; AIMET) of a conv kernel.
 

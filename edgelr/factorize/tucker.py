@@ -20,6 +20,7 @@ import numpy as np
 
 from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
+from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum, leading_eigenvectors, mode_unfolding
 
 
@@ -75,6 +76,7 @@ def _check_ranks(ranks: object, c_in: int, c_out: int) -> tuple[int, int]:
     return r_in, r_out
 
 
+@one_blas_thread
 def tucker2(
     kernel: np.ndarray,
     ranks: tuple[int, int],

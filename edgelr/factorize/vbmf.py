@@ -11,6 +11,7 @@ from scipy.optimize import minimize_scalar
 
 from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array
+from edgelr.factorize.blas import one_blas_thread
 
 # tau_bar / sqrt(alpha): the EVBMF threshold constant of Nakajima et al. 2013.
 _TAU_BAR_FACTOR = 2.5129
@@ -104,6 +105,7 @@ def evbmf_rank_from_singular_values(singular_values: np.ndarray, shape: tuple[in
     return int(np.count_nonzero(s2 > threshold2))
 
 
+@one_blas_thread
 def evbmf_rank(matrix: np.ndarray) -> int:
     """EVBMF rank of a matrix (Nakajima et al. 2013), with the noise variance estimated.
 

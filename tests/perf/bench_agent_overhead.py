@@ -15,7 +15,7 @@ Per-model overhead is also measured with K models in one call ((wall_K - wall_1)
 programs' time) to separate the per-session set-up (runner check, sensors, canary baseline) from the
 per-model cost.
 
-Run:  .venv/bin/python tests/perf/bench_agent_overhead.py [--iters 5] [--models 4]
+Run:  .venv/bin/python tests/perf/bench_agent_overhead.py [--iters 5] [--models 4] [--k-iters 3]
 Writes reports/agent_overhead.md and prints the same tables.
 """
 
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--iters", type=int, default=5, help="warm single-model benches to time")
     ap.add_argument("--models", type=int, default=4, help="models in the multi-model bench")
     ap.add_argument("--runs", type=int, default=5, help="timed inferences per bench")
+    ap.add_argument("--k-iters", type=int, default=3, help="repeats of the multi-model bench")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="edgelr-overhead-"))
@@ -174,12 +175,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # 3. K models in one call: the per-model share, the per-session set-up separated out
         k = len(models)
         benchmark(spec, rec, models, settings)  # upload them once
-        rec.calls.clear()
-        t0 = time.perf_counter()
-        benchmark(spec, rec, models, settings)
-        wall_k = time.perf_counter() - t0
-        calls_k = list(rec.calls)
-        split_k = _split(calls_k, wall_k)
+        k_walls: list[float] = []
+        k_splits: list[dict[str, float]] = []
+        for _ in range(args.k_iters):
+            rec.calls.clear()
+            t0 = time.perf_counter()
+            benchmark(spec, rec, models, settings)
+            k_walls.append(time.perf_counter() - t0)
+            calls_k = list(rec.calls)
+            k_splits.append(_split(calls_k, k_walls[-1]))
         inner.close()
     finally:
         server.stop()
@@ -194,18 +198,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall1 = statistics.median(walls)
     prog1 = statistics.median(sp["program"] - rt for sp in splits)
     prog_direct = statistics.median(progs)
-    over_k = wall_k - split_k["program"] + k * rt
-    per_model = (over_k - overhead1) / (k - 1)
+    per_models = [(w - sp["program"] + k * rt - overhead1) / (k - 1) for w, sp in zip(k_walls, k_splits)]
+    per_model = statistics.median(per_models)
+    wall_k = statistics.median(k_walls)
+    prog_k = statistics.median(sp["program"] - k * rt for sp in k_splits)
+    canary_k = statistics.median((sp["canary"] - med["canary"]) / (k - 1) for sp in k_splits)
     session = overhead1 - per_model
     runs_per_model = sum(1 for c in calls_k if c.kind == "run") / k
     model_size = models[0].stat().st_size
     no_canary_1 = overhead1 - med["canary"]
-    no_canary_k = per_model - (split_k["canary"] - med["canary"]) / (k - 1)
+    no_canary_k = per_model - canary_k
     lines = [
         "# Agent overhead of `edgelr bench` over SSH",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `.venv/bin/python "
-        f"tests/perf/bench_agent_overhead.py --iters {args.iters} --models {args.models} --runs {args.runs}`.",
+        f"tests/perf/bench_agent_overhead.py --iters {args.iters} --models {args.models} --runs {args.runs} "
+        f"--k-iters {args.k_iters}`.",
         "Device: Debian OpenSSH sshd on 127.0.0.1 (tests/sshd.py), device Python = this venv (real LiteRT",
         f"runner). Model: 16->32->4 float32 MLP, {model_size} bytes. Host: {os.cpu_count()} cores shared with other "
         f"jobs; load average at the end {os.getloadavg()[0]:.1f} (timings are noisy under load).",
@@ -220,13 +228,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"| benchmark program's own time (its SSH call minus one exec round trip; median) | {prog1:.3f} |",
         f"| (same program run directly on the device with subprocess, median, for reference) | {prog_direct:.3f} |",
         f"| **agent overhead, 1 model per call** | **{overhead1:.3f}** (goal <= {GOAL_S}) |",
-        f"| {k} models in one warm call: wall / programs | {wall_k:.3f} / {split_k['program'] - k * rt:.3f} |",
-        f"| **agent overhead per additional model** | **{per_model:.3f}** |",
+        f"| {k} models in one warm call: wall / programs (median of {args.k_iters}) | {wall_k:.3f} / {prog_k:.3f} |",
+        f"| **agent overhead per additional model** (median; all: "
+        f"{', '.join(f'{x:.3f}' for x in per_models)}) | **{per_model:.3f}** |",
         f"| per-call set-up (workdir, runner check, sensors, canary baseline) | {session:.3f} |",
         f"| transport round trips per model (run calls) | {runs_per_model:.1f} |",
         "",
-        f"Goal <= {GOAL_S} s per model: **{'met' if max(overhead1, per_model) <= GOAL_S else 'NOT met'}** as a "
-        "whole; see the attribution below.",
+        f"Goal <= {GOAL_S} s per model: per additional model {per_model:.3f} s "
+        f"(**{'met' if per_model <= GOAL_S else 'NOT met'}**); a 1-model call adds the per-call set-up "
+        f"({session:.3f} s) on top ({overhead1:.3f} s: **{'met' if overhead1 <= GOAL_S else 'NOT met'}**). "
+        "See the attribution below.",
         "",
         "## Attribution (warm 1-model bench, medians; seconds)",
         "",
@@ -241,9 +252,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"| host-side Python (orchestration, parsing, frame) | {med['python']:.3f} | |",
         f"| median cost of one trivial SSH command (exec round trip) | {rt:.4f} | |",
         "",
-        f"Agent overhead without the canary: **{no_canary_1:.3f} s** for a 1-model call, "
-        f"**{no_canary_k:.3f} s** per additional model (goal <= {GOAL_S}: "
-        f"**{'met' if max(no_canary_1, no_canary_k) <= GOAL_S else 'NOT met'}**). The SSH transport itself costs "
+        f"Agent overhead without the throttling canary: **{no_canary_k:.3f} s** per additional model "
+        f"({'met' if no_canary_k <= GOAL_S else 'NOT met'}), **{no_canary_1:.3f} s** for a 1-model call "
+        f"({'met' if no_canary_1 <= GOAL_S else 'NOT met'}). The SSH transport itself costs "
         f"~{rt * 1000:.0f} ms per command on a warm connection (a skipped push is one command).",
         "",
         "## Unchanged model is not pushed again",
