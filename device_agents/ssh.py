@@ -350,7 +350,8 @@ class SSHTransport(Transport):
                 f"host key of device {self.device!r} ({name}) CHANGED: known_hosts has {exc.expected_key.get_name()} "
                 f"{fingerprint(exc.expected_key)}, the device offered {exc.key.get_name()} {fingerprint(exc.key)}. "
                 "This may be a man-in-the-middle attack or a reinstalled device; edgelr never accepts a changed "
-                f"key. If the change is expected, remove the old entry: ssh-keygen -R '{name}' -f {self.record_file}"
+                f"key. If the change is expected, remove the old entry: ssh-keygen -R '{name}' -f "
+                f"{self._file_holding(name)}"
             ) from None
         except paramiko.PasswordRequiredException:
             raise DeviceError(
@@ -371,6 +372,17 @@ class SSHTransport(Transport):
         self.stats.connects += 1
         log.debug("connected to %s (%s)", self.device, self.where)
         return client
+
+    def _file_holding(self, name: str) -> Path:
+        """The known_hosts file that has an entry for ``name`` (for the ssh-keygen -R hint)."""
+        for path in (self.known_hosts, self.user_known_hosts):
+            if path is not None and path.is_file():
+                try:
+                    if paramiko.HostKeys(str(path)).lookup(name):
+                        return path
+                except (OSError, paramiko.SSHException):
+                    continue
+        return self.record_file
 
     def connect(self, timeout: float = 15.0) -> None:
         """Open the connection now (it is otherwise opened by the first operation)."""
@@ -396,7 +408,9 @@ class SSHTransport(Transport):
         Raises
         ------
         DeviceError
-            The command did not finish within ``timeout`` s (it is killed), or the link died.
+            The command did not finish within ``timeout`` s (its process group is killed), or the link
+            died. Raised at most ``timeout + KILL_GRACE_S`` s after the call: the grace is the kill
+            attempt, whose answer tells a slow command from a dead link.
         """
         line = to_shell(cmd)
         what = f"run of {_short(line)!r}"

@@ -143,10 +143,12 @@ def test_hooi_improves_on_random_kernel(rng: np.random.Generator) -> None:
 def test_tucker2_matches_tensorly_partial_tucker(shape: tuple[int, ...], ranks: tuple[int, int]) -> None:
     from tensorly.decomposition import partial_tucker
     from tensorly.tenalg import multi_mode_dot
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(7)
     k = rng.standard_normal(shape) * np.linspace(0.2, 2.0, shape[3])  # uneven channel energies
-    (core, factors), _ = partial_tucker(k, rank=list(ranks), modes=[2, 3])
+    with threadpool_limits(limits=1, user_api="blas"):
+        (core, factors), _ = partial_tucker(k, rank=list(ranks), modes=[2, 3])
     tl_error = rel(multi_mode_dot(core, factors, modes=[2, 3]), k)
     ours = tucker2(k, ranks, max_iter=100, tol=1e-4)
     assert ours.rel_error == pytest.approx(tl_error, abs=2e-3)
@@ -265,3 +267,24 @@ def test_bad_input_raises_factorize_error(call, pattern: str) -> None:  # noqa: 
 def test_max_cp_rank_is_product_of_all_but_largest_dim() -> None:
     assert max_cp_rank((3, 3, 64, 128)) == 3 * 3 * 64
     assert max_cp_rank((7, 7, 3, 2)) == 7 * 3 * 2
+
+
+def test_cp_rejects_non_finite_als_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tensorly.decomposition
+
+    def diverged(tensor, rank, **kwargs):  # noqa: ANN001, ANN202, ARG001 - stands in for a diverged ALS
+        factors = [np.full((dim, rank), np.nan) for dim in tensor.shape]
+        return np.ones(rank), factors
+
+    monkeypatch.setattr(tensorly.decomposition, "parafac", diverged)
+    with pytest.raises(FactorizeError, match=r"CP rank 4 of a \(3, 3, 6, 8\) kernel: ALS produced NaN/Inf factors"):
+        cp(np.ones((3, 3, 6, 8)), 4)
+
+
+def test_all_zero_weights_give_zero_error_and_finite_factors() -> None:
+    t = tucker2(np.zeros((3, 3, 4, 6)), (2, 3))
+    assert t.rel_error == 0.0 and np.isfinite(t.first).all()
+    np.testing.assert_allclose(t.first.T @ t.first, np.eye(2), atol=1e-12)
+    s = truncated_svd(np.zeros((4, 6)), 2)
+    assert s.rel_error == 0.0 and np.isfinite(s.left).all() and np.isfinite(s.right).all()
+    np.testing.assert_array_equal(s.left @ s.right, np.zeros((4, 6)))

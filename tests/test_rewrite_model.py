@@ -258,23 +258,25 @@ def test_plan_reuse_across_ranks(keras: Any) -> None:
 
 @pytest.mark.slow
 def test_recurrent_model_tflite(keras: Any, tmp_path: Path) -> None:
-    """Embedding -> LSTM (input projection, fused op kept) -> GRU (low-rank recurrent cell) -> Dense, batch 1."""
+    """Embedding -> Conv1D -> LSTM (input projection, fused op kept) -> TimeDistributed(Dense) -> GRU (low-rank
+    recurrent cell) -> Dense, batch 1: full-rank rewrite, .keras round trip, TFLite with builtin ops."""
     from edgelr.rewrite import build_factorized, plan_factorization
 
     inp = keras.Input((12,), batch_size=1, dtype="int32")
     x = keras.layers.Embedding(40, 16, name="emb")(inp)
+    x = keras.layers.Conv1D(12, 3, padding="same", activation="relu", name="c1d")(x)
     x = keras.layers.LSTM(16, return_sequences=True, name="lstm")(x)
+    x = keras.layers.TimeDistributed(keras.layers.Dense(10, activation="tanh"), name="td")(x)
     x = keras.layers.GRU(12, name="gru")(x)
     model = keras.Model(inp, keras.layers.Dense(4, name="head")(x))
     plan = plan_factorization(model, method="svd-recurrent", rank_policy="rank:1", min_reduction=None,
                               include=["gru"], progress=False)
-    new, _ = build_factorized(model, plan, {"gru": (16, 12)})
-    from edgelr.rewrite import plan_factorization as plan2
-
-    plan_b = plan2(new, method="svd", rank_policy="rank:1", min_reduction=None, include=["lstm", "emb"],
-                   progress=False)
-    new, _ = build_factorized(new, plan_b, {"lstm": 16, "emb": 16})
-    assert [layer.name for layer in new.layers[1:]] == ["emb/svd_in", "emb/svd_out", "lstm/svd_in", "lstm", "gru",
+    new, _ = build_factorized(model, plan, {"gru": (10, 12)})
+    plan_b = plan_factorization(new, method="svd", rank_policy="rank:1", min_reduction=None,
+                                include=["lstm", "emb", "c1d", "td"], progress=False)
+    new, _ = build_factorized(new, plan_b, {"lstm": 12, "emb": 16, "c1d": 12, "td": 10})
+    assert [layer.name for layer in new.layers[1:]] == ["emb/svd_in", "emb/svd_out", "c1d/svd_in", "c1d/svd_out",
+                                                        "lstm/svd_in", "lstm", "td/svd_in", "td/svd_out", "gru",
                                                         "head"]
     assert type(new.get_layer("gru").cell).__name__ == "LowRankGRUCell"
     x = np.random.default_rng(5).integers(0, 40, size=(1, 12)).astype("int32")

@@ -201,7 +201,7 @@ def test_changed_host_key_is_refused_even_with_trust_new_host(
     assert "CHANGED" in msg and "never accepts a changed key" in msg
     assert _ssh_keygen_fingerprint(sshd_server.host_key.with_suffix(".pub")) in msg
     assert _ssh_keygen_fingerprint(impostor.with_suffix(".pub")) in msg
-    assert f"ssh-keygen -R '{sshd_server.known_hosts_name}'" in msg
+    assert f"ssh-keygen -R '{sshd_server.known_hosts_name}' -f {kh}" in msg
     assert kh.read_text() == before  # never overwritten
 
 

@@ -24,6 +24,12 @@ from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum, leading_eigenvectors, mode_unfolding
 
 
+# Relative errors below this are computed from the reconstruction rather than from norms.
+_RECOMPUTE_BELOW = 1e-3
+# sqrt(||W||^2 - ||core||^2) / ||W|| cannot resolve errors below ~1e-8 (float64 cancellation).
+_EXACT = 1e-7
+
+
 @dataclass(frozen=True)
 class Tucker2Result:
     """Tucker-2 factors of a ``(kh, kw, c_in, c_out)`` kernel.
@@ -149,7 +155,7 @@ def tucker2(
     best = (u_in, u_out, core, error)
     n_iter = 0
     for _ in range(max_iter):
-        if error == 0.0:
+        if error < _EXACT:  # already exact up to the precision of the norm difference
             break
         # refresh u_in from the mode-2 Gram of W x_3 u_out^T
         y2 = y.transpose(1, 0, 2).reshape(c_in, spatial * r_out)
@@ -169,6 +175,10 @@ def tucker2(
             break
 
     u_in, u_out, core, error = best
+    if error < _RECOMPUTE_BELOW and norm2 > 0:
+        # ||W||^2 - ||core||^2 loses digits to cancellation when the error is small: measure it directly
+        approx = np.matmul(np.matmul(u_in, core), u_out.T).reshape(arr.shape)
+        error = float(np.linalg.norm(arr - approx) / np.sqrt(norm2))
     dtype = output_dtype(kernel)
     return Tucker2Result(
         first=u_in.astype(dtype),

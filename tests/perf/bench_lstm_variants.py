@@ -64,10 +64,10 @@ def convert_in_subprocess(keras_path: Path, modes: list[str], out_prefix: Path, 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode == 0:
         return ""
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    tail = lines[-1][:160] if lines else ""
-    what = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-    return f"converter failed ({what}): {tail}"
+    if proc.returncode < 0:
+        return f"converter crashed (signal {-proc.returncode})"
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and "warn" not in ln]
+    return f"conversion failed (exit {proc.returncode}): {lines[-1][:160] if lines else ''}"
 
 
 def build_variants(steps: int, dim: int, units: int, rank: int, unroll: bool) -> dict[str, Any]:
@@ -180,13 +180,30 @@ def main() -> None:
     for steps, unroll, rows, failures in sections:
         lines += [f"## T = {steps}{' (unroll=True)' if unroll else ''}", "",
                   "| variant | params | MACs / sequence | main ops (float32) | TFLite vs Keras (float32) | float32 ms | "
-                  "dynamic ms | int8 ms |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+                  "dynamic ms | int8 ms | float32 speed-up vs stock |", "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        stock = {kind: cells[0] for name, _, _, _, _, cells in rows for kind in ("lstm", "gru")
+                 if name.split()[0] == kind and len(name.split()) == 1 + int(unroll)}
         for name, params, macs, ops, agree, cells in rows:
-            lines.append(f"| {name} | {params:,} | {macs:,} | {ops} | {agree} | " + " | ".join(cells) + " |")
+            base = stock.get(name.split()[0], "")
+            try:
+                speed = f"x{float(base) / float(cells[0]):.1f}"
+            except ValueError:
+                speed = ""
+            lines.append(f"| {name} | {params:,} | {macs:,} | {ops} | {agree} | " + " | ".join(cells)
+                         + f" | {speed} |")
         if failures:
             lines += ["", "Conversion failures:", ""]
             lines += [f"- {n} / {m}: {reason}" for (n, m), reason in failures.items()]
         lines.append("")
+    lines += ["## Reading", "",
+              "- The low-rank recurrent cell (method `svd-recurrent`) runs as a `WHILE` loop of builtin ops and, on "
+              "this host, is faster than the fused `UNIDIRECTIONAL_SEQUENCE_LSTM` op even beyond its MAC "
+              "reduction: XNNPACK does not take the fused op, it takes the loop's `FULLY_CONNECTED` ops.",
+              "- Full-integer int8 of any `WHILE` model (the low-rank cells, but also the stock GRU) crashes the "
+              "converter; dynamic-range works. For int8 use `unroll=True` (short fixed sequences: the unrolled "
+              "table) or method `svd` (input projection only), which keeps the fused LSTM op and converts to int8.",
+              "- The fused LSTM op in int8 is much slower here than in float32; measure on the device before "
+              "choosing int8 for recurrent models.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as fh:
         fh.write("\n".join(lines) + "\n")
