@@ -65,7 +65,7 @@ class DeviceSpec:
     os: str = "linux"
     # ssh
     host: str = ""
-    port: int = 22
+    port: int = 0                      # 0: from ~/.ssh/config, else 22
     user: str = ""
     key: str = ""
     known_hosts: str = ""
