@@ -288,3 +288,20 @@ def test_all_zero_weights_give_zero_error_and_finite_factors() -> None:
     s = truncated_svd(np.zeros((4, 6)), 2)
     assert s.rel_error == 0.0 and np.isfinite(s.left).all() and np.isfinite(s.right).all()
     np.testing.assert_array_equal(s.left @ s.right, np.zeros((4, 6)))
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 40, 200])
+def test_symmetric_eigen_values_and_leading_vectors_match_lapack(k: int) -> None:
+    from edgelr.factorize.spectrum import SymmetricEigen
+
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((k, 2 * k + 1))
+    gram = a @ a.T
+    eigen = SymmetricEigen(gram)
+    reference = np.linalg.eigvalsh(gram)[::-1]
+    np.testing.assert_allclose(eigen.values, reference, rtol=1e-10, atol=1e-10 * reference[0])
+    for rank in sorted({1, max(1, k // 20), max(1, k // 3), k}):  # both the MRRR-range and the all-vectors paths
+        v = eigen.leading_vectors(rank)
+        assert v.shape == (k, rank)
+        np.testing.assert_allclose(v.T @ v, np.eye(rank), atol=1e-10)
+        np.testing.assert_allclose(gram @ v, v * reference[:rank], atol=1e-9 * reference[0])

@@ -253,3 +253,14 @@ def test_layer_cost_counts(keras: Any) -> None:
     assert applicable_methods(get("bn")) == []
     assert applicable_methods(get("lstm")) == ["svd", "svd-recurrent"]
     assert applicable_methods(get("d")) == ["svd"]
+
+
+def test_recurrent_unroll_option(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model
+
+    model = _single(keras, (6, 10), lambda: keras.layers.LSTM(32, name="L"))
+    new, report = factorize_model(model, method="svd-recurrent", rank_policy="rank:8", recurrent_unroll=True,
+                                  progress=False)
+    assert not report.loc[0, "skipped"]
+    assert new.get_layer("L").unroll is True and model.get_layer("L").unroll is False
+    assert new.get_layer("L").get_config()["unroll"] is True

@@ -9,6 +9,15 @@ decomposition to avoid factorizing a layer twice. :func:`map_layers` runs per-la
 cores with one BLAS thread per worker (much faster than threaded BLAS on a shared machine).
 
 Every function raises :class:`edgelr.errors.FactorizeError` on bad input.
+
+Example (a k x k conv, EVBMF ranks, one reduction of each Gram matrix)::
+
+    spectra = unfolding_spectra(kernel)                      # kernel: (kh, kw, c_in, c_out)
+    ranks = select_tucker2_ranks(kernel, parse_rank_policy("vbmf"), cost=cost, full_cost=full,
+                                 multiple=8, spectra=spectra)
+    res = tucker2(kernel, ranks, spectra=spectra)            # res.first, res.core, res.last
+
+For spatial SVD the spectrum is ``matrix_spectrum(spatial_matrix(kernel))``.
 """
 
 from edgelr.factorize.cp import CPResult, cp, max_cp_rank

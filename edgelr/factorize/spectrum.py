@@ -26,8 +26,9 @@ class SymmetricEigen:
 
     The matrix is reduced once to tridiagonal form ``A = Q T Q^T`` (LAPACK ``dsytrd``, the
     ``O(k^3)`` step); all eigenvalues come from ``T`` (``dsterf``, ``O(k^2)``), and
-    :meth:`leading_vectors` computes only the requested eigenvectors of ``T`` (``dstemr``) and maps
-    them back with the stored reflectors (``dormqr``). Rank selection needs every eigenvalue but only
+    :meth:`leading_vectors` computes eigenvectors of ``T`` (``dstemr`` on an index range for a few,
+    ``dstevd`` for many) and maps only the requested ones back with the stored reflectors
+    (``dormqr``). Rank selection needs every eigenvalue but only
     the first ``r`` vectors, so this costs about one values-only solve instead of two solves.
 
     Parameters
@@ -60,13 +61,22 @@ class SymmetricEigen:
             return np.ones((1, 1))
         if self._reflectors is not None:
             lapack = scipy.linalg.lapack
-            m, _, z, info = lapack.dstemr(self._d, np.append(self._e, 0.0), 2, 0.0, 0.0, k - rank + 1, k)
-            if info == 0 and m == rank:
-                z = np.asfortranarray(z[:, :rank])
+            z = None
+            if 16 * rank <= k:  # a few vectors: MRRR on the wanted index range only
+                m, _, z_all, info = lapack.dstemr(self._d.copy(), np.append(self._e, 0.0), 2, 0.0, 0.0, k - rank + 1, k)
+                if info == 0 and m == rank:
+                    z = z_all[:, :rank]
+            else:  # many vectors: divide and conquer on T (all of them) is cheaper than MRRR on a range
+                _, z_all, info = lapack.dstevd(self._d.copy(), self._e.copy())
+                if info == 0:
+                    z = z_all[:, k - rank :]
+            if z is not None:
+                z = np.asfortranarray(z)
                 vectors = np.empty((k, rank))
                 vectors[0] = z[0]
+                # Q = diag(1, Q1) with Q1 the product of the dsytrd reflectors (QR layout below the diagonal)
                 qz, _, info = lapack.dormqr(
-                    "L", "N", self._reflectors[1:, : k - 1], self._tau, z[1:], max(1, 64 * rank)
+                    "L", "N", self._reflectors[1:, : k - 1], self._tau, z[1:], 64 * rank + 4160
                 )
                 if info == 0:
                     vectors[1:] = qz

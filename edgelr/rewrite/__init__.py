@@ -56,6 +56,7 @@ def factorize_model(
     min_reduction: float | None = 0.1,
     progress: bool = True,
     rank_floor: int | None = None,
+    recurrent_unroll: bool | None = None,
 ) -> tuple[Any, Any]:
     """Replace a model's Dense/Conv/Separable/Embedding/LSTM/GRU layers by low-rank stock-layer chains.
 
@@ -78,6 +79,8 @@ def factorize_model(
         Progress bars on stderr.
     rank_floor : int, optional
         Lowest rank ``vbmf`` may choose (default 8).
+    recurrent_unroll : bool, optional
+        Set ``unroll`` on rewritten LSTM/GRU layers (True: what int8 TFLite of the low-rank cells needs).
 
     Returns
     -------
@@ -94,5 +97,6 @@ def factorize_model(
         Bad method, policy, pattern or rank; an include naming a layer no method applies to.
     """
     plan = plan_factorization(model, method=method, rank_policy=rank_policy, target=target, include=include,
-                              skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor)
+                              skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor,
+                              recurrent_unroll=recurrent_unroll)
     return build_factorized(model, plan)

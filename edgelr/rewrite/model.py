@@ -99,6 +99,7 @@ class FactorizationPlan:
     floor: int
     min_reduction: float | None
     progress: bool = False
+    recurrent_unroll: bool | None = None
     selected: dict[str, Ranks] = field(default_factory=dict)
 
     def candidates(self) -> list[str]:
@@ -196,6 +197,7 @@ def plan_factorization(
     min_reduction: float | None = 0.1,
     progress: bool = True,
     rank_floor: int | None = None,
+    recurrent_unroll: bool | None = None,
 ) -> FactorizationPlan:
     """Decompose every selected layer once and choose its ranks by ``rank_policy``.
 
@@ -222,6 +224,9 @@ def plan_factorization(
         tqdm progress on stderr.
     rank_floor : int, optional
         Lowest rank the ``vbmf`` policy may choose (default 8, capped at the full rank).
+    recurrent_unroll : bool, optional
+        Set ``unroll`` on rewritten LSTM/GRU layers (None keeps the layer's own setting). ``True`` (short,
+        fixed sequence length) is what full-integer int8 TFLite conversion of the low-rank cells needs.
 
     Returns
     -------
@@ -279,7 +284,8 @@ def plan_factorization(
         else:
             todo.append(lp)
 
-    plan = FactorizationPlan(model, plans, method, str(policy), multiple, floor, min_reduction, progress)
+    plan = FactorizationPlan(model, plans, method, str(policy), multiple, floor, min_reduction, progress,
+                             recurrent_unroll)
     from tqdm import tqdm
 
     for lp in tqdm(todo, desc="decompose", unit="layer", file=sys.stderr, disable=not progress, leave=False):
@@ -520,6 +526,10 @@ def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, An
             continue
         assert lp.rewriter is not None
         rw = lp.rewriter.materialize(lp.layer, lp.decomposition, r, exact=exact)
+        if plan.recurrent_unroll is not None:
+            for new in rw.chain:
+                if hasattr(new.layer, "unroll") and hasattr(new.layer, "cell"):
+                    new.layer.unroll = bool(plan.recurrent_unroll)
         rewrites[path] = rw
         rows.append(_report_row(lp, rw, False, "ranks given" if path in forced else ""))
     new_model = rebuild_with(model, rewrites)
