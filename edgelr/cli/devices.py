@@ -45,7 +45,7 @@ def list_devices(inventory: str | None, as_json: bool) -> None:
     devs = load_inventory(inventory)
     rows = []
     for d in devs.values():
-        where = {"ssh": f"{d.user + '@' if d.user else ''}{d.host}:{d.port}",
+        where = {"ssh": f"{d.user + '@' if d.user else ''}{d.host}:{d.port or 22}",
                  "adb": d.serial or f"{d.adb_host}:{d.adb_port}"}.get(d.transport, "this machine")
         rows.append({"name": d.name, "transport": d.transport, "target": d.target, "os": d.os, "address": where,
                      "program": d.benchmark_binary or f"runner.py ({d.python})", "source": d.source})
