@@ -70,15 +70,85 @@ class DemoResult:
     model_path: Path
     accuracy: float
     steps: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
 
 
-def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0) -> DemoResult:
-    """Train and save the example model (more steps are added as edgelr grows)."""
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4",
+             max_accuracy_drop: float = 1.0, bench_runs: int = 50, compress_epochs: int = 3) -> DemoResult:
+    """Train the example CNN, compress it for ``target`` within ``max_accuracy_drop`` points, benchmark
+    original and compressed ``.tflite`` on the ``local`` device, and write the report.
+
+    Outputs under ``out_dir``: ``digits_cnn.keras``, ``compressed/`` (model.tflite, baseline.tflite,
+    report.json, layers.csv, summary.md, ...), ``history/`` (results store), ``report.html``/``report.md``.
+    """
+    from edgelr.compress.pipeline import compress
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    history = out_dir / "history"
     data = load_data("digits", seed=seed)
-    print(f"[1] training a small CNN on digits ({data.sizes()['train']} train / "
-          f"{data.sizes()['test']} test images)", file=sys.stderr, flush=True)
+    _say(f"[1/4] training a small CNN on digits ({data.sizes()['train']} train / {data.sizes()['test']} test images)")
     model, acc = train_digits_cnn(data, epochs=epochs, seed=seed)
     model_path = out_dir / "digits_cnn.keras"
     model.save(model_path)
-    return DemoResult(out_dir=out_dir, model_path=model_path, accuracy=acc)
+    result = DemoResult(out_dir=out_dir, model_path=model_path, accuracy=acc)
+
+    _say(f"[2/4] compressing for {target} with an accuracy budget of {max_accuracy_drop:g} points")
+    comp = compress(str(model_path), data, target=target, out_dir=out_dir / "compressed", force=True,
+                    max_accuracy_drop=max_accuracy_drop, epochs=compress_epochs, history=str(history), seed=seed)
+    result.message = comp.message
+    s = comp.summary
+    outputs = s.get("outputs", {})
+    compressed_tflite = out_dir / "compressed" / "model.tflite"
+    baseline_tflite = out_dir / "compressed" / "baseline.tflite"
+    result.steps["compress"] = {"budget_met": comp.budget_met, "message": comp.message,
+                                "reduction": s.get("reduction"), "outputs": outputs}
+
+    _say(f"[3/4] benchmarking baseline and compressed .tflite on this machine ({bench_runs} runs each)")
+    bench = _bench_local([baseline_tflite, compressed_tflite], bench_runs, history)
+
+    _say("[4/4] writing the report")
+    from edgelr.report.render import write_report
+
+    html, md = out_dir / "report.html", out_dir / "report.md"
+    write_report(history, html_out=html, md_out=md)
+    result.steps["report"] = {"html": str(html), "md": str(md), "history": str(history)}
+
+    def latency(path: Path, key: str) -> float:
+        return bench.get(path.stem, {}).get(key, float("nan"))
+
+    for label, part, path in (("original", s["original"], baseline_tflite),
+                              ("compressed", s["compressed"], compressed_tflite)):
+        result.rows.append({
+            "model": label,
+            "accuracy_float_%": part.get("score") if label == "original" else part.get("score_float"),
+            "accuracy_tflite_%": part.get("tflite_score"),
+            "params": part.get("params"),
+            "macs": part.get("macs"),
+            "tflite_bytes": part.get("tflite_bytes"),
+            "latency_median_ms": latency(path, "median_ms"),
+            "peak_memory_mb": latency(path, "peak_mb"),
+        })
+    result.steps["summary"] = result.rows
+    return result
+
+
+def _bench_local(models: list[Path], runs: int, history: Path) -> dict[str, dict[str, Any]]:
+    """Benchmark ``models`` on the built-in ``local`` device; record the run in ``history``."""
+    from device_agents.inventory import BUILTIN_LOCAL, open_transport
+    from edgelr.bench.run import BenchSettings, benchmark
+    from edgelr.cli.bench import summarize
+    from edgelr.report.history import append_run
+
+    settings = BenchSettings(runs=runs, warmup=5, threads=1, cooldown_timeout_s=30.0)
+    transport = open_transport(BUILTIN_LOCAL)
+    try:
+        frame = benchmark(BUILTIN_LOCAL, transport, models, settings, progress=_say)
+    finally:
+        transport.close()
+    append_run(frame, history, kind="bench")
+    return {row["model"]: row for row in summarize(frame)}

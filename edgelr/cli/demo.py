@@ -13,9 +13,16 @@ from edgelr.cli._common import echo_json, info
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo_out", show_default=True,
               help="Where the example model, compressed models and reports are written.")
 @click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs of the example CNN.")
+@click.option("--target", default="rpi4", show_default=True, help="Target profile to compress for.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy budget (points) of the compressed int8 model against the float original.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed inferences per model in the local benchmark.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(out_dir: str, epochs: int, as_json: bool) -> None:
-    """Train a small CNN on scikit-learn's bundled digits, save it, and show what edgelr does with it.
+def demo(out_dir: str, epochs: int, target: str, max_accuracy_drop: float, runs: int, as_json: bool) -> None:
+    """The whole product on a built-in example: train a small CNN on scikit-learn's bundled digits,
+    compress it for a target within an accuracy budget (factorize, distil, QAT, int8 TFLite), benchmark
+    the original and compressed .tflite on this machine, and write an HTML/Markdown report.
 
     \b
     Examples:
@@ -24,10 +31,18 @@ def demo(out_dir: str, epochs: int, as_json: bool) -> None:
     """
     from edgelr.demo import run_demo
 
-    result = run_demo(Path(out_dir), epochs=epochs)
+    from edgelr.cli._common import table
+
+    result = run_demo(Path(out_dir), epochs=epochs, target=target, max_accuracy_drop=max_accuracy_drop,
+                      bench_runs=runs)
     summary = {"model": str(result.model_path), "accuracy": round(result.accuracy, 2), **result.steps}
     if as_json:
         echo_json(summary)
         return
     info(f"example model saved to {result.model_path}")
-    click.echo(f"digits CNN test accuracy: {result.accuracy:.2f}%")
+    click.echo(f"digits CNN test accuracy (float, Keras): {result.accuracy:.2f}%")
+    click.echo(f"compression for {target}: {result.message}")
+    click.echo()
+    click.echo(table(result.rows))
+    click.echo()
+    click.echo(f"report: {result.steps['report']['html']} (and .md); outputs in {result.out_dir}/compressed")
