@@ -192,7 +192,7 @@ def test_harness_rows_override_and_extend_the_generic_ones(tmp_path: Path, sysro
         script = fake_benchmark_model(tmp_path, sysroot, sleep_s=0.05)
         spec = DeviceSpec(name="phone", transport="local", os="testos", target="host",
                           benchmark_binary=str(script), workdir=str(tmp_path / "dev"))
-        frame = benchmark(spec, LocalTransport(), [model(tmp_path)], settings(sysroot, cooldown_c=45.0))
+        frame = benchmark(spec, LocalTransport(), [model(tmp_path)], settings(sysroot, cooldown_c=45.0, canary=False))
     finally:
         HARNESSES.pop("testos/benchmark_model")
     temp = frame.loc[frame.metric == "temp_before"]

@@ -209,6 +209,24 @@ def test_lstm_int8_converts_in_child_process_with_batch_one(k2):
     assert val.max_abs_diff < 0.05
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fused_lstm_state_does_not_leak_between_samples(k2):
+    """The fused LSTM op keeps its state in variable tensors: each sample must start from a zero state."""
+    from edgelr.compress.convert import convert
+    from edgelr.compress.validate import run_tflite
+
+    k2.utils.set_random_seed(0)
+    inp = k2.Input((12, 3))
+    h = k2.layers.LSTM(16)(inp)
+    model = k2.Model(inp, k2.layers.Dense(4)(h))
+    for w in model.weights:  # large weights: a leaked state would change the outputs a lot
+        w.assign(w * 3.0)
+    x = np.random.default_rng(1).normal(0, 2, (16, 12, 3)).astype(np.float32)
+    out = run_tflite(convert(model, "none").content, x)
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-4)
+
+
 def test_history_rows_of_a_compress_run(tmp_path):
     from edgelr.compress.pipeline import CompressResult, _append_history
     from edgelr.report.history import load

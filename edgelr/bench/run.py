@@ -209,8 +209,7 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
     rows = _Rows({"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "device": device.name, "target": target_name, "transport": device.transport,
                   "model": model.stem, "model_sha256": sha, "repeat": rep, "tool": session.prog.tool,
-                  "tool_version": session.prog.version if session.prog.tool == "litert_runner"
-                  else (bench.tool_version or session.prog.version), "threads": session.threads})
+                  "tool_version": bench.tool_version or session.prog.version, "threads": session.threads})
     _latency_rows(rows, bench)
     runner_rec = bench.extra.get("runner")
     runner_hwm = float(runner_rec.get("vm_hwm_mb", NAN)) if isinstance(runner_rec, dict) else NAN

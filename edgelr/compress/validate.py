@@ -184,6 +184,7 @@ def run_tflite(content: bytes, x: np.ndarray, *, num_threads: int = 1, batch_siz
         real = len(chunk)
         if real < step:
             chunk = np.concatenate([chunk, np.zeros((step - real, *chunk.shape[1:]), np.float32)])
+        it.reset_all_variables()  # fused LSTM/GRU ops keep their state in variable tensors across invokes
         it.set_tensor(inp["index"], _quantize(chunk, inp))
         it.invoke()
         results.append(_dequantize(it.get_tensor(out["index"]), out)[:real])
@@ -279,10 +280,12 @@ def measure_latency(content: bytes, x: np.ndarray, *, num_threads: int = 1, runs
     inp = it.get_input_details()[0]
     samples = [_quantize(np.asarray(x[i % len(x)][None], np.float32), inp) for i in range(min(len(x), 32))]
     for i in range(warmup):
+        it.reset_all_variables()
         it.set_tensor(inp["index"], samples[i % len(samples)])
         it.invoke()
     times = []
     for i in range(runs):
+        it.reset_all_variables()  # fresh recurrent state per inference, as in run_tflite (not timed)
         it.set_tensor(inp["index"], samples[i % len(samples)])
         t0 = time.perf_counter()
         it.invoke()

@@ -179,11 +179,9 @@ def main() -> None:
     ]
     for mode, threads, a, b, s, amin, bmin in rows:
         lines.append(f"| {mode} | {threads} | {a:.1f} ({amin:.1f}) | {b:.1f} ({bmin:.1f}) | x{s:.2f} | {s / mac_red:.2f} |")
-    goal = all(s >= 0.8 * mac_red for _, _, _, _, s, _, _ in rows)
-    lines += ["", f"Goal speed-up >= 0.8 x MAC reduction (x{0.8 * mac_red:.2f}): {'met' if goal else 'NOT met'} "
-              "in every configuration." if goal else
-              f"Goal speed-up >= 0.8 x MAC reduction (x{0.8 * mac_red:.2f}): NOT met in every configuration "
-              "(see the table).", "",
+    met = sum(s >= 0.8 * mac_red for _, _, _, _, s, _, _ in rows)
+    lines += ["", f"Goal speed-up >= 0.8 x MAC reduction (x{0.8 * mac_red:.2f}): met in {met} of {len(rows)} "
+              "configurations.", "",
               "Skipped layers (factorizing them at this budget would not save 10% of both params and MACs):", ""]
     skipped = report.loc[report["skipped"]]
     lines.append(", ".join(f"`{r.layer}`" for r in skipped.itertuples()) or "none")
