@@ -12,7 +12,7 @@ PIP    := $(VENV)/bin/pip
 APT_PACKAGES := openssh-server adb dataset-fashion-mnist chromium iproute2 dash busybox procps mksh
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv deps-apt clean bench
+.PHONY: demo test test-fast test-emulated venv clean perf-deps
 
 $(VENV)/.stamp-base: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -47,6 +47,15 @@ test: $(VENV)/.stamp-test $(VENV)/.stamp-apt
 
 test-fast: $(VENV)/.stamp-test $(VENV)/.stamp-apt
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-emulated: $(VENV)/.stamp-test $(VENV)/.stamp-apt
+	@if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static debootstrap binfmt-support >/dev/null; fi
+	EDGELR_EMULATED=1 $(PY) -m pytest -m emulated $(PYTEST_ARGS)
+
+# What the benchmark scripts in tests/perf need beyond the tests: sktime's bundled UCR data files
+# (only the .ts files are read, so its dependencies are not installed).
+perf-deps: $(VENV)/.stamp-test
+	$(PIP) install --quiet --no-deps sktime==1.2.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

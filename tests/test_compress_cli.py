@@ -187,3 +187,23 @@ def test_cli_data_that_does_not_fit(cnn_path: Path, tmp_path: Path, capsys: pyte
                             str(tmp_path / "o")], capsys)
     assert code == 1 and "(28, 28, 1)" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rank_search_meets_a_reachable_budget(cnn_path: Path, tmp_path: Path) -> None:
+    from edgelr.compress.pipeline import compress
+
+    res = compress(str(cnn_path), "digits", "host", tmp_path / "out", max_accuracy_drop=5.0, epochs=2,
+                   progress=False)
+    s, search = res.summary, res.report["search"]
+    assert res.exit_code == 0 and s["budget_met"] is True and search["budget_met"] is True
+    assert s["drop_points"] <= 5.0
+    assert s["compressed"]["macs"] < s["original"]["macs"]
+    chosen = next(c for c in search["candidates"] if c["label"] == search["chosen"])
+    assert chosen["tried"] and chosen["macs"] == s["compressed"]["macs"]
+    assert chosen["tflite_drop"] == pytest.approx(s["drop_points"])
+    # candidates are sorted by MACs and include uniform and greedy configurations
+    macs = [c["macs"] for c in search["candidates"]]
+    assert macs == sorted(macs) and any(c["label"].startswith("uniform") for c in search["candidates"])
+    assert (tmp_path / "out" / "search.png").is_file() and (tmp_path / "out" / "search.csv").is_file()

@@ -145,14 +145,6 @@ def applicable_methods(layer: Any) -> list[str]:
     return [r.method for r in rewriters() if r.supports(layer)]
 
 
-def layer_kind(layer: Any) -> str:
-    """A short kind label for reports (``dense``, ``conv2d``, ``conv2d-1x1``, ``lstm``...)."""
-    for r in rewriters():
-        if r.supports(layer):
-            return r.kind
-    return type(layer).__name__.lower()
-
-
 def get_rewriter(layer: Any, method: str) -> Rewriter | None:
     """The rewriter for ``layer`` and ``method`` (``auto`` = first applicable), or None."""
     for r in rewriters():

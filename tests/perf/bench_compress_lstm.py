@@ -91,6 +91,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--ft-epochs", type=int, default=20)
     ap.add_argument("--targets", default="2,3")
+    ap.add_argument("--policies", default=None,
+                    help="explicit rank policies instead of --targets, e.g. rank:48,rank:24 (r_in clips at D=12, "
+                         "so the input kernel stays whole and only the recurrent kernel is low-rank)")
+    ap.add_argument("--name", default="compress_lstm", help="report file stem under reports/")
     ap.add_argument("--out", default=str(ROOT / "reports"))
     args = ap.parse_args()
 
@@ -112,8 +116,15 @@ def main() -> int:
     train_s = time.perf_counter() - t0
     f32 = convert(model, "none")
     rows: list[dict[str, Any]] = []
-    for target_x in [float(v) for v in args.targets.split(",")]:
-        policy, planned = policy_for(model, target_x)
+    if args.policies:
+        plan = [(0.0, p) for p in args.policies.split(",")]
+    else:
+        plan = [(float(v), "") for v in args.targets.split(",")]
+    for target_x, policy in plan:
+        if policy:
+            planned = float("nan")
+        else:
+            policy, planned = policy_for(model, target_x)
         print(f"target {target_x}x params: policy {policy} (planned {planned:.2f}x)", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
@@ -144,23 +155,25 @@ def main() -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     meta = {"epochs": args.epochs, "ft_epochs": args.ft_epochs, "train_seconds": train_s,
             "sktime": "installed with pip install --no-deps sktime (data files only)"}
-    (outdir / "compress_lstm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (outdir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = ["# edgelr compress: LSTM on JapaneseVowels at ~2x/3x fewer parameters", "",
           f"Command: `.venv/bin/python tests/perf/bench_compress_lstm.py --epochs {args.epochs} --ft-epochs "
-          f"{args.ft_epochs}` (host, target `host`: int8 full-integer, float I/O; method `svd-recurrent`: "
+          f"{args.ft_epochs}" + (f" --policies {args.policies} --name {args.name}" if args.policies else "")
+          + "` (host, target `host`: int8 full-integer, float I/O; method `svd-recurrent`: "
           "input and recurrent kernels factorized, low-rank cell unrolled over 29 steps for int8). "
           "Latency: ai-edge-litert, 1 thread, batch 1, median of 100.", "",
           f"Original: LSTM(128) -> Dense(9), {rows[0]['params_original']:,} params, float32 .tflite "
           f"{f32.size_bytes:,} bytes, trained {args.epochs} epochs ({train_s:.0f} s).", "",
-          "| target | ranks (in, rec) | params x | acc float orig | factorized | fine-tuned | int8 orig | int8 compressed | "
+          "| target / policy | ranks (in, rec) | params x | acc float orig | factorized | fine-tuned | int8 orig | int8 compressed | "
           "drop int8 vs float (pt) | .tflite bytes | baseline int8 bytes | latency ms | baseline ms |", "|" + "---|" * 13]
     for row in rows:
-        md.append(f"| {row['target_x']:g}x | {row['ranks']} | {row['params_x']:.2f} | {row['acc_original_float']:.2f} | "
+        label = f"{row['target_x']:g}x {row['policy']}" if row["target_x"] else row["policy"]
+        md.append(f"| {label} | {row['ranks']} | {row['params_x']:.2f} | {row['acc_original_float']:.2f} | "
                   f"{row['acc_factorized']:.2f} | {row['acc_finetuned']:.2f} | {row['acc_original_int8']:.2f} | "
                   f"{row['acc_int8']:.2f} | {row['drop_int8_vs_float']:.2f} | {row['tflite_bytes']:,} | "
                   f"{row['baseline_int8_bytes']:,} | {row['latency_ms']:.3f} | {row['baseline_latency_ms']:.3f} |")
     md.append("")
-    (outdir / "compress_lstm.md").write_text("\n".join(md))
+    (outdir / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -200,8 +200,9 @@ def main() -> None:
               "this host, is faster than the fused `UNIDIRECTIONAL_SEQUENCE_LSTM` op even beyond its MAC "
               "reduction: XNNPACK does not take the fused op, it takes the loop's `FULLY_CONNECTED` ops.",
               "- Full-integer int8 of any `WHILE` model (the low-rank cells, but also the stock GRU) crashes the "
-              "converter; dynamic-range works. For int8 use `unroll=True` (short fixed sequences: the unrolled "
-              "table) or method `svd` (input projection only), which keeps the fused LSTM op and converts to int8.",
+              "converter; dynamic-range works. For int8 use `unroll=True` "
+              "(`factorize_model(..., recurrent_unroll=True)`; short fixed sequences: the unrolled table) or method "
+              "`svd` (input projection only), which keeps the fused LSTM op and converts to int8.",
               "- The fused LSTM op in int8 is much slower here than in float32; measure on the device before "
               "choosing int8 for recurrent models.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
