@@ -2,8 +2,9 @@
 
 Models are tiny Keras MLPs converted with TensorFlow in a subprocess: a "fast" one and a much wider
 "slow" one that is stored under the same suite name to simulate a regressing model update.
-This host is shared and noisy, so the test suites use a latency threshold of 50% (the slow model is
-~100x slower); the statistics themselves are tested in test_report_stats.py and measured in
+This host is shared and noisy (a model run twice has been flagged +41% under load), so the test suites
+use a latency threshold of 100% (the slow model has ~15x the MACs); the statistics themselves are
+tested in test_report_stats.py and measured in
 tests/perf/bench_detection.py.
 """
 
@@ -37,14 +38,14 @@ def build(widths, path):
     m = k.Sequential([k.layers.Input((64,), batch_size=1)] + [k.layers.Dense(w, activation="relu") for w in widths]
                      + [k.layers.Dense(10)])
     open(path, "wb").write(tf().lite.TFLiteConverter.from_keras_model(m).convert())
-build([128], sys.argv[1])
+build([512, 512], sys.argv[1])
 build([1536, 1536, 1536], sys.argv[2])
 """
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(fast, slow) .tflite files: 64-128-10 and 64-1536-1536-1536-10 float32 MLPs."""
+    """(fast, slow) .tflite files: 64-512-512-10 and 64-1536-1536-1536-10 (~15x the MACs) float32 MLPs."""
     d = tmp_path_factory.mktemp("models")
     fast, slow = d / "fast.tflite", d / "slow.tflite"
     proc = subprocess.run([sys.executable, "-c", _MAKE_MODELS, str(fast), str(slow)], capture_output=True,
@@ -76,7 +77,7 @@ path = "models/classifier.tflite"
 
 {''.join(f'[[devices]]{chr(10)}name = "{x}"{chr(10)}' for x in devices)}
 [thresholds]
-latency = "50%"
+latency = "100%"
 peak_memory = "25%"
 energy = "8%"
 accuracy = "0.5pt"
@@ -287,13 +288,13 @@ def test_bad_every_and_bad_suites(tmp_path: Path) -> None:
     s = load_suite(suite)
     assert s.history == (d / "reports" / "history").resolve()
     assert s.models[0].path == (d / "models" / "classifier.tflite").resolve() and s.runs == 20
-    assert s.thresholds == {"latency": "50%", "peak_memory": "25%", "energy": "8%", "accuracy": "0.5pt"}
+    assert s.thresholds == {"latency": "100%", "peak_memory": "25%", "energy": "8%", "accuracy": "0.5pt"}
     proc = subprocess.run([*EDGELR, "regress", "--suite", str(suite), "--install-schedule", "cron", "--every",
                            "sometimes"], capture_output=True, text=True, env=_env(tmp_path), timeout=60)
     assert proc.returncode == 2 and "--every 'sometimes' is not understood" in proc.stderr
     text = suite.read_text()
     cases = [
-        (text.replace('latency = "50%"', 'latency = "50"'), "expected a relative"),
+        (text.replace('latency = "100%"', 'latency = "100"'), "expected a relative"),
         (text.replace('path = "models/classifier.tflite"', 'path = "models/nope.tflite"'), "does not exist"),
         (text.replace('runs = 20', 'runs = 0'), "runs=0"),
         (text.replace('[thresholds]', '[thresholds]\nhappiness = "1%"'), "does not measure"),
