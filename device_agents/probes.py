@@ -447,7 +447,7 @@ def parse_canary(text: str) -> float:
     return min(values) / 1e6 if values else NAN
 
 
-def run_canary(t: Transport, loops: int = CANARY_LOOPS, reps: int = 3) -> float:
+def run_canary(t: Transport, loops: int = CANARY_LOOPS, reps: int = 2) -> float:
     """Time the fixed canary workload on the device (ms, minimum of ``reps``); NaN when not measurable."""
     return parse_canary(_run(t, canary_command(loops, reps), timeout=120))
 

@@ -285,11 +285,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"- The SSH transport's own cost is one exec round trip per command (~{rt * 1000:.0f} ms here under load; "
         "4-8 ms measured on a quiet moment of this host). A skipped push is ONE command (remote sha256, or mkdir "
         "when the file is absent) and sends no data; the local sha256 is cached by (inode, size, mtime).",
-        "- Most of the per-call set-up is not the transport: the runner's `--version` probe starts Python and "
-        "imports ai-edge-litert on the device, and the throttling canary (a shell busy loop) runs once as a "
-        "baseline and once before every run. Both live in edgelr.bench.run/harness. Caching the runner "
-        "version per (device, runner sha256) and a shorter canary would bring the 1-model figure toward the "
-        "per-model one.",
+        "- Most of the per-call set-up is not the transport: the throttling canary (a shell busy loop, min of "
+        "2 repetitions) runs once as a baseline and once before every run. The runner's `--version` probe "
+        "(Python + ai-edge-litert start-up, ~0.25 s) runs only when runner.py changed; otherwise its answer "
+        "is read from a cache file on the device (one `cat`).",
         f"- {runs_per_model:.0f} round trips per model: merging the sensor reads (temperatures before/after, "
         "energy, throttled) into one command each would save several round trips, which matters over Wi-Fi "
         "(RTT 2-10 ms).",
