@@ -1,16 +1,25 @@
-"""Benchmark: `edgelr compress` on a Fashion-MNIST CNN at ~2x, 3x and 4x fewer MACs.
+"""Benchmark: `edgelr compress` on a compute-bound Fashion-MNIST CNN at ~2x, 3x and 4x fewer MACs.
 
-Trains a reference CNN (3 conv blocks + 2 dense layers) on Fashion-MNIST (Debian dataset-fashion-mnist),
-then for each MAC-reduction target runs the compress pipeline (Tucker-2/SVD factorization at a per-layer
-``macs:F`` policy, F chosen by bisection so the whole model hits the target; distillation fine-tune; QAT;
-int8 full-integer TFLite) and measures: float accuracy of the original, after factorization, after
-fine-tuning, int8 .tflite accuracy; params, MACs, .tflite sizes; host latency (ai-edge-litert, 1 thread,
-XNNPACK, batch 1) of model.tflite vs baseline.tflite (the original, same int8 quantization).
+Trains a reference CNN (5 conv layers in 3 blocks, 64-256 channels, + 2 dense layers; ~73 M MACs, ~2 ms per
+float32 inference at 1 thread on an AVX2 host, so latency measures compute rather than per-invoke overhead)
+on a subset of Fashion-MNIST (Debian dataset-fashion-mnist), then for each MAC-reduction target runs the
+compress pipeline (Tucker-2/SVD factorization at a per-layer ``macs:F`` policy, F chosen by bisection so the
+whole model hits the target; distillation fine-tune; QAT; int8 full-integer TFLite) and measures: float
+accuracy of the original, after factorization, after fine-tuning, int8 .tflite accuracy; params, MACs,
+.tflite sizes; host latency (ai-edge-litert, XNNPACK, 1 thread, batch 1) of model.tflite vs baseline.tflite
+(the original, same int8 quantization) and of the float32 compressed vs float32 original.
+
+Latency protocol: all .tflite files are timed after training, interleaved (round-robin over the files,
+``--rounds`` rounds of ``--runs`` timed invokes each after a warm-up), and the median over all timed
+invokes is reported; the 1-minute load average before and after the timing phase is recorded. A per-layer
+profile (each factorized layer alone vs its replacement chain, float32 and int8) is timed for the last
+target.
 
 Goals (issue 4): 2x -> int8 loses <= 0.3 pt vs the float original; 4x -> <= 1.0 pt; int8 compressed file
 >= 8x smaller than the float32 original .tflite; latency speed-up >= 0.8x the MAC reduction.
 
-Usage: .venv/bin/python tests/perf/bench_compress_fmnist.py [--epochs 4] [--ft-epochs 2] [--targets 2,3,4]
+Usage: .venv/bin/python tests/perf/bench_compress_fmnist.py [--epochs 3] [--train-samples 15000]
+       [--ft-epochs 2] [--max-train 8000] [--targets 2,3,4]
 Writes reports/compress_fmnist.md and reports/compress_fmnist.json.
 """
 
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -30,12 +41,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def reference_cnn(k2: Any) -> Any:
+    """The reference CNN: 28x28x1 -> 10 classes, ~1.13 M params, ~73 M MACs per example."""
     inp = k2.Input((28, 28, 1))
     h = k2.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(inp)
-    h = k2.layers.MaxPooling2D()(h)
     h = k2.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(h)
     h = k2.layers.MaxPooling2D()(h)
     h = k2.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3")(h)
+    h = k2.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv4")(h)
+    h = k2.layers.MaxPooling2D()(h)
+    h = k2.layers.Conv2D(256, 3, padding="same", activation="relu", name="conv5")(h)
     h = k2.layers.MaxPooling2D()(h)
     h = k2.layers.Flatten()(h)
     h = k2.layers.Dense(256, activation="relu", name="fc1")(h)
@@ -44,20 +58,28 @@ def reference_cnn(k2: Any) -> Any:
     return k2.Model(inp, out, name="fmnist_cnn")
 
 
-def policy_for(model: Any, target_x: float) -> tuple[str, float]:
-    """A ``macs:F`` policy (bisection on F) whose whole-model MAC reduction is closest to ``target_x``."""
+def policy_for(model: Any, target_x: float, cache: dict[float, float]) -> tuple[str, float]:
+    """A ``macs:F`` policy (bisection on F) whose whole-model MAC reduction is closest to ``target_x``.
+
+    ``cache`` maps F -> achieved reduction (shared across targets).
+    """
     from edgelr.rewrite import factorize_model
     from edgelr.rewrite.cost import model_cost
 
     macs0 = model_cost(model)[1]
+
+    def reduction(f: float) -> float:
+        if f not in cache:
+            fact, _ = factorize_model(model, rank_policy=f"macs:{f:.4f}", target="host", min_reduction=0.1,
+                                      progress=False)
+            cache[f] = macs0 / model_cost(fact)[1]
+        return cache[f]
+
     lo, hi = 0.02, 1.0
-    best = ("macs:1", 1.0)
-    best_err = float("inf")
+    best, best_err = ("macs:1", 1.0), float("inf")
     for _ in range(8):
-        f = (lo + hi) / 2
-        fact, _ = factorize_model(model, rank_policy=f"macs:{f:.4f}", target="host", min_reduction=0.1,
-                                  progress=False)
-        x = macs0 / model_cost(fact)[1]
+        f = round((lo + hi) / 2, 4)
+        x = reduction(f)
         if abs(x - target_x) < best_err:
             best, best_err = (f"macs:{f:.4f}", x), abs(x - target_x)
         if x < target_x:
@@ -67,24 +89,110 @@ def policy_for(model: Any, target_x: float) -> tuple[str, float]:
     return best
 
 
+def time_interleaved(models: dict[str, bytes], x: np.ndarray, runs: int, rounds: int,
+                     warmup: int = 50) -> dict[str, dict[str, float]]:
+    """Median/min/p90 batch-1 latency (ms, 1 thread, XNNPACK) of each model, timed round-robin.
+
+    Parameters
+    ----------
+    models : dict
+        Name -> .tflite bytes.
+    x : ndarray, shape (m, 28, 28, 1)
+        Inputs cycled through.
+    """
+    from edgelr.compress.validate import _interpreter, _quantize
+
+    its = {}
+    for name, content in models.items():
+        it = _interpreter(content, num_threads=1)
+        inp = it.get_input_details()[0]
+        it.resize_tensor_input(inp["index"], [1, *inp["shape"][1:]])
+        it.allocate_tensors()
+        inp = it.get_input_details()[0]
+        samples = [_quantize(np.asarray(x[i % len(x)][None], np.float32), inp) for i in range(32)]
+        for i in range(warmup):
+            it.set_tensor(inp["index"], samples[i % 32])
+            it.invoke()
+        its[name] = (it, inp["index"], samples)
+    times: dict[str, list[float]] = {n: [] for n in models}
+    for _ in range(rounds):
+        for name, (it, idx, samples) in its.items():
+            for i in range(runs):
+                it.set_tensor(idx, samples[i % 32])
+                t0 = time.perf_counter()
+                it.invoke()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, t in times.items():
+        arr = np.asarray(t)
+        out[name] = {"median": float(np.median(arr)), "min": float(arr.min()),
+                     "p90": float(np.percentile(arr, 90)), "n": int(arr.size)}
+    return out
+
+
+def per_layer_profile(original: Any, factorized: Any, layers: Any, rep: np.ndarray) -> list[dict[str, Any]]:
+    """Latency (ms, median of 300) of each factorized layer alone vs its replacement chain, float32 and int8."""
+    from edgelr.compress.convert import convert
+    from edgelr.compress.validate import measure_latency
+    from edgelr.tfcompat import keras2
+
+    k2 = keras2()
+
+    def sub(model: Any, names: list[str]) -> tuple[Any, tuple[int, ...]]:
+        shape = tuple(model.get_layer(names[0]).input_shape[1:])
+        inp = k2.Input(shape)
+        h = inp
+        for n in names:
+            src = model.get_layer(n)
+            new = src.__class__.from_config(src.get_config())
+            h = new(h)
+            new.set_weights(src.get_weights())
+        return k2.Model(inp, h), shape
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for _, r in layers.iterrows():
+        if r["skipped"]:
+            continue
+        parts = [lay.name for lay in factorized.layers if lay.name.startswith(r["layer"] + "/")]
+        a, shape = sub(original, [r["layer"]])
+        b, _ = sub(factorized, parts)
+        xs = rng.random((64, *shape), dtype=np.float32)
+        row: dict[str, Any] = {"layer": r["layer"], "ranks": str(r["ranks"]), "nodes": len(parts),
+                               "macs_x": r["macs_before"] / max(r["macs_after"], 1)}
+        for q in ("float32", "int8"):
+            ca = convert(a, "none" if q == "float32" else "int8", representative=xs).content
+            cb = convert(b, "none" if q == "float32" else "int8", representative=xs).content
+            ta = measure_latency(ca, xs[:32], runs=300, warmup=30)["latency_median"]
+            tb = measure_latency(cb, xs[:32], runs=300, warmup=30)["latency_median"]
+            row[f"{q}_ms"], row[f"{q}_factorized_ms"], row[f"{q}_speedup"] = ta, tb, ta / tb
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=4, help="training epochs of the reference CNN")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs of the reference CNN")
+    ap.add_argument("--train-samples", type=int, default=15000, help="training subset (first N of the split)")
     ap.add_argument("--ft-epochs", type=int, default=2, help="distillation fine-tuning epochs")
-    ap.add_argument("--max-train", type=int, default=30000, help="training samples per fine-tuning epoch")
+    ap.add_argument("--max-train", type=int, default=8000, help="training samples per fine-tuning epoch")
     ap.add_argument("--targets", default="2,3,4", help="MAC reduction targets")
+    ap.add_argument("--runs", type=int, default=300, help="timed invokes per model per round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--out", default=str(ROOT / "reports"))
     args = ap.parse_args()
 
     from edgelr.compress.convert import convert
     from edgelr.compress.pipeline import compress
-    from edgelr.compress.validate import measure_latency
     from edgelr.data import load_data
+    from edgelr.rewrite.cost import model_cost
     from edgelr.tfcompat import keras2
 
     k2 = keras2()
     k2.utils.set_random_seed(0)
-    data = load_data("fashion-mnist")
+    load_start = os.getloadavg()
+    data = load_data("fashion-mnist").subset(train=args.train_samples)
     model = reference_cnn(k2)
     model.compile(k2.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     t0 = time.perf_counter()
@@ -92,24 +200,30 @@ def main() -> int:
               validation_data=(data.x_val, data.y_val))
     train_s = time.perf_counter() - t0
     f32 = convert(model, "none")
-    lat_f32 = measure_latency(f32.content, data.x_test[:32], num_threads=1, runs=200)
+    contents: dict[str, bytes] = {"float32 original": f32.content}
     rows: list[dict[str, Any]] = []
+    cache: dict[float, float] = {}
+    last: tuple[Any, Any] | None = None
     for target_x in [float(v) for v in args.targets.split(",")]:
-        policy, planned = policy_for(model, target_x)
-        print(f"target {target_x}x: policy {policy} (planned {planned:.2f}x)", file=sys.stderr)
+        policy, planned = policy_for(model, target_x, cache)
+        print(f"target {target_x}x: policy {policy} (planned {planned:.2f}x)", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
             t1 = time.perf_counter()
             res = compress(model, data, "host", out, rank_policy=policy, epochs=args.ft_epochs,
                            max_train=args.max_train, batch_size=128, learning_rate=1e-3)
             secs = time.perf_counter() - t1
-            lat_c = measure_latency((out / "model.tflite").read_bytes(), data.x_test[:32], num_threads=1, runs=200)
-            lat_b = measure_latency((out / "baseline.tflite").read_bytes(), data.x_test[:32], num_threads=1,
-                                    runs=200)
+            contents[f"{target_x:g}x int8"] = (out / "model.tflite").read_bytes()
+            contents["int8 baseline"] = (out / "baseline.tflite").read_bytes()
+        contents[f"{target_x:g}x float32"] = convert(res.model, "none").content
+        last = (res.model, res.layers)
         s, r = res.summary, res.report
+        layers = res.layers
         rows.append({
             "target_x": target_x, "policy": policy, "macs_x": s["reduction"]["macs_x"],
             "params_x": s["reduction"]["params_x"],
+            "ranks": {str(lr["layer"]): str(lr["ranks"]) for _, lr in layers.iterrows()
+                      if "ranks" in layers.columns and not lr.get("skipped", False)},
             "acc_original_float": r["original"]["test"], "acc_factorized": r["factorized"]["test_before_finetune"],
             "acc_finetuned": r["factorized"]["test_after_finetune"], "acc_original_int8": s["original"]["tflite_score"],
             "acc_int8": s["compressed"]["tflite_score"], "drop_int8_vs_float": s["drop_points"],
@@ -117,11 +231,26 @@ def main() -> int:
             "params": s["compressed"]["params"], "params_original": s["original"]["params"],
             "macs": s["compressed"]["macs"], "macs_original": s["original"]["macs"],
             "tflite_bytes": s["compressed"]["tflite_bytes"], "baseline_int8_bytes": s["original"]["tflite_bytes"],
-            "float32_original_bytes": f32.size_bytes, "size_x_vs_float32": f32.size_bytes / s["compressed"]["tflite_bytes"],
-            "latency_ms": lat_c["latency_median"], "baseline_latency_ms": lat_b["latency_median"],
-            "speedup": lat_b["latency_median"] / lat_c["latency_median"], "seconds": secs,
+            "float32_original_bytes": f32.size_bytes,
+            "size_x_vs_float32": f32.size_bytes / s["compressed"]["tflite_bytes"], "seconds": secs,
         })
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+
+    # latency: everything timed together, interleaved, after the training/conversion work is done
+    load_before = os.getloadavg()
+    lat = time_interleaved(contents, data.x_test[:32], args.runs, args.rounds)
+    load_after = os.getloadavg()
+    base, base32 = lat["int8 baseline"]["median"], lat["float32 original"]["median"]
+    for row in rows:
+        t = f"{row['target_x']:g}x"
+        row.update({"latency_ms": lat[f"{t} int8"]["median"], "baseline_latency_ms": base,
+                    "speedup": base / lat[f"{t} int8"]["median"],
+                    "float32_latency_ms": lat[f"{t} float32"]["median"], "float32_original_latency_ms": base32,
+                    "float32_speedup": base32 / lat[f"{t} float32"]["median"]})
+    profile: list[dict[str, Any]] = []
+    if last is not None:
+        rng = np.random.default_rng(0)
+        profile = per_layer_profile(model, last[0], last[1], data.x_train[rng.choice(len(data.x_train), 64)])
     goals = []
     for row in rows:
         g = {"target_x": row["target_x"],
@@ -132,30 +261,54 @@ def main() -> int:
         elif row["target_x"] >= 4.0:
             g["accuracy_ok"] = row["drop_int8_vs_float"] <= 1.0
         goals.append(g)
+    p0, m0 = model_cost(model)
+    meta = {"epochs": args.epochs, "train_samples": args.train_samples, "ft_epochs": args.ft_epochs,
+            "max_train": args.max_train, "train_seconds": train_s, "params": p0, "macs": m0,
+            "float32_bytes": f32.size_bytes, "latency": lat, "runs": args.runs, "rounds": args.rounds,
+            "loadavg_start": load_start, "loadavg_before_timing": load_before, "loadavg_after_timing": load_after,
+            "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
-    meta = {"epochs": args.epochs, "ft_epochs": args.ft_epochs, "max_train": args.max_train, "train_seconds": train_s,
-            "float32_latency_ms": lat_f32["latency_median"], "float32_bytes": f32.size_bytes}
-    (outdir / "compress_fmnist.json").write_text(json.dumps({"meta": meta, "rows": rows, "goals": goals}, indent=2))
+    (outdir / "compress_fmnist.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "goals": goals, "per_layer_profile": profile}, indent=2))
+    cmd = (f".venv/bin/python tests/perf/bench_compress_fmnist.py --epochs {args.epochs} --train-samples "
+           f"{args.train_samples} --ft-epochs {args.ft_epochs} --max-train {args.max_train} --targets {args.targets} "
+           f"--runs {args.runs} --rounds {args.rounds}")
     md = ["# edgelr compress: Fashion-MNIST CNN at ~2x/3x/4x fewer MACs", "",
-          f"Command: `.venv/bin/python tests/perf/bench_compress_fmnist.py --epochs {args.epochs} "
-          f"--ft-epochs {args.ft_epochs} --max-train {args.max_train}` (host x86-64, 2 busy cores, target `host`: "
-          "int8 full-integer with float I/O). Latency: ai-edge-litert, XNNPACK, 1 thread, batch 1, median of 200.",
-          "", f"Reference CNN: {rows[0]['params_original']:,} params, {rows[0]['macs_original']:,} MACs, "
-          f"trained {args.epochs} epochs ({train_s:.0f} s); float32 .tflite {f32.size_bytes:,} bytes, "
-          f"{lat_f32['latency_median']:.3f} ms.", "",
-          "| target | MACs x | params x | acc float orig | factorized | fine-tuned | int8 orig | int8 compressed | "
-          "drop (pt) | int8 path | .tflite bytes | baseline int8 bytes | x vs float32 | latency ms | baseline ms | speed-up |",
-          "|" + "---|" * 16]
+          f"Command: `{cmd}` ({meta['date_utc']}; x86-64 AVX2 host, {os.cpu_count()} cores shared with other jobs, "
+          f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after the timing phase; target `host`: "
+          "int8 full-integer with float I/O).", "",
+          f"Latency: ai-edge-litert, XNNPACK, 1 thread, batch 1; all files timed round-robin, {args.rounds} rounds x "
+          f"{args.runs} invokes after 50 warm-up invokes; median over all {args.rounds * args.runs} invokes.", "",
+          f"Reference CNN: {p0:,} params, {m0:,} MACs, trained {args.epochs} epochs on {args.train_samples:,} "
+          f"samples ({train_s:.0f} s); float32 .tflite {f32.size_bytes:,} bytes, {base32:.3f} ms; int8 baseline "
+          f"{base:.3f} ms.", "",
+          "| target | policy | MACs x | params x | acc float orig | factorized | fine-tuned | int8 orig | "
+          "int8 compressed | drop (pt) | int8 path | .tflite bytes | baseline int8 bytes | x vs float32 | "
+          "int8 ms | baseline int8 ms | speed-up int8 | float32 ms | speed-up float32 |",
+          "|" + "---|" * 19]
     for row in rows:
-        md.append(f"| {row['target_x']:g}x | {row['macs_x']:.2f} | {row['params_x']:.2f} | {row['acc_original_float']:.2f} | "
-                  f"{row['acc_factorized']:.2f} | {row['acc_finetuned']:.2f} | {row['acc_original_int8']:.2f} | "
-                  f"{row['acc_int8']:.2f} | {row['drop_int8_vs_float']:.2f} | {row['int8_path']} | "
-                  f"{row['tflite_bytes']:,} | {row['baseline_int8_bytes']:,} | {row['size_x_vs_float32']:.1f} | "
-                  f"{row['latency_ms']:.3f} | {row['baseline_latency_ms']:.3f} | {row['speedup']:.2f} |")
+        md.append(f"| {row['target_x']:g}x | {row['policy']} | {row['macs_x']:.2f} | {row['params_x']:.2f} | "
+                  f"{row['acc_original_float']:.2f} | {row['acc_factorized']:.2f} | {row['acc_finetuned']:.2f} | "
+                  f"{row['acc_original_int8']:.2f} | {row['acc_int8']:.2f} | {row['drop_int8_vs_float']:.2f} | "
+                  f"{row['int8_path']} | {row['tflite_bytes']:,} | {row['baseline_int8_bytes']:,} | "
+                  f"{row['size_x_vs_float32']:.1f} | {row['latency_ms']:.3f} | {row['baseline_latency_ms']:.3f} | "
+                  f"{row['speedup']:.2f} | {row['float32_latency_ms']:.3f} | {row['float32_speedup']:.2f} |")
     md += ["", "Goals: " + "; ".join(
         f"{g['target_x']:g}x: " + ", ".join(f"{k[:-3]} {'met' if v else 'MISSED'}" for k, v in g.items()
-                                            if k.endswith("_ok")) for g in goals), ""]
+                                            if k.endswith("_ok")) for g in goals), "",
+           "Ranks: " + "; ".join(f"{row['target_x']:g}x {row['ranks']}" for row in rows), ""]
+    if profile:
+        md += [f"Per-layer profile at the {rows[-1]['target_x']:g}x ranks (each layer alone vs its replacement "
+               "chain, median of 300 invokes):", "",
+               "| layer | ranks | nodes | MACs x | float32 ms | factorized | speed-up | int8 ms | factorized | "
+               "speed-up |", "|" + "---|" * 10]
+        for p in profile:
+            md.append(f"| {p['layer']} | {p['ranks']} | {p['nodes']} | {p['macs_x']:.2f} | {p['float32_ms']:.4f} | "
+                      f"{p['float32_factorized_ms']:.4f} | {p['float32_speedup']:.2f} | {p['int8_ms']:.4f} | "
+                      f"{p['int8_factorized_ms']:.4f} | {p['int8_speedup']:.2f} |")
+        md.append("")
     (outdir / "compress_fmnist.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
