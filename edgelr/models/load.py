@@ -150,6 +150,8 @@ def load_model_with_info(path: str | os.PathLike[str], custom_objects: CustomObj
     if det.is_keras3:
         model = _load_keras3(det, objs)
     else:
+        import edgelr.rewrite.cells  # noqa: F401 - registers edgelr's low-rank LSTM/GRU cells (factorized models)
+
         model = _load_tf_keras(det, objs)
     from edgelr.tfcompat import keras2
 
