@@ -7,6 +7,7 @@ Each step after training runs when its part of edgelr is installed in this versi
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,15 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
                                 "reduction": s.get("reduction"), "outputs": outputs}
 
     _say(f"[3/4] benchmarking baseline and compressed .tflite on this machine ({bench_runs} runs each)")
-    bench = _bench_local([baseline_tflite, compressed_tflite], bench_runs, history)
+    # Bench under the names compress recorded (<model>, <model>-compressed) so the report joins latency
+    # with accuracy, size and MACs.
+    bench_dir = out_dir / "bench"
+    bench_dir.mkdir(exist_ok=True)
+    named = {baseline_tflite: bench_dir / f"{model_path.stem}.tflite",
+             compressed_tflite: bench_dir / f"{model_path.stem}-compressed.tflite"}
+    for src, dst in named.items():
+        shutil.copyfile(src, dst)
+    bench = _bench_local(list(named.values()), bench_runs, history)
 
     _say("[4/4] writing the report")
     from edgelr.report.render import write_report
@@ -119,7 +128,7 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
     result.steps["report"] = {"html": str(html), "md": str(md), "history": str(history)}
 
     def latency(path: Path, key: str) -> float:
-        return bench.get(path.stem, {}).get(key, float("nan"))
+        return bench.get(named[path].stem, {}).get(key, float("nan"))
 
     for label, part, path in (("original", s["original"], baseline_tflite),
                               ("compressed", s["compressed"], compressed_tflite)):
