@@ -33,6 +33,7 @@ from edgelr.compress.distill import DistillConfig, DistillResult, distill, teach
 from edgelr.compress.evaluate import Task, detect_task, drop, predict, score
 from edgelr.compress.validate import XNNPACK_METHOD, TfliteValidation, run_tflite, validate_tflite
 from edgelr.errors import EdgelrError, UsageError
+from edgelr.rewrite.cost import model_cost
 
 OUTPUT_FILES = ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md")
 
@@ -208,13 +209,6 @@ def _factorize(model: Any, target: Any, opts: CompressOptions, rank_policy: str 
                            rank_policy=rank_policy or opts.rank_policy or target.rank_policy,
                            target=target, include=opts.include, skip=opts.skip,
                            min_reduction=opts.min_reduction, progress=opts.progress)
-
-
-def model_cost(model: Any) -> tuple[int, int]:
-    """``(params, macs)`` of a built tf_keras model (MACs per example)."""
-    from edgelr.rewrite.cost import model_cost as _mc
-
-    return _mc(model)
 
 
 def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:

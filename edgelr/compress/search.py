@@ -84,7 +84,8 @@ def search_and_run(runner: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     """
     from tqdm import tqdm
 
-    from edgelr.compress.pipeline import _log, model_cost
+    from edgelr.compress.pipeline import _log
+    from edgelr.rewrite.cost import model_cost
     from edgelr.rewrite import build_factorized, plan_factorization
 
     o, d, task, model = runner.opts, runner.data, runner.task, runner.original
