@@ -150,7 +150,7 @@ def _bench_local(models: list[Path], runs: int, history: Path) -> dict[str, dict
     """Benchmark ``models`` on the built-in ``local`` device; record the run in ``history``."""
     from device_agents.inventory import BUILTIN_LOCAL, open_transport
     from edgelr.bench.run import BenchSettings, benchmark
-    from edgelr.cli.bench import summarize
+    from edgelr.bench.frame import summarize
     from edgelr.report.history import append_run
 
     settings = BenchSettings(runs=runs, warmup=5, threads=1, cooldown_timeout_s=30.0)

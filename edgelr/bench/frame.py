@@ -7,6 +7,9 @@ Per-run latency samples are rows of metric ``latency`` with ``sample`` = 0..N-1;
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 SCHEMA_VERSION = 1
 
 COLUMNS: list[str] = [
@@ -103,3 +106,28 @@ def write_frame(frame: "pandas.DataFrame", path: "str | os.PathLike[str]") -> No
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def summarize(frame: "pandas.DataFrame") -> "list[dict[str, Any]]":  # noqa: F821
+    """One row per model: latency avg/median/p90 (ms) over all repeats, peak MB, energy mJ, max temp."""
+    out: list[dict[str, Any]] = []
+    for (model, dev), g in frame.groupby(["model", "device"], sort=False):
+        def agg(metric: str, how: str = "mean") -> float:
+            vals = g.loc[(g["metric"] == metric) & (g["sample"] == -1), "value"].dropna()
+            if vals.empty:
+                return math.nan
+            return float(getattr(vals, how)())
+
+        samples = g.loc[g["metric"] == "latency", "value"].dropna()
+        median = float(samples.median()) if len(samples) else agg("latency_median")
+        p90 = float(samples.quantile(0.9)) if len(samples) else agg("latency_p90")
+        throttled = agg("throttled", "max")
+        out.append({
+            "model": model, "device": dev, "repeats": int(g["repeat"].nunique()),
+            "avg_ms": agg("latency_avg"), "median_ms": median, "p90_ms": p90,
+            "peak_mb": agg("peak_memory", "max"), "energy_mj": agg("energy_per_inference"),
+            "temp_c": agg("temp_after", "max"),
+            "throttled": "" if math.isnan(throttled) else ("yes" if throttled else "no"),
+            "samples": int(len(samples)),
+        })
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +92,8 @@ def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads:
 
 
 def _emit(frame: "pd.DataFrame", as_json: bool) -> None:
+    from edgelr.bench.frame import summarize
+
     rows = summarize(frame)
     if as_json:
         records = frame.to_dict(orient="records")
@@ -100,31 +101,6 @@ def _emit(frame: "pd.DataFrame", as_json: bool) -> None:
     else:
         click.echo(table(rows, ["model", "device", "repeats", "avg_ms", "median_ms", "p90_ms", "peak_mb",
                                 "energy_mj", "temp_c", "throttled"]))
-
-
-def summarize(frame: "pd.DataFrame") -> list[dict[str, Any]]:
-    """One row per model: latency avg/median/p90 (ms) over all repeats, peak MB, energy mJ, max temp."""
-    out: list[dict[str, Any]] = []
-    for (model, dev), g in frame.groupby(["model", "device"], sort=False):
-        def agg(metric: str, how: str = "mean") -> float:
-            vals = g.loc[(g["metric"] == metric) & (g["sample"] == -1), "value"].dropna()
-            if vals.empty:
-                return math.nan
-            return float(getattr(vals, how)())
-
-        samples = g.loc[g["metric"] == "latency", "value"].dropna()
-        median = float(samples.median()) if len(samples) else agg("latency_median")
-        p90 = float(samples.quantile(0.9)) if len(samples) else agg("latency_p90")
-        throttled = agg("throttled", "max")
-        out.append({
-            "model": model, "device": dev, "repeats": int(g["repeat"].nunique()),
-            "avg_ms": agg("latency_avg"), "median_ms": median, "p90_ms": p90,
-            "peak_mb": agg("peak_memory", "max"), "energy_mj": agg("energy_per_inference"),
-            "temp_c": agg("temp_after", "max"),
-            "throttled": "" if math.isnan(throttled) else ("yes" if throttled else "no"),
-            "samples": int(len(samples)),
-        })
-    return out
 
 
 # --- results history ----------------------------------------------------------------------------------
