@@ -90,3 +90,22 @@ def test_usage_error_exit_code_2() -> None:
 def test_unknown_command_exit_code_2() -> None:
     proc = run("frobnicate")
     assert proc.returncode == 2
+
+
+def test_host_rank_multiple_follows_the_machine(tmp_path: Path) -> None:
+    """``rank_multiple = 0`` resolves to the SIMD tile of the machine: 16 on x86-64, 8 on arm64."""
+    import platform
+
+    from edgelr.targets import get_target, native_rank_multiple
+
+    assert native_rank_multiple("x86_64") == 16 and native_rank_multiple("aarch64") == 8
+    assert get_target("host").rank_multiple == native_rank_multiple(platform.machine())
+    assert get_target("rpi4").rank_multiple == 8
+    f = tmp_path / "t.toml"
+    f.write_text('[targets.board]\nbase = "rpi4"\nrank_multiple = 0\n')
+    assert get_target("board", f).rank_multiple == native_rank_multiple()
+    f.write_text('[targets.board]\nbase = "rpi4"\nrank_multiple = -8\n')
+    from edgelr.errors import TargetError
+
+    with pytest.raises(TargetError, match="rank_multiple=-8"):
+        get_target("board", f)

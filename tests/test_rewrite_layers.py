@@ -264,3 +264,37 @@ def test_recurrent_unroll_option(keras: Any) -> None:
     assert not report.loc[0, "skipped"]
     assert new.get_layer("L").unroll is True and model.get_layer("L").unroll is False
     assert new.get_layer("L").get_config()["unroll"] is True
+
+
+@pytest.mark.parametrize("shape,make,ranks,names,params", [
+    # RGB-like stem: R3 = C_in = 3, the input 1x1 is folded into the core
+    ((9, 9, 3), lambda k: k.layers.Conv2D(10, 3, strides=2, padding="same", activation="relu", name="L"), (3, 6),
+     ["L/tucker_core", "L/tucker_out"], 9 * 3 * 6 + 6 * 10 + 10),
+    # R4 = C_out: the output 1x1 is folded, the core carries the bias and activation
+    ((8, 8, 12), lambda k: k.layers.Conv2D(4, 3, padding="valid", activation="tanh", name="L"), (6, 4),
+     ["L/tucker_in", "L/tucker_core"], 12 * 6 + 9 * 6 * 4 + 4),
+], ids=["fold-in", "fold-out"])
+def test_tucker2_square_factor_is_folded(keras: Any, shape: tuple, make: Callable, ranks: tuple, names: list,
+                                         params: int) -> None:
+    """A Tucker factor whose rank equals its channel count is folded into the core: one node fewer, the
+    same function as a conv with the Tucker reconstruction of the kernel, exact parameter count."""
+    from edgelr.factorize import tucker2
+    from edgelr.rewrite import build_factorized, layer_cost, plan_factorization
+    from edgelr.rewrite.conv import HOOI_SWEEPS
+
+    model = _single(keras, shape, lambda: make(keras))
+    _randomize(model)
+    plan = plan_factorization(model, method="tucker2", rank_policy="rank:1", min_reduction=None, progress=False)
+    new, report = build_factorized(model, plan, {"L": ranks})
+    assert [layer.name for layer in new.layers[1:]] == names
+    assert new.count_params() == params == int(report.loc[0, "params_after"])
+    assert sum(layer_cost(layer)[1] for layer in new.layers[1:]) == int(report.loc[0, "macs_after"])
+    # reference: the original conv with its kernel replaced by the Tucker-2 reconstruction
+    layer = model.get_layer("L")
+    kernel, bias = layer.get_weights()
+    res = tucker2(kernel.astype(np.float64), ranks, max_iter=HOOI_SWEEPS)
+    approx = np.einsum("ap,ijpq,qb->ijab", res.first, res.core, res.last).astype(np.float32)
+    ref = _single(keras, shape, lambda: make(keras))
+    ref.get_layer("L").set_weights([approx, bias])
+    x = _inputs(model)
+    assert _rel_diff(_call(ref, x), _call(new, x)) < 1e-4

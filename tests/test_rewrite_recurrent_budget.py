@@ -21,7 +21,7 @@ def test_params_budget_prefers_the_recurrent_kernel(lstm_model, share: float, ex
     import edgelr
 
     _, rep = edgelr.factorize_model(lstm_model, method="svd-recurrent", rank_policy=f"params:{share}",
-                                    target="host", progress=False)
+                                    target="rpi4", progress=False)
     row = rep.set_index("layer").loc["lstm"]
     assert tuple(row["ranks"]) == expected
     assert row["params_before"] == 4 * 128 * (12 + 128 + 1)  # LSTM: 4 gates x units x (D + units + bias)

@@ -2,7 +2,9 @@
 
 - ``tucker2`` (k x k Conv2D, Conv1D with k > 1; Kim et al. 2016): 1x1 conv ``C_in -> R3``, the k x k conv
   ``R3 -> R4`` with the original strides, dilation and padding, 1x1 conv ``R4 -> C_out`` with the bias and
-  activation. Names ``<conv>/tucker_in``, ``<conv>/tucker_core``, ``<conv>/tucker_out``.
+  activation. Names ``<conv>/tucker_in``, ``<conv>/tucker_core``, ``<conv>/tucker_out``. A factor whose rank
+  equals its channel count (e.g. ``R3 = C_in = 3`` for an RGB stem) is folded into the core conv, which
+  then takes over the bias and activation if it is the last node.
 - ``cp`` (k x k Conv2D, Lebedev et al. 2015): 1x1 ``C_in -> R``, depthwise ``kh x 1`` (vertical stride and
   dilation), depthwise ``1 x kw`` (horizontal stride and dilation), 1x1 ``R -> C_out``. TF 'same' padding
   is computed per spatial dimension, so splitting the kernel (and its strides) by dimension gives exactly
@@ -161,8 +163,15 @@ class ConvTucker2(Rewriter):
         r_in, r_out = ranks
         g = _geometry(layer)
         k = _prod(g.kernel_size)
-        params = g.c_in * r_in + k * r_in * r_out + r_out * g.c_out + (g.c_out if layer.use_bias else 0)
-        macs = g.in_spatial * g.c_in * r_in + g.out_spatial * (k * r_in * r_out + r_out * g.c_out)
+        fold_in, fold_out = _tucker_folds(g.c_in, g.c_out, ranks)
+        params = k * r_in * r_out + (g.c_out if layer.use_bias else 0)
+        macs = g.out_spatial * k * r_in * r_out
+        if not fold_in:
+            params += g.c_in * r_in
+            macs += g.in_spatial * g.c_in * r_in
+        if not fold_out:
+            params += r_out * g.c_out
+            macs += g.out_spatial * r_out * g.c_out
         return params, macs
 
     def decompose(self, layer: Any) -> TuckerState:
@@ -195,16 +204,39 @@ class ConvTucker2(Rewriter):
         cls = _conv_cls(layer)
         one = _pointwise(layer)
         conv1d = len(layer.kernel_size) == 1
-        first = cls.from_config(_linear_part(layer, child_name(layer, "tucker_in"), filters=r_in, kernel_size=one,
-                                             strides=one, dilation_rate=one, padding="valid"))
-        core = cls.from_config(_linear_part(layer, child_name(layer, "tucker_core"), filters=r_out))
-        last = cls.from_config(derived_config(layer, child_name(layer, "tucker_out"), kernel_size=one, strides=one,
-                                              dilation_rate=one, padding="valid"))
-        core_kernel = res.core[0] if conv1d else res.core
-        chain = [NewLayer(first, [res.first.reshape(one + res.first.shape)]),
-                 NewLayer(core, [core_kernel]),
-                 NewLayer(last, [res.last.reshape(one + res.last.shape)] + _bias(layer))]
+        fold_in, fold_out = _tucker_folds(int(layer.kernel.shape[-2]), int(layer.filters), ranks)
+        core_kernel = res.core
+        if fold_in:  # the input factor is square (an invertible rotation): apply it to the core instead
+            core_kernel = np.einsum("ap,ijpq->ijaq", res.first, core_kernel)
+        if fold_out:
+            core_kernel = np.einsum("ijpq,qb->ijpb", core_kernel, res.last)
+        core_kernel = (core_kernel[0] if conv1d else core_kernel).astype(np.float32)
+        chain = []
+        if not fold_in:
+            first = cls.from_config(_linear_part(layer, child_name(layer, "tucker_in"), filters=r_in,
+                                                 kernel_size=one, strides=one, dilation_rate=one, padding="valid"))
+            chain.append(NewLayer(first, [res.first.reshape(one + res.first.shape)]))
+        if fold_out:
+            core = cls.from_config(derived_config(layer, child_name(layer, "tucker_core")))
+            chain.append(NewLayer(core, [core_kernel] + _bias(layer)))
+        else:
+            core = cls.from_config(_linear_part(layer, child_name(layer, "tucker_core"), filters=r_out))
+            last = cls.from_config(derived_config(layer, child_name(layer, "tucker_out"), kernel_size=one,
+                                                  strides=one, dilation_rate=one, padding="valid"))
+            chain += [NewLayer(core, [core_kernel]),
+                      NewLayer(last, [res.last.reshape(one + res.last.shape)] + _bias(layer))]
         return Rewrite(chain, ranks, *self.cost(layer, ranks), float(res.rel_error))
+
+
+def _tucker_folds(c_in: int, c_out: int, ranks: Ranks) -> tuple[bool, bool]:
+    """Which Tucker-2 factor convs to fold into the core: a factor whose rank equals its channel count
+    is square, so the 1x1 conv would only rotate the channels - the core absorbs it exactly and the
+    chain loses a node (e.g. an RGB stem conv, ``C_in = 3``). At full rank in both modes nothing is
+    folded: the three-node chain is what a full-rank rewrite exists to check."""
+    r_in, r_out = int(ranks[0]), int(ranks[1])
+    if r_in == c_in and r_out == c_out:
+        return False, False
+    return r_in == c_in, r_out == c_out
 
 
 def _is_kxk_conv2d(layer: Any) -> bool:
