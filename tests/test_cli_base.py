@@ -92,9 +92,11 @@ def test_unknown_command_exit_code_2() -> None:
     assert proc.returncode == 2
 
 
-def test_host_rank_multiple_follows_the_machine(tmp_path: Path) -> None:
+def test_host_rank_multiple_follows_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``rank_multiple = 0`` resolves to the SIMD tile of the machine: 16 on x86-64, 8 on arm64."""
     import platform
+
+    monkeypatch.delenv("EDGELR_TARGETS")  # conftest pins host to 8 for the other tests
 
     from edgelr.targets import get_target, native_rank_multiple
 

@@ -30,6 +30,7 @@ def cnn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgelr.tfcompat import keras2
 
     k2 = keras2()
+    k2.backend.clear_session()  # layer names (conv2d, dense, ...) must not depend on the tests run before
     k2.utils.set_random_seed(0)
     d = load_data("digits")
     inp = k2.Input((8, 8, 1))
@@ -48,7 +49,7 @@ def cnn_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def compressed(cnn_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, dict]:
-    """One CLI run with --json (rank policy macs:0.5), shared by the assertions below."""
+    """One CLI run with --json (rank policy macs:0.5, params:0.2 for layer 'dense'), shared by the assertions below."""
     import contextlib
     import io
 
@@ -58,7 +59,7 @@ def compressed(cnn_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     with contextlib.redirect_stdout(buf):
         try:
             rv = main(["compress", str(cnn_path), "--data", "digits", "--out", str(out), "--rank-policy", "macs:0.5",
-                       "--json", *FAST])
+                       "--layer-policy", "dense=params:0.2", "--json", *FAST])
             code = rv if isinstance(rv, int) else 0
         except SystemExit as exc:
             code = int(exc.code or 0)
@@ -75,6 +76,14 @@ def test_cli_writes_every_output(compressed: tuple[Path, int, dict]) -> None:
     assert summary["outputs"]["model.tflite"] == str(out / "model.tflite")
     assert summary["compressed"]["tflite_bytes"] == (out / "model.tflite").stat().st_size
     assert summary["original"]["tflite_bytes"] == (out / "baseline.tflite").stat().st_size
+    # both files are stripped alike: only the input and output tensors keep their names
+    from ai_edge_litert.interpreter import Interpreter
+
+    for name in ("model.tflite", "baseline.tflite"):
+        it = Interpreter(model_path=str(out / name))
+        io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
+        assert all(d["name"] for d in it.get_input_details()), name
+        assert all(d["name"] == "" for d in it.get_tensor_details() if d["index"] not in io), name
 
 
 @pytest.mark.timeout(600)
@@ -115,6 +124,12 @@ def test_cli_layers_table_and_keras_model(compressed: tuple[Path, int, dict]) ->
     assert {"method", "ranks", "params_before", "params_after", "macs_after", "qat", "reason"} <= set(layers.columns)
     done = layers[~layers["skipped"]]
     assert len(done) >= 1 and (done["macs_after"] < done["macs_before"]).all()
+    policy = dict(zip(layers["layer"], layers["policy"].fillna("")))
+    assert policy["dense"] == "params:0.2" and policy["conv2d_1"] == "macs:0.5"
+    dense = layers.set_index("layer").loc["dense"]
+    # Dense 512 -> 64: params:0.2 allows rank 11 (576 r + 64 <= 0.2 * 32832), rounded up to host's multiple
+    # of 8: 16 (macs:0.5 would give 32)
+    assert not dense["skipped"] and str(dense["ranks"]) == "16" and dense["params_after"] == 16 * 576 + 64
     model = keras2().models.load_model(out / "model.keras")
     from edgelr.rewrite.cost import model_cost
 
@@ -207,3 +222,56 @@ def test_rank_search_meets_a_reachable_budget(cnn_path: Path, tmp_path: Path) ->
     macs = [c["macs"] for c in search["candidates"]]
     assert macs == sorted(macs) and any(c["label"].startswith("uniform") for c in search["candidates"])
     assert (tmp_path / "out" / "search.png").is_file() and (tmp_path / "out" / "search.csv").is_file()
+
+
+def test_cli_help_lists_layer_policy_and_keep_names() -> None:
+    from click.testing import CliRunner
+
+    from edgelr.cli.compress import compress
+
+    res = CliRunner().invoke(compress, ["--help"])
+    assert res.exit_code == 0
+    assert "--layer-policy" in res.output and "PATTERN=POLICY" in res.output and "--keep-names" in res.output
+
+
+def test_cli_passes_layer_policies_and_keep_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import edgelr.compress.pipeline as pipeline
+    from edgelr.cli.compress import compress
+    from edgelr.errors import UsageError
+
+    seen: list[dict] = []
+
+    def fake(*args: object, **kwargs: object) -> None:
+        seen.append(kwargs)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(pipeline, "compress", fake)
+    base = ["m.keras", "--data", "digits", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(compress, [*base, "--layer-policy", "dense*=params:0.2", "--layer-policy",
+                                        "conv2d=rank:4", "--keep-names"])
+    assert isinstance(res.exception, UsageError)
+    assert seen[-1]["layer_policies"] == {"dense*": "params:0.2", "conv2d": "rank:4"}
+    assert list(seen[-1]["layer_policies"]) == ["dense*", "conv2d"]  # order kept: the first match wins
+    assert seen[-1]["strip_names"] is False
+    CliRunner().invoke(compress, base)
+    assert seen[-1]["layer_policies"] is None and seen[-1]["strip_names"] is True
+
+
+@pytest.mark.parametrize("value", ["dense", "=rank:4", "dense="])
+def test_cli_layer_policy_without_pattern_or_policy(value: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["compress", str(tmp_path / "m.keras"), "--data", "digits", "--out", str(tmp_path / "o"),
+                            "--layer-policy", value], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "--layer-policy" in err and "PATTERN=POLICY" in err and repr(value) in err
+
+
+def test_cli_layer_policy_bad_spec_or_repeated_pattern(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["compress", str(tmp_path / "m.keras"), "--data", "digits", "--out", str(tmp_path / "o")]
+    code, _, err = run_cli([*args, "--layer-policy", "dense=half"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--layer-policy" in err and "'dense'" in err and "half" in err
+    code, _, err = run_cli([*args, "--layer-policy", "dense=rank:2", "--layer-policy", "dense=rank:3"], capsys)
+    assert code == 2 and "given twice" in err
+    assert not (tmp_path / "o").exists()

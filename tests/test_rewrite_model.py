@@ -328,3 +328,69 @@ def test_shared_layer_and_nested_functional(keras: Any) -> None:
     for before, after in zip(model(xs), new(xs)):
         assert _rel_diff(np.asarray(before), np.asarray(after)) < 1e-4
     assert [layer.name for layer in new.get_layer("sub").layers[1:]] == ["sub_dense/svd_in", "sub_dense/svd_out"]
+
+
+def _two_dense(keras: Any) -> Any:
+    inp = keras.Input((64,))
+    h = keras.layers.Dense(48, activation="relu", name="fc1")(inp)
+    return keras.Model(inp, keras.layers.Dense(32, name="fc2")(h))
+
+
+def test_layer_policies_override_the_global_policy_per_layer(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model, plan_factorization
+
+    keras.utils.set_random_seed(0)
+    model = _two_dense(keras)
+    # what each policy picks for its layer alone
+    alone_fc1 = plan_factorization(model, rank_policy="params:0.2", include=["fc1"], min_reduction=None,
+                                   progress=False).layers["fc1"].ranks
+    alone_fc2 = plan_factorization(model, rank_policy="macs:0.5", include=["fc2"], min_reduction=None,
+                                   progress=False).layers["fc2"].ranks
+    assert alone_fc1 != alone_fc2  # the test would not tell the policies apart otherwise
+
+    plan = plan_factorization(model, rank_policy="macs:0.5", layer_policies={"fc1": "params:0.2"},
+                              min_reduction=None, progress=False)
+    assert plan.layers["fc1"].ranks == alone_fc1 and plan.layers["fc2"].ranks == alone_fc2
+    assert plan.rank_policy == "macs:0.5" and plan.layer_policies == {"fc1": "params:0.2"}
+    new, report = factorize_model(model, rank_policy="macs:0.5", layer_policies={"fc1": "params:0.2"},
+                                  min_reduction=None, progress=False)
+    rows = report.set_index("layer")
+    assert rows.loc["fc1", "ranks"] == alone_fc1 and rows.loc["fc2", "ranks"] == alone_fc2
+    assert rows.loc["fc1", "policy"] == "params:0.2" and rows.loc["fc2", "policy"] == "macs:0.5"
+    # params:0.2 keeps at most a fifth of fc1's weights
+    assert rows.loc["fc1", "params_after"] <= 0.2 * rows.loc["fc1", "params_before"]
+    assert new.count_params() == int(report["params_after"].sum())
+
+
+def test_layer_policies_first_match_wins_and_qualified_names(keras: Any) -> None:
+    from edgelr.rewrite import factorize_model
+
+    model = _two_dense(keras)
+    _, report = factorize_model(model, rank_policy="rank:8", layer_policies={"fc1": "rank:2", "fc*": "rank:3"},
+                                min_reduction=None, progress=False)
+    assert dict(zip(report["layer"], report["ranks"])) == {"fc1": (2,), "fc2": (3,)}
+    assert list(report["policy"]) == ["rank:2", "rank:3"]
+    # nested layers match by qualified name, like include/skip
+    _, report = factorize_model(_cnn(keras), rank_policy="rank:4", layer_policies={"inner/*": "rank:2"},
+                                min_reduction=None, progress=False)
+    policy = dict(zip(report["layer"], report["policy"]))
+    assert policy["inner/inner_dense"] == policy["inner/inner_out"] == "rank:2"
+    assert policy["conv1"] == "rank:4"
+    # layers skipped before rank selection have no policy
+    _, report = factorize_model(model, rank_policy="rank:4", skip=["fc2"], layer_policies={"fc*": "rank:2"},
+                                min_reduction=None, progress=False)
+    assert dict(zip(report["layer"], report["policy"])) == {"fc1": "rank:2", "fc2": ""}
+
+
+def test_layer_policies_errors(keras: Any) -> None:
+    from edgelr.rewrite import check_layer_policies, factorize_model
+
+    model = _two_dense(keras)
+    with pytest.raises(FactorizeError, match=r"layer_policies\['fc1'\].*half"):
+        factorize_model(model, layer_policies={"fc1": "half"}, progress=False)
+    with pytest.raises(FactorizeError, match="'conv\\*' matches no factorizable layer.*fc1, fc2"):
+        factorize_model(model, layer_policies={"fc1": "rank:2", "conv*": "rank:2"}, progress=False)
+    with pytest.raises(FactorizeError, match="mapping"):
+        factorize_model(model, layer_policies=["fc1=rank:2"], progress=False)
+    assert check_layer_policies({"fc1": " Params:0.20 ", "fc2": "vbmf"}) == {"fc1": "params:0.2", "fc2": "vbmf"}
+    assert check_layer_policies(None) == {}

@@ -22,6 +22,9 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--method", type=click.Choice(METHOD_CHOICES), default=None,
               help="Factorization method (default: the target's).")
 @click.option("--rank-policy", default=None, help="vbmf | energy:F | params:F | macs:F | rank:N (default: the target's).")
+@click.option("--layer-policy", "layer_policy", multiple=True, metavar="PATTERN=POLICY",
+              help="Rank policy for the layers matching PATTERN, e.g. 'dense=params:0.2' (repeatable; the first "
+                   "matching pattern wins, other layers follow --rank-policy).")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")
 @click.option("--qat/--no-qat", default=True, show_default=True, help="Quantization-aware training before int8.")
 @click.option("--quantize", type=click.Choice(QUANT_CHOICES), default=None,
@@ -31,6 +34,8 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--max-train", type=int, default=None, help="Use at most N training samples per epoch.")
 @click.option("--include", multiple=True, help="Only factorize layers matching this pattern (repeatable).")
 @click.option("--skip", multiple=True, help="Never factorize layers matching this pattern (repeatable).")
+@click.option("--keep-names", is_flag=True,
+              help="Keep internal tensor names in the .tflite files (bigger; for reading the graph in Netron).")
 @click.option("--history", default=None, type=click.Path(), help="Append accuracy/size/params/MACs to this history.")
 @click.option("--targets", "targets_file", default=None, type=click.Path(dir_okay=False),
               help="User target profiles (TOML).")
@@ -38,30 +43,35 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: str, max_accuracy_drop: float | None,
-             method: str | None, rank_policy: str | None, epochs: int, qat: bool, quantize: str | None,
-             batch_size: int, learning_rate: float, max_train: int | None, include: tuple[str, ...],
-             skip: tuple[str, ...], history: str | None, targets_file: str | None, force: bool,
-             as_json: bool) -> None:
+             method: str | None, rank_policy: str | None, layer_policy: tuple[str, ...], epochs: int, qat: bool,
+             quantize: str | None, batch_size: int, learning_rate: float, max_train: int | None,
+             include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
+             targets_file: str | None, force: bool, as_json: bool) -> None:
     """Compress MODEL for a target device: low-rank factorization, distillation fine-tuning,
     quantization-aware training, TFLite conversion and validation with ai-edge-litert.
 
     Writes OUT/model.tflite, OUT/model.keras (factorized float model), OUT/baseline.tflite (the original,
     same quantization), OUT/report.json, OUT/layers.csv and OUT/summary.md (+ search.csv/search.png with
     --max-accuracy-drop). Exit code 1 when the accuracy budget cannot be met (the best configuration
-    found is still written).
+    found is still written). Internal tensor names are stripped from both .tflite files (input/output
+    names and signatures stay); --keep-names keeps them.
 
     \b
     Examples:
       edgelr compress model.keras --data fashion-mnist --target rpi4 --out out/
       edgelr compress model.keras --data digits --out out/ --max-accuracy-drop 1.0 --json
       edgelr compress model.keras --data data.npz --rank-policy macs:0.5 --quantize float16 --out out/
+      edgelr compress model.keras --data digits --rank-policy macs:0.45 --layer-policy 'dense*=params:0.2' --out out/
     """
     from edgelr.compress.pipeline import compress as run
 
+    policies = parse_layer_policies(layer_policy)
+
     result = run(model, data, target, out_dir, force=force, max_accuracy_drop=max_accuracy_drop, method=method,
-                 rank_policy=rank_policy, epochs=epochs, qat=qat, quantize=quantize, batch_size=batch_size,
-                 learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
-                 skip=list(skip) or None, history=history, targets_file=targets_file, progress=True)
+                 rank_policy=rank_policy, layer_policies=policies, epochs=epochs, qat=qat, quantize=quantize,
+                 batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
+                 skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,
+                 progress=True)
     if as_json:
         echo_json(result.summary)
     else:
@@ -69,6 +79,29 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
     if result.exit_code:
         info(f"edgelr: error: {result.message}")
         ctx.exit(result.exit_code)
+
+
+def parse_layer_policies(values: tuple[str, ...] | list[str]) -> dict[str, str] | None:
+    """``--layer-policy PATTERN=POLICY`` values as an ordered pattern -> policy dict (None when none given).
+
+    Raises
+    ------
+    UsageError
+        A value without '=' (or with an empty side), or a pattern given twice.
+    """
+    from edgelr.errors import UsageError
+
+    policies: dict[str, str] = {}
+    for value in values:
+        pattern, sep, policy = value.rpartition("=")
+        if not sep or not pattern.strip() or not policy.strip():
+            raise UsageError(f"--layer-policy: got {value!r}; expected PATTERN=POLICY, e.g. 'dense=params:0.2'")
+        pattern = pattern.strip()
+        if pattern in policies:
+            raise UsageError(f"--layer-policy: pattern {pattern!r} given twice ({policies[pattern]!r} and "
+                             f"{policy.strip()!r}); give each pattern once")
+        policies[pattern] = policy.strip()
+    return policies or None
 
 
 def _text(s: dict[str, Any]) -> str:

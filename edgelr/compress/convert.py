@@ -7,6 +7,11 @@ batch size of 1 (a dynamic batch dimension makes ``tf.TensorListReserve`` fail a
 Risky conversions (full-integer quantization of a model with a recurrent layer: the converter has
 segfaulted on ``WHILE`` loops) run in a child process on a SavedModel export, so a converter crash
 becomes a :class:`~edgelr.errors.ConversionError` instead of killing the caller.
+
+By default the output goes through :func:`strip_names`: the names of internal tensors (the converter
+writes one long name per intermediate tensor, e.g. ``model/conv2d/BiasAdd;model/conv2d/Conv2D;...``),
+subgraph names and the model description are dropped; input/output tensor names and the signature defs
+are kept, so ``get_input_details()`` and ``get_signature_runner()`` work as before.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class ConversionResult:
     seconds : float
         Wall time of the conversion, s.
     notes : list of str
-        Fallbacks taken (e.g. int8 with float kernels for ops that have no int8 kernel).
+        Fallbacks taken (e.g. int8 with float kernels for ops that have no int8 kernel) and the bytes saved
+        by :func:`strip_names`.
     """
 
     content: bytes
@@ -218,9 +224,64 @@ def _run_converter(make: Any, quantization: str, io_dtype: str, representative: 
     raise ConversionError(f"TFLite conversion ({quantization}) failed: {str(last).splitlines()[0][:300]}")
 
 
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
+def strip_names(content: bytes) -> bytes:
+    """``content`` without the strings the runtime does not need.
+
+    Clears the model description, every subgraph's name and the names of all tensors except each
+    subgraph's input and output tensors (what ``get_input_details()[i]["name"]`` shows). Unlike
+    ``tensorflow.lite.tools.flatbuffer_utils.strip_strings`` the signature defs are kept (they refer to
+    tensors by index), so ``Interpreter.get_signature_runner()`` keeps working. Operator codes, custom op
+    names, metadata and buffers are untouched; the model computes exactly the same outputs.
+
+    Parameters
+    ----------
+    content : bytes
+        A ``.tflite`` flatbuffer.
+
+    Returns
+    -------
+    bytes
+        The re-serialized flatbuffer, usually a few % smaller (more for models with many small tensors).
+
+    Raises
+    ------
+    ConversionError
+        ``content`` is not a ``.tflite`` flatbuffer.
+    """
+    data = bytes(content) if isinstance(content, (bytes, bytearray, memoryview)) else None
+    if data is None:
+        raise ConversionError(f"strip_names: got {type(content).__name__}; expected the bytes of a .tflite model")
+    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
+        raise ConversionError(f"strip_names: got {len(data)} bytes starting {data[:8]!r}, not a .tflite flatbuffer "
+                              f"(expected the file identifier {_TFLITE_IDENTIFIER!r} at bytes 4-8)")
+    from edgelr.tfcompat import tf
+
+    tf()  # sets TF_USE_LEGACY_KERAS and silences the import chatter before the tensorflow package loads
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer raises struct/Index/Type errors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ConversionError(f"strip_names: cannot parse the .tflite flatbuffer ({type(exc).__name__}: "
+                              f"{first})") from None
+    model.description = None
+    for subgraph in model.subgraphs or []:
+        subgraph.name = None
+        keep = {int(i) for i in list(subgraph.inputs if subgraph.inputs is not None else [])
+                + list(subgraph.outputs if subgraph.outputs is not None else [])}
+        for index, tensor in enumerate(subgraph.tensors or []):
+            if index not in keep:
+                tensor.name = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def convert(model: Any, quantization: str = "int8", *, io_dtype: str = "float32",
             representative: np.ndarray | None = None, batch_size: int | None = None,
-            isolate: bool | None = None, timeout: float = 900.0) -> ConversionResult:
+            isolate: bool | None = None, timeout: float = 900.0, strip: bool = True) -> ConversionResult:
     """Convert a tf_keras model to a ``.tflite`` flatbuffer.
 
     Parameters
@@ -239,6 +300,20 @@ def convert(model: Any, quantization: str = "int8", *, io_dtype: str = "float32"
         Run the converter in a child process; default: only for int8 of recurrent models.
     timeout : float
         Child process timeout, s.
+    strip : bool
+        Drop internal tensor names, subgraph names and the description (:func:`strip_names`); False keeps
+        them (e.g. to read the graph in Netron).
+
+    Returns
+    -------
+    ConversionResult
+
+    Raises
+    ------
+    UsageError
+        Unknown ``quantization`` or ``io_dtype``.
+    ConversionError
+        The converter failed, crashed or timed out.
     """
     q = check_quantization(quantization, io_dtype)
     io = io_dtype if q == "int8" else "float32"
@@ -263,6 +338,10 @@ def convert(model: Any, quantization: str = "int8", *, io_dtype: str = "float32"
         conc = _concrete(model, batch_size)
         content, notes = _run_converter(lambda: tfm.lite.TFLiteConverter.from_concrete_functions([conc], model),
                                         q, io, representative, batch_size)
+    if strip:
+        before = len(content)
+        content = strip_names(content)
+        notes.append(f"tensor names stripped ({before - len(content):,} bytes saved)")
     return ConversionResult(content=content, quantization=q, io_dtype=io, batch_size=batch_size,
                             isolated=bool(isolate), seconds=time.perf_counter() - t0, notes=pre_notes + notes)
 

@@ -11,6 +11,9 @@ renamed into place at the end, so a failed run never leaves half a directory):
 - ``summary.md``       a short human summary
 - ``search.csv`` / ``search.png``  candidates of the accuracy-aware rank search (``max_accuracy_drop``)
 
+Both ``.tflite`` files go through :func:`edgelr.compress.convert.convert` with the same settings, so they
+are stripped of internal tensor names alike (``strip_names=False`` / ``--keep-names`` keeps them).
+
 Scores are top-1 accuracy in % for classifiers (drops in points), else mean squared error.
 """
 
@@ -49,6 +52,10 @@ class CompressOptions:
         original (test split); enables the rank search. None = factorize per the rank policy.
     method, rank_policy : str or None
         [--method, --rank-policy] Factorization method and rank policy; default from the target profile.
+    layer_policies : dict of str -> str, or None
+        [--layer-policy PATTERN=POLICY] Per-layer rank policies: fnmatch pattern on the layer name -> policy
+        spec; the first matching pattern wins, other layers follow ``rank_policy`` (see
+        :func:`edgelr.rewrite.plan_factorization`).
     epochs : int
         [--epochs] Distillation fine-tuning epochs (0 = none).
     qat : bool
@@ -64,6 +71,9 @@ class CompressOptions:
         Representative samples for int8 calibration (drawn from the training split).
     include, skip : list of str or None
         Layer names to factorize only / never.
+    strip_names : bool
+        [--keep-names sets False] Strip internal tensor names from both ``.tflite`` files (smaller files,
+        same outputs; input/output names and signatures are kept).
     min_reduction : float
         A layer is factorized only if it saves at least this share of its MACs (or params).
     search_subset : int
@@ -82,6 +92,7 @@ class CompressOptions:
     max_accuracy_drop: float | None = None
     method: str | None = None
     rank_policy: str | None = None
+    layer_policies: dict[str, str] | None = None
     epochs: int = 3
     qat: bool = True
     qat_epochs: int = 1
@@ -94,6 +105,7 @@ class CompressOptions:
     calibration_samples: int = 256
     include: list[str] | None = None
     skip: list[str] | None = None
+    strip_names: bool = True
     min_reduction: float = 0.1
     search_subset: int = 1000
     max_trials: int = 3
@@ -208,7 +220,8 @@ def _factorize(model: Any, target: Any, opts: CompressOptions, rank_policy: str 
     return factorize_model(model, method=opts.method or target.method,
                            rank_policy=rank_policy or opts.rank_policy or target.rank_policy,
                            target=target, include=opts.include, skip=opts.skip,
-                           min_reduction=opts.min_reduction, progress=opts.progress)
+                           min_reduction=opts.min_reduction, progress=opts.progress,
+                           layer_policies=opts.layer_policies)
 
 
 def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -273,7 +286,8 @@ class Runner:
         qat = QatResult(None, [], "QAT is off (--no-qat)" if not o.qat else
                         f"QAT applies to int8 only (quantization is {self.quantization})")
         _log(o, f"[{label}] converting to TFLite ({self.quantization})")
-        conv = convert(model, self.quantization, io_dtype=self.io_dtype, representative=self.rep)
+        conv = convert(model, self.quantization, io_dtype=self.io_dtype, representative=self.rep,
+                       strip=o.strip_names)
         int8_path = {"used": "post-training" if self.quantization == "int8" else "none"}
         if o.qat and self.quantization == "int8":
             qat = quantize_aware(model)
@@ -283,7 +297,8 @@ class Runner:
                 calibrate_ranges(qat.model, self.rep, batch_size=min(o.batch_size, len(self.rep)))
                 qat_ft = distill(qat.model, self.teacher, self.x_fit, self.y_fit, d.x_val, d.y_val, t,
                                  self.distill_config(o.qat_epochs, 0.2), progress=o.progress, desc=f"QAT {label}")
-                qat_conv = convert(qat.model, self.quantization, io_dtype=self.io_dtype, representative=self.rep)
+                qat_conv = convert(qat.model, self.quantization, io_dtype=self.io_dtype, representative=self.rep,
+                                   strip=o.strip_names)
                 # keep whichever int8 model scores better on the validation split (a short QAT run on little
                 # data can end up worse than post-training quantization)
                 ptq_val = score(run_tflite(conv.content, d.x_val), d.y_val, t)
@@ -354,6 +369,13 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
             parse_rank_policy(opts.rank_policy)
         except EdgelrError as exc:
             raise UsageError(f"--rank-policy: {exc}") from None
+    if opts.layer_policies is not None:
+        from edgelr.rewrite.model import check_layer_policies
+
+        try:
+            opts.layer_policies = check_layer_policies(opts.layer_policies)
+        except EdgelrError as exc:
+            raise UsageError(f"--layer-policy: {exc}") from None
     if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
         from edgelr.errors import ModelLoadError
 
@@ -376,7 +398,8 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         attempt, search_info = search_and_run(runner, tgt)
         budget_met = bool(search_info["budget_met"])
     _log(opts, f"converting the original model ({quantization}) for baseline.tflite")
-    base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.rep)
+    base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.rep,
+                        strip=opts.strip_names)
     base_val = validate_tflite(base_conv.content, d.x_test, d.y_test, reference=runner.original_test_out,
                                classifier=task.classifier, progress=opts.progress)
     result = _assemble(name, original, d, task, tgt, quantization, opts, runner, attempt, base_conv, base_val,
@@ -406,7 +429,7 @@ def _layers_table(original: Any, attempt: Attempt) -> Any:
         if path in known or not layer.weights or hasattr(layer, "layers"):
             continue
         p, m = layer_cost(layer)
-        extra.append({"layer": path, "kind": type(layer).__name__, "method": "", "ranks": None,
+        extra.append({"layer": path, "kind": type(layer).__name__, "method": "", "policy": "", "ranks": None,
                       "params_before": p, "params_after": p, "macs_before": m, "macs_after": m, "rel_error": 0.0,
                       "skipped": True, "reason": f"no low-rank method applies to {type(layer).__name__}; kept"})
     if extra:

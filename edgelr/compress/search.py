@@ -9,7 +9,8 @@ After AIMET's greedy compression-ratio selection, made cheap:
 3. **Greedy configurations**: for a per-layer tolerance ``t``, every layer takes its smallest share whose
    drop is ``<= t``; sweeping ``t`` over the measured drops gives a family of configurations from mild to
    aggressive. Uniform configurations (every layer at the same share) and the rank policy's own choice are
-   added. Each is built once and scored on the subset (the candidates table / accuracy-vs-MACs plot).
+   added (per-layer ``layer_policies`` overrides only shape that last one: the sweep sets every layer's
+   ranks itself). Each is built once and scored on the subset (the candidates table / accuracy-vs-MACs plot).
 4. **One fine-tune** of the chosen configuration: the most compressed candidate whose un-fine-tuned drop is
    within the recoverable slack ``max(4 X, X + 3)`` points (distillation recovers most of it), then QAT,
    int8 conversion and validation on the test split against the float original.
@@ -93,7 +94,8 @@ def search_and_run(runner: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     _log(o, f"rank search: budget {budget:g} points; decomposing every layer once")
     plan = plan_factorization(model, method=o.method or target.method,
                               rank_policy=o.rank_policy or target.rank_policy, target=target,
-                              include=o.include, skip=o.skip, min_reduction=None, progress=o.progress)
+                              include=o.include, skip=o.skip, min_reduction=None, progress=o.progress,
+                              layer_policies=o.layer_policies)
     paths = plan.candidates()
     xs, ys = d.x_val[:o.search_subset], d.y_val[:o.search_subset]
     base_score = score(predict(model, xs), ys, task)
@@ -152,7 +154,8 @@ def search_and_run(runner: Any, target: Any) -> tuple[Any, dict[str, Any]]:
         key = tuple(cfg[p] for p in paths)
         if key not in keys:
             keys.add(key)
-            configs.append((f"policy {plan.rank_policy}", cfg))
+            overrides = "".join(f", {k}={v}" for k, v in plan.layer_policies.items())
+            configs.append((f"policy {plan.rank_policy}{overrides}", cfg))
     candidates: list[dict[str, Any]] = []
     for label, cfg in tqdm(configs, desc="candidates", unit="config", file=sys.stderr, disable=not o.progress,
                            leave=False):

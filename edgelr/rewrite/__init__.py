@@ -20,6 +20,7 @@ from edgelr.rewrite.model import (
     FactorizationPlan,
     LayerPlan,
     build_factorized,
+    check_layer_policies,
     layer_kind,
     plan_factorization,
     rebuild_with,
@@ -34,6 +35,7 @@ __all__ = [
     "LayerPlan",
     "applicable_methods",
     "build_factorized",
+    "check_layer_policies",
     "factorize_model",
     "get_rewriter",
     "layer_cost",
@@ -57,6 +59,7 @@ def factorize_model(
     progress: bool = True,
     rank_floor: int | None = None,
     recurrent_unroll: bool | None = None,
+    layer_policies: Any = None,
 ) -> tuple[Any, Any]:
     """Replace a model's Dense/Conv/Separable/Embedding/LSTM/GRU layers by low-rank stock-layer chains.
 
@@ -81,22 +84,26 @@ def factorize_model(
         Lowest rank ``vbmf`` may choose (default 8).
     recurrent_unroll : bool, optional
         Set ``unroll`` on rewritten LSTM/GRU layers (True: what int8 TFLite of the low-rank cells needs).
+    layer_policies : mapping of str -> str, optional
+        Per-layer rank policies, fnmatch pattern on the layer name -> policy spec (e.g.
+        ``{"fc1": "params:0.2"}``); the first matching pattern wins, other layers follow ``rank_policy``.
 
     Returns
     -------
     new_model : tf_keras.Model
         Uncompiled; layers renamed ``<layer>/<part>`` where replaced.
     report : pandas.DataFrame
-        One row per factorizable layer: layer, kind, method, ranks (tuple), params_before, params_after,
-        macs_before, macs_after (per example), rel_error (relative Frobenius error of the weights),
-        skipped (bool), reason.
+        One row per factorizable layer: layer, kind, method, policy (the rank policy used for the row),
+        ranks (tuple), params_before, params_after, macs_before, macs_after (per example), rel_error
+        (relative Frobenius error of the weights), skipped (bool), reason.
 
     Raises
     ------
     FactorizeError
-        Bad method, policy, pattern or rank; an include naming a layer no method applies to.
+        Bad method, policy, pattern or rank; an include naming a layer no method applies to; a bad
+        ``layer_policies`` spec or a pattern of it that matches no factorizable layer.
     """
     plan = plan_factorization(model, method=method, rank_policy=rank_policy, target=target, include=include,
                               skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor,
-                              recurrent_unroll=recurrent_unroll)
+                              recurrent_unroll=recurrent_unroll, layer_policies=layer_policies)
     return build_factorized(model, plan)

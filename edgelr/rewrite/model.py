@@ -2,8 +2,9 @@
 
 :func:`plan_factorization` walks a tf_keras model (Sequential or Functional, nested models included),
 picks a rewriter per layer (method ``auto`` or a named one), decomposes each layer's weights ONCE and
-chooses ranks by a rank policy. :func:`build_factorized` rebuilds the model from its config with the chosen
-layers replaced by stock-layer chains; a rank search calls it many times with other ranks
+chooses ranks by a rank policy (one for the whole model, or per layer with ``layer_policies``).
+:func:`build_factorized` rebuilds the model from its config with the chosen layers replaced by stock-layer
+chains; a rank search calls it many times with other ranks
 (SVD truncation and the HOSVD start of Tucker-2 are reused; CP decompositions are cached per rank).
 :func:`factorize_model` is both in one call.
 
@@ -27,7 +28,7 @@ from edgelr.errors import FactorizeError
 from edgelr.rewrite.cost import layer_cost
 from edgelr.rewrite.registry import METHODS, Cost, Ranks, Rewrite, Rewriter, applicable_methods, get_rewriter
 
-REPORT_COLUMNS = ["layer", "kind", "method", "ranks", "params_before", "params_after", "macs_before",
+REPORT_COLUMNS = ["layer", "kind", "method", "policy", "ranks", "params_before", "params_after", "macs_before",
                   "macs_after", "rel_error", "skipped", "reason"]
 DEFAULT_RANK_FLOOR = 8
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
@@ -61,6 +62,9 @@ class LayerPlan:
         ``(params, macs)`` of the rewrite at ``ranks``.
     skipped : bool
         True when the plan leaves this layer as is; ``reason`` says why.
+    policy : str
+        The rank policy that chose ``ranks`` (the global one or a ``layer_policies`` override; '' when
+        the layer was skipped before rank selection).
     """
 
     path: str
@@ -75,6 +79,7 @@ class LayerPlan:
     cost_after: Cost | None = None
     skipped: bool = False
     reason: str = ""
+    policy: str = ""
 
     def cost(self, ranks: Ranks) -> Cost:
         """``(params, macs)`` of this layer's rewrite at ``ranks`` (no materialization)."""
@@ -88,7 +93,8 @@ class FactorizationPlan:
     """The per-layer decompositions and policy ranks of one model (see :func:`plan_factorization`).
 
     ``layers`` maps qualified layer names to :class:`LayerPlan`, in model order; ``selected`` are the ranks a
-    plain :func:`build_factorized` call uses (layers the plan skips are absent).
+    plain :func:`build_factorized` call uses (layers the plan skips are absent). ``rank_policy`` is the
+    global policy, ``layer_policies`` the per-layer overrides (pattern -> policy, first match wins).
     """
 
     model: Any
@@ -101,6 +107,7 @@ class FactorizationPlan:
     progress: bool = False
     recurrent_unroll: bool | None = None
     selected: dict[str, Ranks] = field(default_factory=dict)
+    layer_policies: dict[str, str] = field(default_factory=dict)
 
     def candidates(self) -> list[str]:
         """Qualified names of the layers that can be rewritten (have a rewriter and a decomposition)."""
@@ -171,6 +178,51 @@ def _patterns(value: Any, what: str) -> list[str]:
     return items
 
 
+def check_layer_policies(layer_policies: Any) -> dict[str, str]:
+    """Check per-layer rank policies and return them normalised (pattern -> policy spec, order kept).
+
+    Parameters
+    ----------
+    layer_policies : mapping of str -> str, or None
+        fnmatch pattern on the layer name (bare or qualified) -> rank policy spec (``vbmf``, ``energy:F``,
+        ``params:F``, ``macs:F``, ``rank:N``) or :class:`edgelr.factorize.RankPolicy`.
+
+    Returns
+    -------
+    dict of str -> str
+        Empty for None; specs in canonical form (``params:0.2``).
+
+    Raises
+    ------
+    FactorizeError
+        Not a mapping, an empty or non-string pattern, or a bad policy spec (the message names the pattern).
+    """
+    return {pattern: str(policy) for pattern, policy in _layer_policies(layer_policies)}
+
+
+def _layer_policies(value: Any) -> list[tuple[str, Any]]:
+    from edgelr.factorize import RankPolicy, parse_rank_policy
+
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise FactorizeError(f"layer_policies: got {value!r}; expected a mapping of layer-name pattern -> rank "
+                             "policy, e.g. {'fc1': 'params:0.2'}")
+    out = []
+    for pattern, spec in value.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise FactorizeError(f"layer_policies: got pattern {pattern!r}; expected a non-empty fnmatch pattern "
+                                 "such as 'fc*'")
+        if isinstance(spec, RankPolicy):
+            out.append((pattern, spec))
+            continue
+        try:
+            out.append((pattern, parse_rank_policy(spec)))
+        except FactorizeError as exc:
+            raise FactorizeError(f"layer_policies['{pattern}']: {exc}") from None
+    return out
+
+
 def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) -> str:
     """'' when the rewrite saves enough, else why not. MACs are judged only when the layer has any."""
     if min_reduction is None:
@@ -198,6 +250,7 @@ def plan_factorization(
     progress: bool = True,
     rank_floor: int | None = None,
     recurrent_unroll: bool | None = None,
+    layer_policies: Mapping[str, str] | None = None,
 ) -> FactorizationPlan:
     """Decompose every selected layer once and choose its ranks by ``rank_policy``.
 
@@ -227,10 +280,22 @@ def plan_factorization(
     recurrent_unroll : bool, optional
         Set ``unroll`` on rewritten LSTM/GRU layers (None keeps the layer's own setting). ``True`` (short,
         fixed sequence length) is what full-integer int8 TFLite conversion of the low-rank cells needs.
+    layer_policies : mapping of str -> str, optional
+        Per-layer rank policies: fnmatch pattern on the layer name (bare or qualified, as for ``include``)
+        -> policy spec, e.g. ``{"fc1": "params:0.2"}`` for a big classifier layer while the convs follow
+        ``rank_policy="macs:0.45"``. The first matching pattern (in mapping order) wins; layers no pattern
+        matches follow ``rank_policy``. Every spec is checked up front; a pattern that matches no
+        factorizable layer raises :class:`FactorizeError`.
 
     Returns
     -------
     FactorizationPlan
+
+    Raises
+    ------
+    FactorizeError
+        Bad method, policy, pattern or ``min_reduction``; a bad ``layer_policies`` spec (named by its
+        pattern) or pattern that matches no factorizable layer.
     """
     from edgelr.factorize import parse_rank_policy
 
@@ -241,6 +306,7 @@ def plan_factorization(
         raise FactorizeError(f"method: got {method!r}; expected one of {['auto', *METHODS]}")
     policy_spec = rank_policy if rank_policy is not None else (tgt.rank_policy if tgt is not None else "vbmf")
     policy = parse_rank_policy(policy_spec) if isinstance(policy_spec, str) else policy_spec
+    overrides = _layer_policies(layer_policies)
     multiple = int(tgt.rank_multiple) if tgt is not None else 1
     floor = DEFAULT_RANK_FLOOR if rank_floor is None else int(rank_floor)
     if min_reduction is not None and not 0.0 <= float(min_reduction) < 1.0:
@@ -283,16 +349,25 @@ def plan_factorization(
             lp.skipped, lp.reason = True, f"method {method} does not apply; applicable: {', '.join(methods)}"
         else:
             todo.append(lp)
+    for pattern, _ in overrides:
+        if not any(_matches(path, lp.layer.name, [pattern]) for path, lp in plans.items()):
+            raise FactorizeError(f"layer_policies pattern '{pattern}' matches no factorizable layer of model "
+                                 f"'{model.name}'; factorizable layers: {', '.join(plans) or 'none'}")
+    chosen_policy = {lp.path: next((pol for pattern, pol in overrides
+                                    if _matches(lp.path, lp.layer.name, [pattern])), policy) for lp in todo}
+    for lp in todo:
+        lp.policy = str(chosen_policy[lp.path])
 
     plan = FactorizationPlan(model, plans, method, str(policy), multiple, floor, min_reduction, progress,
-                             recurrent_unroll)
+                             recurrent_unroll, layer_policies={p: str(pol) for p, pol in overrides})
     from tqdm import tqdm
 
     for lp in tqdm(todo, desc="decompose", unit="layer", file=sys.stderr, disable=not progress, leave=False):
         assert lp.rewriter is not None
         lp.full_ranks = lp.rewriter.full_ranks(lp.layer)
         lp.decomposition = lp.rewriter.decompose(lp.layer)
-        lp.ranks = tuple(int(r) for r in lp.rewriter.select_ranks(lp.layer, lp.decomposition, policy, multiple, floor))
+        lp.ranks = tuple(int(r) for r in lp.rewriter.select_ranks(lp.layer, lp.decomposition,
+                                                                   chosen_policy[lp.path], multiple, floor))
         lp.cost_after = lp.rewriter.cost(lp.layer, lp.ranks)
         reason = _reduction_reason(lp.cost_before, lp.cost_after, min_reduction)
         if reason:
@@ -457,13 +532,14 @@ def rebuild_with(model: Any, rewrites: Mapping[str, Rewrite]) -> Any:
     return new_model
 
 
-def _report_row(lp: LayerPlan, rewrite: Rewrite | None, skipped: bool, reason: str) -> dict[str, Any]:
+def _report_row(lp: LayerPlan, rewrite: Rewrite | None, skipped: bool, reason: str, policy: str) -> dict[str, Any]:
     params0, macs0 = lp.cost_before
     if rewrite is None:
-        return dict(layer=lp.path, kind=lp.kind, method=lp.method, ranks=lp.ranks, params_before=params0,
-                    params_after=params0, macs_before=macs0, macs_after=macs0, rel_error=0.0, skipped=True,
-                    reason=reason)
-    return dict(layer=lp.path, kind=lp.kind, method=lp.method, ranks=rewrite.ranks, params_before=params0,
+        return dict(layer=lp.path, kind=lp.kind, method=lp.method, policy=policy, ranks=lp.ranks,
+                    params_before=params0, params_after=params0, macs_before=macs0, macs_after=macs0,
+                    rel_error=0.0, skipped=True, reason=reason)
+    return dict(layer=lp.path, kind=lp.kind, method=lp.method, policy=policy, ranks=rewrite.ranks,
+                params_before=params0,
                 params_after=rewrite.params, macs_before=macs0, macs_after=rewrite.macs,
                 rel_error=float(rewrite.rel_error), skipped=skipped, reason=reason)
 
@@ -491,7 +567,9 @@ def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, An
     Returns
     -------
     (tf_keras.Model, pandas.DataFrame)
-        The new model and one report row per planned layer (columns ``REPORT_COLUMNS``).
+        The new model and one report row per planned layer (columns ``REPORT_COLUMNS``); ``policy`` is the
+        rank policy that chose the row's ranks ('' when ``ranks`` gave them or the layer was skipped before
+        rank selection).
     """
     import pandas as pd
     from tqdm import tqdm
@@ -522,7 +600,7 @@ def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, An
         r = chosen.get(path)
         if r is None:
             reason = lp.reason if lp.skipped and path not in (ranks or {}) else (lp.reason or "left as is by ranks")
-            rows.append(_report_row(lp, None, True, reason))
+            rows.append(_report_row(lp, None, True, reason, "" if path in (ranks or {}) else lp.policy))
             continue
         assert lp.rewriter is not None
         rw = lp.rewriter.materialize(lp.layer, lp.decomposition, r, exact=exact)
@@ -531,7 +609,8 @@ def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, An
                 if hasattr(new.layer, "unroll") and hasattr(new.layer, "cell"):
                     new.layer.unroll = bool(plan.recurrent_unroll)
         rewrites[path] = rw
-        rows.append(_report_row(lp, rw, False, "ranks given" if path in forced else ""))
+        rows.append(_report_row(lp, rw, False, "ranks given" if path in forced else "",
+                                "" if path in forced else lp.policy))
     new_model = rebuild_with(model, rewrites)
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     return new_model, report
