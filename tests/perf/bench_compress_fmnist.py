@@ -59,10 +59,12 @@ def reference_cnn(k2: Any) -> Any:
     return k2.Model(inp, out, name="fmnist_cnn")
 
 
-def policy_for(model: Any, target_x: float, cache: dict[float, float]) -> tuple[str, float]:
+def policy_for(model: Any, target_x: float, cache: dict[float, float],
+               layer_policies: dict[str, str] | None = None) -> tuple[str, float]:
     """A ``macs:F`` policy (bisection on F) whose whole-model MAC reduction is closest to ``target_x``.
 
-    ``cache`` maps F -> achieved reduction (shared across targets).
+    ``cache`` maps F -> achieved reduction (shared across targets); ``layer_policies`` are per-layer
+    overrides applied at every F.
     """
     from edgelr.rewrite import factorize_model
     from edgelr.rewrite.cost import model_cost
@@ -72,7 +74,7 @@ def policy_for(model: Any, target_x: float, cache: dict[float, float]) -> tuple[
     def reduction(f: float) -> float:
         if f not in cache:
             fact, _ = factorize_model(model, rank_policy=f"macs:{f:.4f}", target="host", min_reduction=0.1,
-                                      progress=False)
+                                      progress=False, layer_policies=layer_policies)
             cache[f] = macs0 / model_cost(fact)[1]
         return cache[f]
 
@@ -183,6 +185,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
           f"Command: `{meta['command']}` ({meta['date_utc']}; x86-64 AVX2 host, {meta['cpu_count']} cores shared with other jobs, "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after the timing phase; target `host`: "
           "int8 full-integer with float I/O).", "",
+          f"Ranks rounded up to multiples of {meta.get('rank_multiple', 8)} (target `host` on this machine); "
+          f"per-layer policy overrides: {meta.get('layer_policies') or 'none'} (the `macs:F` bisection applies to "
+          "every other layer).", "",
           f"Latency: ai-edge-litert, XNNPACK, 1 thread, batch 1; all files timed round-robin, {rounds} rounds x "
           f"{runs} invokes after 50 warm-up invokes; median over all {rounds * runs} invokes.", "",
           f"Reference CNN: {p0:,} params, {m0:,} MACs, trained {meta['epochs']} epochs on {meta['train_samples']:,} "
@@ -229,6 +234,8 @@ def main() -> int:
     ap.add_argument("--targets", default="2,3,4", help="MAC reduction targets")
     ap.add_argument("--runs", type=int, default=300, help="timed invokes per model per round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--layer-policy", action="append", default=[], metavar="PATTERN=POLICY",
+                    help="per-layer rank policy override, as `edgelr compress --layer-policy` (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--render-only", action="store_true",
                     help="only rewrite compress_fmnist.md from the existing compress_fmnist.json (incl. its notes)")
@@ -242,10 +249,12 @@ def main() -> int:
     from edgelr.compress.pipeline import compress
     from edgelr.data import load_data
     from edgelr.rewrite.cost import model_cost
+    from edgelr.targets import get_target
     from edgelr.tfcompat import keras2
 
     k2 = keras2()
     k2.utils.set_random_seed(0)
+    layer_policies = dict(item.split("=", 1) for item in args.layer_policy) or None
     load_start = os.getloadavg()
     data = load_data("fashion-mnist").subset(train=args.train_samples)
     model = reference_cnn(k2)
@@ -260,13 +269,14 @@ def main() -> int:
     cache: dict[float, float] = {}
     last: tuple[Any, Any] | None = None
     for target_x in [float(v) for v in args.targets.split(",")]:
-        policy, planned = policy_for(model, target_x, cache)
+        policy, planned = policy_for(model, target_x, cache, layer_policies)
         print(f"target {target_x}x: policy {policy} (planned {planned:.2f}x)", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
             t1 = time.perf_counter()
             res = compress(model, data, "host", out, rank_policy=policy, epochs=args.ft_epochs,
-                           max_train=args.max_train, batch_size=128, learning_rate=1e-3)
+                           max_train=args.max_train, batch_size=128, learning_rate=1e-3,
+                           layer_policies=layer_policies)
             secs = time.perf_counter() - t1
             contents[f"{target_x:g}x int8"] = (out / "model.tflite").read_bytes()
             contents["int8 baseline"] = (out / "baseline.tflite").read_bytes()
@@ -317,7 +327,8 @@ def main() -> int:
             g["accuracy_ok"] = row["drop_int8_vs_float"] <= 1.0
         goals.append(g)
     p0, m0 = model_cost(model)
-    meta = {"epochs": args.epochs, "train_samples": args.train_samples, "ft_epochs": args.ft_epochs,
+    meta = {"layer_policies": layer_policies or {}, "rank_multiple": get_target("host").rank_multiple,
+            "epochs": args.epochs, "train_samples": args.train_samples, "ft_epochs": args.ft_epochs,
             "max_train": args.max_train, "train_seconds": train_s, "params": p0, "macs": m0,
             "float32_bytes": f32.size_bytes, "latency": lat, "runs": args.runs, "rounds": args.rounds,
             "loadavg_start": load_start, "loadavg_before_timing": load_before, "loadavg_after_timing": load_after,
@@ -325,7 +336,8 @@ def main() -> int:
             "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     meta["command"] = (f".venv/bin/python tests/perf/bench_compress_fmnist.py --epochs {args.epochs} --train-samples "
                        f"{args.train_samples} --ft-epochs {args.ft_epochs} --max-train {args.max_train} --targets "
-                       f"{args.targets} --runs {args.runs} --rounds {args.rounds}")
+                       f"{args.targets} --runs {args.runs} --rounds {args.rounds}"
+                       + "".join(f" --layer-policy {item}" for item in args.layer_policy))
     doc = {"meta": meta, "rows": rows, "goals": goals, "per_layer_profile": profile}
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
