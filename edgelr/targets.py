@@ -43,6 +43,7 @@ class Target:
     memory_budget_mb: int
     method: str = "auto"
     rank_policy: str = "vbmf"
+    output_cost: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,6 +90,10 @@ def _validate(name: str, raw: dict[str, Any], source: str) -> Target:
         if not isinstance(raw[field], int) or raw[field] < 0 or (not zero_ok and raw[field] == 0):
             raise TargetError(f"target '{name}': {field}={raw[field]!r}; expected a positive integer"
                               + (" (or 0 = this machine's)" if zero_ok else ""))
+    cost = raw.get("output_cost", 0.0)
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
+        raise TargetError(f"target '{name}': output_cost={cost!r}; expected a number >= 0 (MAC-equivalents per "
+                          "output element; 0 = the default for the quantization)")
     mask = raw["affinity_mask"]
     if mask:
         try:

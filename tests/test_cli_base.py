@@ -62,6 +62,8 @@ def test_user_targets_file_overrides_and_adds(tmp_path: Path) -> None:
     ('[targets.rpi4]\nquantization = "int4"\n', "quantization='int4'"),
     ('[targets.rpi4\n', "not valid TOML"),
     ('[targets.rpi4]\nbogus = 1\n', "unknown field"),
+    ('[targets.rpi4]\noutput_cost = -1\n', "output_cost=-1"),
+    ('[targets.rpi4]\noutput_cost = "high"\n', "output_cost='high'"),
 ])
 def test_bad_user_targets_file_is_one_clear_line(tmp_path: Path, content: str, needle: str) -> None:
     f = tmp_path / "t.toml"

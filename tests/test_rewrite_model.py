@@ -394,3 +394,58 @@ def test_layer_policies_errors(keras: Any) -> None:
         factorize_model(model, layer_policies=["fc1=rank:2"], progress=False)
     assert check_layer_policies({"fc1": " Params:0.20 ", "fc2": "vbmf"}) == {"fc1": "params:0.2", "fc2": "vbmf"}
     assert check_layer_policies(None) == {}
+
+
+def _expand_reduce(keras: Any) -> Any:
+    inp = keras.Input((64,))
+    h = keras.layers.Dense(256, activation="relu", name="expand")(inp)
+    out = keras.layers.Dense(64, name="reduce")(h)
+    return keras.Model(inp, out)
+
+
+def test_est_speedup_counts_written_elements(keras: Any) -> None:
+    """est_speedup = (MACs + c * outputs) before / after, with c = 16 for an int8 target; hand-computed."""
+    from edgelr.rewrite import factorize_model
+    from edgelr.rewrite.cost import OUTPUT_COST, latency_estimate
+
+    model = _expand_reduce(keras)
+    _, report = factorize_model(model, rank_policy="rank:16", target="rpi4", progress=False)
+    rows = report.set_index("layer")
+    c = OUTPUT_COST["int8"]
+    assert c == 16.0
+    # expand 64 -> 16 -> 256: MACs 16384 -> 5120, elements written 256 -> 16 + 256
+    assert rows.loc["expand", "est_speedup"] == pytest.approx(
+        latency_estimate(64 * 256, 256, c) / latency_estimate(64 * 16 + 16 * 256, 16 + 256, c))
+    assert rows.loc["expand", "est_speedup"] == pytest.approx(20480 / 9472)
+    # reduce 256 -> 16 -> 64: same MACs, fewer elements written -> closer to its MAC reduction
+    assert rows.loc["reduce", "est_speedup"] == pytest.approx((16384 + 16 * 64) / (5120 + 16 * 80))
+    # a float target charges 2 MAC-equivalents per element; a target's own output_cost wins
+    import dataclasses
+
+    from edgelr.targets import get_target
+
+    for target, cost in ((dataclasses.replace(get_target("rpi4"), quantization="none"), 2.0),
+                         (dataclasses.replace(get_target("rpi4"), output_cost=4.0), 4.0)):
+        _, rep = factorize_model(model, rank_policy="rank:16", target=target, progress=False)
+        assert rep.set_index("layer").loc["expand", "est_speedup"] == pytest.approx(
+            (16384 + cost * 256) / (5120 + cost * 272))
+
+
+def test_min_efficiency_leaves_output_bound_layers(keras: Any) -> None:
+    """The expanding Dense (est. x2.16 for x3.2 fewer MACs) is left as is at min_efficiency 0.8, the
+    reducing one (x2.72) is factorized; the reason names both figures."""
+    from edgelr.errors import FactorizeError
+    from edgelr.rewrite import factorize_model
+
+    model = _expand_reduce(keras)
+    new, report = factorize_model(model, rank_policy="rank:16", target="rpi4", progress=False, min_efficiency=0.8)
+    rows = report.set_index("layer")
+    assert bool(rows.loc["expand", "skipped"]) and not bool(rows.loc["reduce", "skipped"])
+    assert "estimated speed-up x2.16" in rows.loc["expand", "reason"]
+    assert "MAC reduction x3.20" in rows.loc["expand", "reason"]
+    assert [layer.name for layer in new.layers[1:]] == ["expand", "reduce/svd_in", "reduce/svd_out"]
+    _, report_off = factorize_model(model, rank_policy="rank:16", target="rpi4", progress=False)
+    assert not report_off["skipped"].any()
+    for bad in (0, 1.5, "high", True):
+        with pytest.raises(FactorizeError, match="min_efficiency"):
+            factorize_model(model, rank_policy="rank:16", progress=False, min_efficiency=bad)

@@ -25,6 +25,9 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--layer-policy", "layer_policy", multiple=True, metavar="PATTERN=POLICY",
               help="Rank policy for the layers matching PATTERN, e.g. 'dense=params:0.2' (repeatable; the first "
                    "matching pattern wins, other layers follow --rank-policy).")
+@click.option("--min-efficiency", type=float, default=None,
+              help="Leave a layer as is when its estimated speed-up is below this share of its MAC reduction "
+                   "(output-bound layers; e.g. 0.8). Default: off.")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")
 @click.option("--qat/--no-qat", default=True, show_default=True, help="Quantization-aware training before int8.")
 @click.option("--quantize", type=click.Choice(QUANT_CHOICES), default=None,
@@ -43,7 +46,8 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: str, max_accuracy_drop: float | None,
-             method: str | None, rank_policy: str | None, layer_policy: tuple[str, ...], epochs: int, qat: bool,
+             method: str | None, rank_policy: str | None, layer_policy: tuple[str, ...],
+             min_efficiency: float | None, epochs: int, qat: bool,
              quantize: str | None, batch_size: int, learning_rate: float, max_train: int | None,
              include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
              targets_file: str | None, force: bool, as_json: bool) -> None:
@@ -68,7 +72,8 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
     policies = parse_layer_policies(layer_policy)
 
     result = run(model, data, target, out_dir, force=force, max_accuracy_drop=max_accuracy_drop, method=method,
-                 rank_policy=rank_policy, layer_policies=policies, epochs=epochs, qat=qat, quantize=quantize,
+                 rank_policy=rank_policy, layer_policies=policies, min_efficiency=min_efficiency, epochs=epochs,
+                 qat=qat, quantize=quantize,
                  batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
                  skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,
                  progress=True)

@@ -76,6 +76,9 @@ class CompressOptions:
         same outputs; input/output names and signatures are kept).
     min_reduction : float
         A layer is factorized only if it saves at least this share of its MACs (or params).
+    min_efficiency : float or None
+        [--min-efficiency] Latency-aware skip: a layer is left as is when its estimated speed-up is below
+        this share of its MAC reduction (see :func:`edgelr.rewrite.plan_factorization`). None: off.
     search_subset : int
         Validation samples used to score rank-search candidates.
     max_trials : int
@@ -107,6 +110,7 @@ class CompressOptions:
     skip: list[str] | None = None
     strip_names: bool = True
     min_reduction: float = 0.1
+    min_efficiency: float | None = None
     search_subset: int = 1000
     max_trials: int = 3
     history: str | None = None
@@ -221,7 +225,7 @@ def _factorize(model: Any, target: Any, opts: CompressOptions, rank_policy: str 
                            rank_policy=rank_policy or opts.rank_policy or target.rank_policy,
                            target=target, include=opts.include, skip=opts.skip,
                            min_reduction=opts.min_reduction, progress=opts.progress,
-                           layer_policies=opts.layer_policies)
+                           layer_policies=opts.layer_policies, min_efficiency=opts.min_efficiency)
 
 
 def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -60,6 +60,7 @@ def factorize_model(
     rank_floor: int | None = None,
     recurrent_unroll: bool | None = None,
     layer_policies: Any = None,
+    min_efficiency: float | None = None,
 ) -> tuple[Any, Any]:
     """Replace a model's Dense/Conv/Separable/Embedding/LSTM/GRU layers by low-rank stock-layer chains.
 
@@ -87,6 +88,9 @@ def factorize_model(
     layer_policies : mapping of str -> str, optional
         Per-layer rank policies, fnmatch pattern on the layer name -> policy spec (e.g.
         ``{"fc1": "params:0.2"}``); the first matching pattern wins, other layers follow ``rank_policy``.
+    min_efficiency : float, optional
+        Leave a layer as is when its estimated speed-up is below this share of its MAC reduction
+        (output-bound layers; see :func:`plan_factorization`). Default None: off.
 
     Returns
     -------
@@ -94,8 +98,10 @@ def factorize_model(
         Uncompiled; layers renamed ``<layer>/<part>`` where replaced.
     report : pandas.DataFrame
         One row per factorizable layer: layer, kind, method, policy (the rank policy used for the row),
-        ranks (tuple), params_before, params_after, macs_before, macs_after (per example), rel_error
-        (relative Frobenius error of the weights), skipped (bool), reason.
+        ranks (tuple), params_before, params_after, macs_before, macs_after (per example), est_speedup
+        (estimated latency speed-up of the rewrite, :func:`edgelr.rewrite.cost.latency_estimate` with the
+        target's output cost; 1.0 when skipped, NaN for recurrent layers), rel_error (relative Frobenius
+        error of the weights), skipped (bool), reason.
 
     Raises
     ------
@@ -105,5 +111,6 @@ def factorize_model(
     """
     plan = plan_factorization(model, method=method, rank_policy=rank_policy, target=target, include=include,
                               skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor,
-                              recurrent_unroll=recurrent_unroll, layer_policies=layer_policies)
+                              recurrent_unroll=recurrent_unroll, layer_policies=layer_policies,
+                              min_efficiency=min_efficiency)
     return build_factorized(model, plan)

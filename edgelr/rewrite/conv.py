@@ -109,6 +109,10 @@ class ConvSVD(Rewriter):
         params = k * g.c_in * r + r * g.c_out + (g.c_out if layer.use_bias else 0)
         return params, g.out_spatial * (k * g.c_in * r + r * g.c_out)
 
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        g = _geometry(layer)
+        return g.out_spatial * (g.c_out + (0 if ranks is None else int(ranks[0])))
+
     def decompose(self, layer: Any) -> MatrixSVD:
         return MatrixSVD.of(self._matrix(layer))
 
@@ -173,6 +177,14 @@ class ConvTucker2(Rewriter):
             params += r_out * g.c_out
             macs += g.out_spatial * r_out * g.c_out
         return params, macs
+
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        g = _geometry(layer)
+        if ranks is None:
+            return g.out_spatial * g.c_out
+        fold_in, fold_out = _tucker_folds(g.c_in, g.c_out, ranks)
+        return ((0 if fold_in else g.in_spatial * int(ranks[0])) + (0 if fold_out else g.out_spatial * int(ranks[1]))
+                + g.out_spatial * g.c_out)
 
     def decompose(self, layer: Any) -> TuckerState:
         from edgelr.factorize.spectrum import unfolding_spectra
@@ -327,6 +339,14 @@ class ConvCP(Rewriter):
                 + g.out_spatial * r * g.c_out)
         return params, macs
 
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        g = _geometry(layer)
+        if ranks is None:
+            return g.out_spatial * g.c_out
+        (r,) = ranks
+        lay = _cp_layout(layer)
+        return r * (g.in_spatial + lay.vertical_out + lay.horizontal_out) + g.out_spatial * g.c_out
+
     def decompose(self, layer: Any) -> KernelState:
         return KernelState(_kernel4(layer))
 
@@ -398,6 +418,10 @@ class ConvSpatialSVD(Rewriter):
         kh, kw = g.kernel_size
         params = kh * g.c_in * r + kw * r * g.c_out + (g.c_out if layer.use_bias else 0)
         return params, g.after_vertical * kh * g.c_in * r + g.out_spatial * kw * r * g.c_out
+
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        g = _geometry(layer)
+        return g.out_spatial * g.c_out + (0 if ranks is None else g.after_vertical * int(ranks[0]))
 
     def decompose(self, layer: Any) -> MatrixSVD:
         from edgelr.factorize.svd import spatial_matrix

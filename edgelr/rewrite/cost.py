@@ -16,6 +16,12 @@ not, as ``layer.count_params()``), ``macs`` the multiply-accumulates of ONE exam
 - Nested models: the sum over their layers.
 
 Bias additions are not counted.
+
+MACs alone overstate what a factorization saves when its chain writes many activation elements:
+XNNPACK's int8 kernels requantize and store every output element, which costs as much as ~16 MACs on
+an AVX2 host (fitted on ResNet-50's layers, ``tests/perf/profile_resnet50_layers.py``). :func:`latency_estimate`
+adds ``output_cost`` MAC-equivalents per written element; ``OUTPUT_COST`` holds the defaults by
+quantization, which a target profile overrides with its ``output_cost`` field.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from typing import Any
 from edgelr.errors import FactorizeError
 
 Shape = tuple[int | None, ...]
+
+#: MAC-equivalents per activation element written, by quantization (see the module docstring). Fitted on
+#: an x86-64 AVX2 host with XNNPACK, 1 thread: int8 13-28 (16 chosen), float32 ~2. Re-fit on the device.
+OUTPUT_COST = {"int8": 16.0, "dynamic": 2.0, "float16": 2.0, "none": 2.0}
 
 
 def _first_shape(shape: Any) -> Shape:
@@ -149,3 +159,27 @@ def layer_cost(layer: Any) -> tuple[int, int]:
 def model_cost(model: Any) -> tuple[int, int]:
     """``(params, macs)`` of a whole built model: ``count_params()`` and the sum of its layers' MACs."""
     return int(model.count_params()), int(sum(layer_macs(layer) for layer in model.layers))
+
+
+def latency_estimate(macs: int, outputs: int, output_cost: float) -> float:
+    """Relative latency of a layer or chain in MAC-equivalents: ``macs + output_cost * outputs``.
+
+    Parameters
+    ----------
+    macs : int
+        Multiply-accumulates per example.
+    outputs : int
+        Activation elements written per example (every node of a chain counts its own output).
+    output_cost : float
+        MAC-equivalents per written element (``OUTPUT_COST`` or a target's ``output_cost``).
+    """
+    return float(macs) + float(output_cost) * float(outputs)
+
+
+def output_cost_for(target: Any) -> float:
+    """The target's ``output_cost`` if set (> 0), else ``OUTPUT_COST`` for its quantization; int8 without
+    a target."""
+    if target is None:
+        return OUTPUT_COST["int8"]
+    own = float(getattr(target, "output_cost", 0.0) or 0.0)
+    return own if own > 0 else OUTPUT_COST.get(str(getattr(target, "quantization", "int8")), OUTPUT_COST["int8"])

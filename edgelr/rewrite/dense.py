@@ -51,6 +51,10 @@ class DenseSVD(Rewriter):
         params = m * r + r * n + (n if inner.use_bias else 0)
         return params, _rows(layer) * (m * r + r * n)
 
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        n = int(_inner(layer).kernel.shape[1])
+        return _rows(layer) * (n if ranks is None else int(ranks[0]) + n)
+
     def decompose(self, layer: Any) -> MatrixSVD:
         return MatrixSVD.of(self._kernel(layer))
 

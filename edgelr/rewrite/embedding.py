@@ -33,6 +33,11 @@ class EmbeddingSVD(Rewriter):
         dim = int(layer.output_dim)
         return int(layer.input_dim) * r + r * dim, tokens * r * dim
 
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        in_shape, _ = io_shapes(layer)
+        tokens = int(np.prod([1 if d is None else d for d in in_shape[1:]]))
+        return tokens * (int(layer.output_dim) + (0 if ranks is None else int(ranks[0])))
+
     def decompose(self, layer: Any) -> MatrixSVD:
         return MatrixSVD.of(np.asarray(layer.embeddings.numpy(), dtype=np.float32))
 

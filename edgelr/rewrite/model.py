@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from edgelr.errors import FactorizeError
-from edgelr.rewrite.cost import layer_cost
+from edgelr.rewrite.cost import latency_estimate, layer_cost, output_cost_for
 from edgelr.rewrite.registry import METHODS, Cost, Ranks, Rewrite, Rewriter, applicable_methods, get_rewriter
 
 REPORT_COLUMNS = ["layer", "kind", "method", "policy", "ranks", "params_before", "params_after", "macs_before",
-                  "macs_after", "rel_error", "skipped", "reason"]
+                  "macs_after", "est_speedup", "rel_error", "skipped", "reason"]
 DEFAULT_RANK_FLOOR = 8
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 _FALLBACK = {"svd-recurrent": ("svd-recurrent", "svd")}
@@ -65,6 +65,9 @@ class LayerPlan:
     policy : str
         The rank policy that chose ``ranks`` (the global one or a ``layer_policies`` override; '' when
         the layer was skipped before rank selection).
+    est_speedup : float or None
+        Estimated latency of the layer over that of its rewrite at ``ranks``
+        (:func:`edgelr.rewrite.cost.latency_estimate`); None without an estimate (recurrent layers).
     """
 
     path: str
@@ -80,6 +83,7 @@ class LayerPlan:
     skipped: bool = False
     reason: str = ""
     policy: str = ""
+    est_speedup: float | None = None
 
     def cost(self, ranks: Ranks) -> Cost:
         """``(params, macs)`` of this layer's rewrite at ``ranks`` (no materialization)."""
@@ -108,6 +112,20 @@ class FactorizationPlan:
     recurrent_unroll: bool | None = None
     selected: dict[str, Ranks] = field(default_factory=dict)
     layer_policies: dict[str, str] = field(default_factory=dict)
+    output_cost: float = 16.0
+    min_efficiency: float | None = None
+
+    def est_speedup(self, path: str, ranks: Ranks) -> float | None:
+        """Estimated latency speed-up of layer ``path`` rewritten at ``ranks`` (None: no estimate)."""
+        lp = self.layers[path]
+        if lp.rewriter is None:
+            return None
+        before, after = lp.rewriter.outputs(lp.layer, None), lp.rewriter.outputs(lp.layer, ranks)
+        if before is None or after is None:
+            return None
+        cost = lp.rewriter.cost(lp.layer, ranks)
+        return (latency_estimate(lp.cost_before[1], before, self.output_cost)
+                / max(latency_estimate(cost[1], after, self.output_cost), 1.0))
 
     def candidates(self) -> list[str]:
         """Qualified names of the layers that can be rewritten (have a rewriter and a decomposition)."""
@@ -251,6 +269,7 @@ def plan_factorization(
     rank_floor: int | None = None,
     recurrent_unroll: bool | None = None,
     layer_policies: Mapping[str, str] | None = None,
+    min_efficiency: float | None = None,
 ) -> FactorizationPlan:
     """Decompose every selected layer once and choose its ranks by ``rank_policy``.
 
@@ -286,6 +305,13 @@ def plan_factorization(
         ``rank_policy="macs:0.45"``. The first matching pattern (in mapping order) wins; layers no pattern
         matches follow ``rank_policy``. Every spec is checked up front; a pattern that matches no
         factorizable layer raises :class:`FactorizeError`.
+    min_efficiency : float, optional
+        Latency-aware skip: leave a layer as is when its estimated speed-up (MACs plus the target's
+        ``output_cost`` per activation element written, :func:`edgelr.rewrite.cost.latency_estimate`) is
+        below ``min_efficiency`` times its MAC reduction. Such layers are output-bound (e.g. a 1x1 conv
+        that expands 64 -> 256 channels through rank 16: its MACs fall 3.2x, its int8 time ~2x), so their
+        factorization costs accuracy for little speed. None (default): off. Layers without an estimate
+        (recurrent) are never skipped for this reason.
 
     Returns
     -------
@@ -311,6 +337,9 @@ def plan_factorization(
     floor = DEFAULT_RANK_FLOOR if rank_floor is None else int(rank_floor)
     if min_reduction is not None and not 0.0 <= float(min_reduction) < 1.0:
         raise FactorizeError(f"min_reduction: got {min_reduction!r}; expected a share in [0, 1) or None")
+    if min_efficiency is not None and (isinstance(min_efficiency, bool) or not isinstance(min_efficiency, (int, float))
+                                       or not 0.0 < float(min_efficiency) <= 1.0):
+        raise FactorizeError(f"min_efficiency: got {min_efficiency!r}; expected a share in (0, 1] (e.g. 0.8) or None")
     includes, skips = _patterns(include, "include"), _patterns(skip, "skip")
 
     all_layers = list(walk_layers(model))
@@ -359,7 +388,8 @@ def plan_factorization(
         lp.policy = str(chosen_policy[lp.path])
 
     plan = FactorizationPlan(model, plans, method, str(policy), multiple, floor, min_reduction, progress,
-                             recurrent_unroll, layer_policies={p: str(pol) for p, pol in overrides})
+                             recurrent_unroll, layer_policies={p: str(pol) for p, pol in overrides},
+                             output_cost=output_cost_for(tgt), min_efficiency=min_efficiency)
     from tqdm import tqdm
 
     for lp in tqdm(todo, desc="decompose", unit="layer", file=sys.stderr, disable=not progress, leave=False):
@@ -369,7 +399,14 @@ def plan_factorization(
         lp.ranks = tuple(int(r) for r in lp.rewriter.select_ranks(lp.layer, lp.decomposition,
                                                                    chosen_policy[lp.path], multiple, floor))
         lp.cost_after = lp.rewriter.cost(lp.layer, lp.ranks)
+        lp.est_speedup = plan.est_speedup(lp.path, lp.ranks)
         reason = _reduction_reason(lp.cost_before, lp.cost_after, min_reduction)
+        if not reason and min_efficiency is not None and lp.est_speedup is not None and lp.cost_after[1] > 0:
+            macs_x = lp.cost_before[1] / lp.cost_after[1]
+            if lp.est_speedup < float(min_efficiency) * macs_x:
+                reason = (f"estimated speed-up x{lp.est_speedup:.2f} is below {float(min_efficiency):g} x its MAC "
+                          f"reduction x{macs_x:.2f} (output-bound at {plan.output_cost:g} MAC-equivalents per "
+                          f"output element; min_efficiency={float(min_efficiency):g})")
         if reason:
             lp.skipped, lp.reason = True, f"ranks {_fmt(lp.ranks)}: {reason}"
         else:
@@ -532,15 +569,17 @@ def rebuild_with(model: Any, rewrites: Mapping[str, Rewrite]) -> Any:
     return new_model
 
 
-def _report_row(lp: LayerPlan, rewrite: Rewrite | None, skipped: bool, reason: str, policy: str) -> dict[str, Any]:
+def _report_row(lp: LayerPlan, rewrite: Rewrite | None, skipped: bool, reason: str, policy: str,
+                est: float | None = None) -> dict[str, Any]:
     params0, macs0 = lp.cost_before
     if rewrite is None:
         return dict(layer=lp.path, kind=lp.kind, method=lp.method, policy=policy, ranks=lp.ranks,
                     params_before=params0, params_after=params0, macs_before=macs0, macs_after=macs0,
-                    rel_error=0.0, skipped=True, reason=reason)
+                    est_speedup=1.0, rel_error=0.0, skipped=True, reason=reason)
     return dict(layer=lp.path, kind=lp.kind, method=lp.method, policy=policy, ranks=rewrite.ranks,
                 params_before=params0,
                 params_after=rewrite.params, macs_before=macs0, macs_after=rewrite.macs,
+                est_speedup=float("nan") if est is None else float(est),
                 rel_error=float(rewrite.rel_error), skipped=skipped, reason=reason)
 
 
@@ -610,7 +649,7 @@ def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, An
                     new.layer.unroll = bool(plan.recurrent_unroll)
         rewrites[path] = rw
         rows.append(_report_row(lp, rw, False, "ranks given" if path in forced else "",
-                                "" if path in forced else lp.policy))
+                                "" if path in forced else lp.policy, plan.est_speedup(path, rw.ranks)))
     new_model = rebuild_with(model, rewrites)
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     return new_model, report

@@ -78,6 +78,12 @@ class Rewriter:
         """``(params, macs)`` of the replacement chain at ``ranks`` (MACs per example, as ``layer_cost``)."""
         raise NotImplementedError
 
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        """Activation elements written per example by the replacement chain at ``ranks`` (by the original
+        layer when ``ranks`` is None), for :func:`edgelr.rewrite.cost.latency_estimate`; None when this
+        rewriter has no such model (recurrent layers)."""
+        return None
+
     def decompose(self, layer: Any) -> Any:
         """A full-rank decomposition of the layer's weights, reusable across ranks."""
         raise NotImplementedError

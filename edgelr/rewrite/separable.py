@@ -36,6 +36,13 @@ class SeparablePointwiseSVD(Rewriter):
         params = kh * kw * c_in * mult + c_in * mult * r + r * c_out + (c_out if layer.use_bias else 0)
         return params, out_sp * (kh * kw * c_in * mult + c_in * mult * r + r * c_out)
 
+    def outputs(self, layer: Any, ranks: Ranks | None) -> int | None:
+        _, c_in, mult = (int(d) for d in layer.depthwise_kernel.shape[1:])
+        _, out_shape = io_shapes(layer)
+        out_sp = int(np.prod([1 if d is None else d for d in out_shape[1:-1]]))
+        inner = 0 if ranks is None else int(ranks[0])  # TFLite runs the depthwise and pointwise parts as two ops
+        return out_sp * (c_in * mult + inner + int(layer.filters))
+
     def decompose(self, layer: Any) -> MatrixSVD:
         pw = np.asarray(layer.pointwise_kernel.numpy(), dtype=np.float32)
         return MatrixSVD.of(pw.reshape(pw.shape[2], pw.shape[3]))
