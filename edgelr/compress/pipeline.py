@@ -434,7 +434,8 @@ def _layers_table(original: Any, attempt: Attempt) -> Any:
             continue
         p, m = layer_cost(layer)
         extra.append({"layer": path, "kind": type(layer).__name__, "method": "", "policy": "", "ranks": None,
-                      "params_before": p, "params_after": p, "macs_before": m, "macs_after": m, "rel_error": 0.0,
+                      "params_before": p, "params_after": p, "macs_before": m, "macs_after": m, "est_speedup": 1.0,
+                      "rel_error": 0.0,
                       "skipped": True, "reason": f"no low-rank method applies to {type(layer).__name__}; kept"})
     if extra:
         order = {path: i for i, (path, _) in enumerate(walk_layers(original))}
