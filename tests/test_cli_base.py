@@ -95,19 +95,21 @@ def test_unknown_command_exit_code_2() -> None:
 
 
 def test_host_rank_multiple_follows_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``rank_multiple = 0`` resolves to the SIMD tile of the machine: 16 on x86-64, 8 on arm64."""
+    """``rank_multiple = 0`` resolves to the kernel tile of the machine: 16 for float on x86-64, else 8."""
     import platform
 
     monkeypatch.delenv("EDGELR_TARGETS")  # conftest pins host to 8 for the other tests
 
     from edgelr.targets import get_target, native_rank_multiple
 
-    assert native_rank_multiple("x86_64") == 16 and native_rank_multiple("aarch64") == 8
-    assert get_target("host").rank_multiple == native_rank_multiple(platform.machine())
+    assert native_rank_multiple("x86_64", "none") == 16 and native_rank_multiple("x86_64", "float16") == 16
+    assert native_rank_multiple("x86_64", "int8") == 8 and native_rank_multiple("aarch64", "none") == 8
+    host = get_target("host")
+    assert host.rank_multiple == native_rank_multiple(platform.machine(), host.quantization)
     assert get_target("rpi4").rank_multiple == 8
     f = tmp_path / "t.toml"
-    f.write_text('[targets.board]\nbase = "rpi4"\nrank_multiple = 0\n')
-    assert get_target("board", f).rank_multiple == native_rank_multiple()
+    f.write_text('[targets.board]\nbase = "rpi4"\nrank_multiple = 0\nquantization = "none"\n')
+    assert get_target("board", f).rank_multiple == native_rank_multiple(quantization="none")
     f.write_text('[targets.board]\nbase = "rpi4"\nrank_multiple = -8\n')
     from edgelr.errors import TargetError
 
