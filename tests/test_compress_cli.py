@@ -275,3 +275,14 @@ def test_cli_layer_policy_bad_spec_or_repeated_pattern(tmp_path: Path, capsys: p
     code, _, err = run_cli([*args, "--layer-policy", "dense=rank:2", "--layer-policy", "dense=rank:3"], capsys)
     assert code == 2 and "given twice" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_cli_bad_min_efficiency_is_one_line_before_any_work(value: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A --min-efficiency outside (0, 1] is refused up front (exit 2), even before the model is read."""
+    code, _, err = run_cli(["compress", str(tmp_path / "missing.keras"), "--data", "digits", "--out",
+                            str(tmp_path / "o"), "--min-efficiency", value], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "--min-efficiency" in err and "(0, 1]" in err
+    assert not (tmp_path / "o").exists()
