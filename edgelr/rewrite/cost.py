@@ -34,7 +34,8 @@ from edgelr.errors import FactorizeError
 Shape = tuple[int | None, ...]
 
 #: MAC-equivalents per activation element written, by quantization (see the module docstring). Fitted on
-#: an x86-64 AVX2 host with XNNPACK, 1 thread: int8 13-28 (16 chosen), float32 ~2. Re-fit on the device.
+#: an x86-64 AVX2 host with XNNPACK (reports/resnet50_layer_profile.md): int8 15-28 (16 chosen), float32 1-2.
+#: Re-fit on the device with tests/perf/profile_resnet50_layers.py.
 OUTPUT_COST = {"int8": 16.0, "dynamic": 2.0, "float16": 2.0, "none": 2.0}
 
 

@@ -5,14 +5,19 @@ with its factorized replacement chain (same input shape), float32 and int8 (int8
 QUANTIZE/DEQUANTIZE is timed), at 1 and 2 threads. Layers with identical (input shape, config, ranks)
 are timed once. Prints one JSON line per unique layer to stdout and a summary table to stderr.
 
-Usage: .venv/bin/python tests/perf/profile_resnet50_layers.py [--policy params:0.25] [--target rpi4]
-       [--runs 40] [--json out.json]
+Also fits ``time ~ a * (MACs + c * output elements)`` per configuration (least squares on relative
+errors, the stem conv and the Dense excluded) - the ``output_cost`` of edgelr's latency estimate - and
+writes a Markdown report with ``--out``.
+
+Usage: .venv/bin/python tests/perf/profile_resnet50_layers.py [--policy params:0.25] [--target host]
+       [--rank-multiple 16] [--runs 40] [--json out.json] [--out reports/resnet50_layer_profile.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -63,6 +68,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--json", default=None)
     ap.add_argument("--method", default=None)
+    ap.add_argument("--rank-multiple", type=int, default=None)
+    ap.add_argument("--out", default=None, help="write a Markdown report here")
     args = ap.parse_args()
 
     from edgelr.compress.convert import convert
@@ -72,7 +79,16 @@ def main() -> int:
     k2 = keras2()
     k2.utils.set_random_seed(0)
     model = k2.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
-    new, report = factorize_model(model, rank_policy=args.policy, target=args.target, method=args.method,
+    target = None
+    if args.target or args.rank_multiple:
+        import dataclasses
+
+        from edgelr.targets import get_target
+
+        target = get_target(args.target or "host")
+        if args.rank_multiple:
+            target = dataclasses.replace(target, rank_multiple=args.rank_multiple)
+    new, report = factorize_model(model, rank_policy=args.policy, target=target, method=args.method,
                                   progress=False)
     seen: dict[tuple, dict[str, Any]] = {}
     rows = []
@@ -89,7 +105,8 @@ def main() -> int:
         a, b = sub_model(k2, model, [r.layer]), sub_model(k2, new, parts)
         shape = tuple(lay.input_shape[1:])
         rep = np.random.default_rng(0).uniform(-1, 1, (8, *shape)).astype(np.float32)
-        row: dict[str, Any] = {"layer": r.layer, "in": "x".join(map(str, shape)),
+        row: dict[str, Any] = {"layer": r.layer, "est_speedup": float(r.est_speedup),
+                               "in": "x".join(map(str, shape)),
                                "kernel": "x".join(map(str, lay.kernel.shape.as_list())), "method": r.method,
                                "ranks": "x".join(map(str, r.ranks)), "nodes": len(parts), "count": 1,
                                "macs_before": int(r.macs_before), "macs_after": int(r.macs_after),
@@ -119,7 +136,69 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
+    if args.out:
+        write_report(args, rows, report, model, new)
     return 0
+
+
+def fit_output_cost(rows: list[dict[str, Any]], elements: dict[str, tuple[int, int]], col: str) -> tuple[float, float]:
+    """Least-squares ``t = a * MACs + b * elements`` on relative errors over original and factorized
+    rows (stem conv and Dense excluded); returns ``(b / a, mean |relative error| of the speed-ups)``."""
+    xs, ys, keep = [], [], []
+    for r in rows:
+        if r["layer"] in ("conv1_conv", "predictions"):
+            continue
+        eb, ea = elements[r["layer"]]
+        xs += [[r["macs_before"], eb], [r["macs_after"], ea]]
+        ys += [r[col + "_orig_ms"], r[col + "_fact_ms"]]
+        keep.append(r)
+    x, y = np.asarray(xs, float), np.asarray(ys, float)
+    w = 1.0 / y
+    coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+    pred = x @ coef
+    err = [abs((pred[2 * i] / pred[2 * i + 1]) / r[col + "_x"] - 1) for i, r in enumerate(keep)]
+    return float(coef[1] / coef[0]), float(np.mean(err))
+
+
+def write_report(args: Any, rows: list[dict[str, Any]], report: Any, model: Any, new: Any) -> None:
+    from edgelr.rewrite.registry import get_rewriter
+
+    elements = {}
+    for r in rows:
+        lay = model.get_layer(r["layer"])
+        rw = get_rewriter(lay, r["method"])
+        ranks = tuple(int(v) for v in r["ranks"].split("x"))
+        elements[r["layer"]] = (rw.outputs(lay, None), rw.outputs(lay, ranks))
+    cols = [f"{q}_{th}" for q in ("float32", "int8") for th in (1, 2)]
+    cmd = (f".venv/bin/python tests/perf/profile_resnet50_layers.py --policy {args.policy}"
+           + (f" --target {args.target}" if args.target else "")
+           + (f" --rank-multiple {args.rank_multiple}" if args.rank_multiple else "") + f" --runs {args.runs}"
+           + f" --out {args.out}")
+    md = ["# ResNet-50: each factorized layer alone vs its replacement chain (host, ai-edge-litert, XNNPACK)", "",
+          f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} shared cores). Batch 1, median of {args.runs} interleaved "
+          "invokes; int8 with int8 I/O (no QUANTIZE/DEQUANTIZE timed). Layers with the same input shape, kernel, "
+          "method and ranks are timed once (n = how many there are). Cells: speed-up of the chain over the "
+          "layer; `est.` is edgelr's latency estimate (MACs + 16 x elements written, the int8 default).", "",
+          "| layer | input | method | ranks | n | MACs x | est. | " + " | ".join(cols) + " |",
+          "|---|---|---|---|---:|---:|---:|" + "---:|" * len(cols)]
+    for r in rows:
+        md.append(f"| {r['layer']} | {r['in']} | {r['method']} | {r['ranks']} | {r['count']} | {r['macs_x']:.2f} | "
+                  f"{r['est_speedup']:.2f} | " + " | ".join(f"{r[c + '_x']:.2f}" for c in cols) + " |")
+    mb = sum(r["macs_before"] * r["count"] for r in rows)
+    ma = sum(r["macs_after"] * r["count"] for r in rows)
+    md += ["", f"Sum over all factorized layers (each layer alone, times n): MACs x{mb / ma:.2f}.", "",
+           "| configuration | original ms | factorized ms | speed-up | / MAC reduction | fitted output cost "
+           "(MACs per element) | mean error of fitted speed-ups |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for c in cols:
+        o = sum(r[c + "_orig_ms"] * r["count"] for r in rows)
+        f = sum(r[c + "_fact_ms"] * r["count"] for r in rows)
+        cost, err = fit_output_cost(rows, elements, c)
+        md.append(f"| {c.replace('_', ', ')} thr | {o:.1f} | {f:.1f} | x{o / f:.2f} | {o / f / (mb / ma):.2f} | "
+                  f"{cost:.1f} | {err:.0%} |")
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(md) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
