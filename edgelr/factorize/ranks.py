@@ -138,6 +138,18 @@ def _budget(policy: RankPolicy, full_cost: tuple[int, int]) -> tuple[int, float]
     return index, float(policy.value or 0.0) * float(full_cost[index])
 
 
+def _single_rank(policy: RankPolicy, full_cost: tuple[int, int], cost: Callable[[int], tuple[int, int]],
+                 max_rank: int, spectral: Callable[[], int]) -> int:
+    """One rank by ``policy``: ``rank:N`` as given, a ``params``/``macs`` budget by the largest rank whose
+    ``cost`` fits, else (``vbmf``/``energy``) what ``spectral()`` returns. Not yet rounded or clipped."""
+    if policy.kind == "rank":
+        return int(policy.value or 1)
+    if policy.kind in ("params", "macs"):
+        index, budget = _budget(policy, full_cost)
+        return _largest_fitting(lambda r: cost(r)[index] <= budget, max_rank)
+    return spectral()
+
+
 def _spectrum_rank(singular_values: np.ndarray, shape: tuple[int, int], policy: RankPolicy, floor: int) -> int:
     max_rank = min(shape)
     if policy.kind == "energy":
@@ -190,16 +202,13 @@ def select_matrix_rank(
     _check_options(multiple, floor, full_cost)
     arr = as_finite_array(matrix, 2, "matrix")
     max_rank = min(arr.shape)
-    if pol.kind == "rank":
-        rank = int(pol.value or 1)
-    elif pol.kind in ("params", "macs"):
-        index, budget = _budget(pol, full_cost)
-        rank = _largest_fitting(lambda r: cost(r)[index] <= budget, max_rank)
-    else:
-        if spectrum is None:
-            spectrum = gram_spectrum(arr, "rows" if arr.shape[0] <= arr.shape[1] else "columns")
-        rank = _spectrum_rank(spectrum.singular_values, arr.shape, pol, floor)
-    return _round_clip(rank, multiple, max_rank)
+
+    def spectral() -> int:
+        spec = spectrum if spectrum is not None else gram_spectrum(
+            arr, "rows" if arr.shape[0] <= arr.shape[1] else "columns")
+        return _spectrum_rank(spec.singular_values, arr.shape, pol, floor)
+
+    return _round_clip(_single_rank(pol, full_cost, cost, max_rank, spectral), multiple, max_rank)
 
 
 def _unfolding_spectra(arr: np.ndarray, spectra: tuple[Spectrum, Spectrum] | None) -> tuple[Spectrum, Spectrum]:
@@ -303,15 +312,10 @@ def select_cp_rank(
     _check_options(multiple, floor, full_cost)
     arr = as_finite_array(kernel, 4, "kernel")
     max_rank = max_cp_rank(arr.shape)
-    if pol.kind == "rank":
-        rank = int(pol.value or 1)
-    elif pol.kind in ("params", "macs"):
-        index, budget = _budget(pol, full_cost)
-        rank = _largest_fitting(lambda r: cost(r)[index] <= budget, max_rank)
-    else:
+
+    def spectral() -> int:
         spec_in, spec_out = _unfolding_spectra(arr, spectra)
-        rank = max(
-            _spectrum_rank(spec_in.singular_values, spec_in.shape, pol, floor),
-            _spectrum_rank(spec_out.singular_values, spec_out.shape, pol, floor),
-        )
-    return _round_clip(rank, multiple, max_rank)
+        return max(_spectrum_rank(spec_in.singular_values, spec_in.shape, pol, floor),
+                   _spectrum_rank(spec_out.singular_values, spec_out.shape, pol, floor))
+
+    return _round_clip(_single_rank(pol, full_cost, cost, max_rank, spectral), multiple, max_rank)

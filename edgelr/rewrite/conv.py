@@ -25,7 +25,7 @@ import numpy as np
 from edgelr.errors import FactorizeError
 from edgelr.rewrite.cost import io_shapes, layer_cost
 from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register
-from edgelr.rewrite.svdmatrix import MatrixSVD, select_svd_rank
+from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
 def _is_plain_conv(layer: Any, cls: str) -> bool:
@@ -83,7 +83,7 @@ def _linear_part(layer: Any, name: str, **overrides: Any) -> dict[str, Any]:
                           bias_regularizer=None, bias_constraint=None, **overrides)
 
 
-class ConvSVD(Rewriter):
+class ConvSVD(SingleSVDRewriter):
     """1x1 Conv2D, or Conv1D of any width: conv ``C_in -> R`` (original kernel) then 1x1 ``R -> C_out``."""
 
     kind = "conv"
@@ -115,9 +115,6 @@ class ConvSVD(Rewriter):
 
     def decompose(self, layer: Any) -> MatrixSVD:
         return MatrixSVD.of(self._matrix(layer))
-
-    def select_ranks(self, layer: Any, decomposition: MatrixSVD, policy: Any, multiple: int, floor: int) -> Ranks:
-        return (select_svd_rank(self, layer, decomposition, policy, multiple, floor),)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         ranks = self.check_ranks(layer, ranks)
@@ -399,7 +396,7 @@ class ConvCP(Rewriter):
         return Rewrite(chain, (r,), *self.cost(layer, (r,)), float(res.rel_error))
 
 
-class ConvSpatialSVD(Rewriter):
+class ConvSpatialSVD(SingleSVDRewriter):
     """k x k Conv2D -> kh x 1 conv ``C_in -> R`` then 1 x kw conv ``R -> C_out`` (spatial SVD)."""
 
     kind = "conv"
@@ -427,9 +424,6 @@ class ConvSpatialSVD(Rewriter):
         from edgelr.factorize.svd import spatial_matrix
 
         return MatrixSVD.of(spatial_matrix(_kernel4(layer)))
-
-    def select_ranks(self, layer: Any, decomposition: MatrixSVD, policy: Any, multiple: int, floor: int) -> Ranks:
-        return (select_svd_rank(self, layer, decomposition, policy, multiple, floor),)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         from edgelr.factorize import spatial_svd

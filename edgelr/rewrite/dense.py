@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register
-from edgelr.rewrite.svdmatrix import MatrixSVD, select_svd_rank
+from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, derived_config, register
+from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
 def _inner(layer: Any) -> Any:
@@ -25,7 +25,7 @@ def _rows(layer: Any) -> int:
     return int(np.prod([1 if d is None else d for d in in_shape[1:-1]], dtype=np.int64))
 
 
-class DenseSVD(Rewriter):
+class DenseSVD(SingleSVDRewriter):
     """Dense or TimeDistributed(Dense) -> two Dense layers (truncated SVD of the kernel)."""
 
     kind = "dense"
@@ -57,9 +57,6 @@ class DenseSVD(Rewriter):
 
     def decompose(self, layer: Any) -> MatrixSVD:
         return MatrixSVD.of(self._kernel(layer))
-
-    def select_ranks(self, layer: Any, decomposition: MatrixSVD, policy: Any, multiple: int, floor: int) -> Ranks:
-        return (select_svd_rank(self, layer, decomposition, policy, multiple, floor),)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         from edgelr.tfcompat import keras2

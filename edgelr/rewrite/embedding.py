@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register
-from edgelr.rewrite.svdmatrix import MatrixSVD, select_svd_rank
+from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, derived_config, register
+from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
-class EmbeddingSVD(Rewriter):
+class EmbeddingSVD(SingleSVDRewriter):
     kind = "embedding"
     method = "svd"
 
@@ -40,9 +40,6 @@ class EmbeddingSVD(Rewriter):
 
     def decompose(self, layer: Any) -> MatrixSVD:
         return MatrixSVD.of(np.asarray(layer.embeddings.numpy(), dtype=np.float32))
-
-    def select_ranks(self, layer: Any, decomposition: MatrixSVD, policy: Any, multiple: int, floor: int) -> Ranks:
-        return (select_svd_rank(self, layer, decomposition, policy, multiple, floor),)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         from edgelr.tfcompat import keras2

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, register
-from edgelr.rewrite.svdmatrix import MatrixSVD, select_svd_rank
+from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, register
+from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
-class SeparablePointwiseSVD(Rewriter):
+class SeparablePointwiseSVD(SingleSVDRewriter):
     kind = "separable_conv2d"
     method = "svd"
 
@@ -46,9 +46,6 @@ class SeparablePointwiseSVD(Rewriter):
     def decompose(self, layer: Any) -> MatrixSVD:
         pw = np.asarray(layer.pointwise_kernel.numpy(), dtype=np.float32)
         return MatrixSVD.of(pw.reshape(pw.shape[2], pw.shape[3]))
-
-    def select_ranks(self, layer: Any, decomposition: MatrixSVD, policy: Any, multiple: int, floor: int) -> Ranks:
-        return (select_svd_rank(self, layer, decomposition, policy, multiple, floor),)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         from edgelr.tfcompat import keras2

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgelr.rewrite.registry import Ranks, Rewriter
+
 
 @dataclass(frozen=True)
 class MatrixSVD:
@@ -56,9 +58,12 @@ def select_matrix_rank_for(matrix: MatrixSVD, policy: Any, cost: Callable[[int],
                                   multiple=multiple, floor=floor, spectrum=matrix.spectrum))
 
 
-def select_svd_rank(rewriter: Any, layer: Any, matrix: MatrixSVD, policy: Any, multiple: int, floor: int) -> int:
-    """Rank for a single-rank SVD rewriter: the policy applied to ``matrix`` with the rewriter's cost model."""
-    from edgelr.rewrite.cost import layer_cost
+class SingleSVDRewriter(Rewriter):
+    """Base of the rewriters with one rank, the truncation of one :class:`MatrixSVD` (their ``decompose``
+    result): ranks come from the policy applied to that matrix with the rewriter's own cost model."""
 
-    return select_matrix_rank_for(matrix, policy, lambda r: rewriter.cost(layer, (int(r),)),
-                                  layer_cost(layer), multiple, floor)
+    def select_ranks(self, layer: Any, decomposition: MatrixSVD, policy: Any, multiple: int, floor: int) -> Ranks:
+        from edgelr.rewrite.cost import layer_cost
+
+        return (select_matrix_rank_for(decomposition, policy, lambda r: self.cost(layer, (int(r),)),
+                                       layer_cost(layer), multiple, floor),)
