@@ -380,9 +380,12 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
             opts.layer_policies = check_layer_policies(opts.layer_policies)
         except EdgelrError as exc:
             raise UsageError(f"--layer-policy: {exc}") from None
-    eff = opts.min_efficiency
-    if eff is not None and (isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0.0 < float(eff) <= 1.0):
-        raise UsageError(f"--min-efficiency: got {eff!r}; expected a share in (0, 1], e.g. 0.8")
+    from edgelr.rewrite.model import check_min_efficiency
+
+    try:
+        check_min_efficiency(opts.min_efficiency)
+    except EdgelrError as exc:
+        raise UsageError(f"--min-efficiency: {exc}") from None
     if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
         from edgelr.errors import ModelLoadError
 

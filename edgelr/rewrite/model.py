@@ -241,6 +241,21 @@ def _layer_policies(value: Any) -> list[tuple[str, Any]]:
     return out
 
 
+def check_min_efficiency(value: Any) -> float | None:
+    """``value`` as a float in ``(0, 1]``, or None (off).
+
+    Raises
+    ------
+    FactorizeError
+        Anything else (the message names the value and the accepted range).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise FactorizeError(f"got {value!r}; expected a share in (0, 1] (e.g. 0.8) or None")
+    return float(value)
+
+
 def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) -> str:
     """'' when the rewrite saves enough, else why not. MACs are judged only when the layer has any."""
     if min_reduction is None:
@@ -337,9 +352,10 @@ def plan_factorization(
     floor = DEFAULT_RANK_FLOOR if rank_floor is None else int(rank_floor)
     if min_reduction is not None and not 0.0 <= float(min_reduction) < 1.0:
         raise FactorizeError(f"min_reduction: got {min_reduction!r}; expected a share in [0, 1) or None")
-    if min_efficiency is not None and (isinstance(min_efficiency, bool) or not isinstance(min_efficiency, (int, float))
-                                       or not 0.0 < float(min_efficiency) <= 1.0):
-        raise FactorizeError(f"min_efficiency: got {min_efficiency!r}; expected a share in (0, 1] (e.g. 0.8) or None")
+    try:
+        min_efficiency = check_min_efficiency(min_efficiency)
+    except FactorizeError as exc:
+        raise FactorizeError(f"min_efficiency: {exc}") from None
     includes, skips = _patterns(include, "include"), _patterns(skip, "skip")
 
     all_layers = list(walk_layers(model))
@@ -403,10 +419,10 @@ def plan_factorization(
         reason = _reduction_reason(lp.cost_before, lp.cost_after, min_reduction)
         if not reason and min_efficiency is not None and lp.est_speedup is not None and lp.cost_after[1] > 0:
             macs_x = lp.cost_before[1] / lp.cost_after[1]
-            if lp.est_speedup < float(min_efficiency) * macs_x:
-                reason = (f"estimated speed-up x{lp.est_speedup:.2f} is below {float(min_efficiency):g} x its MAC "
+            if lp.est_speedup < min_efficiency * macs_x:
+                reason = (f"estimated speed-up x{lp.est_speedup:.2f} is below {min_efficiency:g} x its MAC "
                           f"reduction x{macs_x:.2f} (output-bound at {plan.output_cost:g} MAC-equivalents per "
-                          f"output element; min_efficiency={float(min_efficiency):g})")
+                          f"output element; min_efficiency={min_efficiency:g})")
         if reason:
             lp.skipped, lp.reason = True, f"ranks {_fmt(lp.ranks)}: {reason}"
         else:
