@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _perfutil import chain_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,25 +142,14 @@ def per_layer_profile(original: Any, factorized: Any, layers: Any, rep: np.ndarr
 
     k2 = keras2()
 
-    def sub(model: Any, names: list[str]) -> tuple[Any, tuple[int, ...]]:
-        shape = tuple(model.get_layer(names[0]).input_shape[1:])
-        inp = k2.Input(shape)
-        h = inp
-        for n in names:
-            src = model.get_layer(n)
-            new = src.__class__.from_config(src.get_config())
-            h = new(h)
-            new.set_weights(src.get_weights())
-        return k2.Model(inp, h), shape
-
     rows = []
     rng = np.random.default_rng(0)
     for _, r in layers.iterrows():
         if r["skipped"]:
             continue
         parts = [lay.name for lay in factorized.layers if lay.name.startswith(r["layer"] + "/")]
-        a, shape = sub(original, [r["layer"]])
-        b, _ = sub(factorized, parts)
+        a, b = chain_model(k2, original, [r["layer"]]), chain_model(k2, factorized, parts)
+        shape = tuple(a.input_shape[1:])
         xs = rng.random((64, *shape), dtype=np.float32)
         row: dict[str, Any] = {"layer": r["layer"], "ranks": str(r["ranks"]), "nodes": len(parts),
                                "macs_x": r["macs_before"] / max(r["macs_after"], 1)}

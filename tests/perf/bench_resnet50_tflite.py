@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from _perfutil import target_with_multiple
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,15 +100,7 @@ def main() -> None:
     model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
     print(f"built ResNet-50 in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     t0 = time.perf_counter()
-    target = None
-    if args.target or args.rank_multiple:
-        import dataclasses
-
-        from edgelr.targets import get_target
-
-        target = get_target(args.target or "host")
-        if args.rank_multiple:
-            target = dataclasses.replace(target, rank_multiple=args.rank_multiple)
+    target = target_with_multiple(args.target, args.rank_multiple)
     new, report = factorize_model(model, rank_policy=args.policy, target=target, progress=True,
                                   min_efficiency=args.min_efficiency)
     t_factorize = time.perf_counter() - t0
@@ -154,9 +147,7 @@ def main() -> None:
                   f"{med['factorized']:.1f} ms, speed-up x{med['original'] / med['factorized']:.2f}")
 
     mac_red = m0 / m1
-    multiple = 1
-    if target is not None:
-        multiple = target.rank_multiple
+    multiple = target.rank_multiple if target is not None else 1
     methods = done["method"].value_counts().to_dict()
     lines = [
         "# ResNet-50 factorized at `%s`: size, MACs and host TFLite latency" % args.policy,

@@ -23,18 +23,7 @@ import time
 from typing import Any
 
 import numpy as np
-
-
-def sub_model(k2: Any, model: Any, names: list[str]) -> Any:
-    shape = tuple(model.get_layer(names[0]).input_shape[1:])
-    inp = k2.Input(shape, batch_size=1)
-    h = inp
-    for n in names:
-        src = model.get_layer(n)
-        new = src.__class__.from_config(src.get_config())
-        h = new(h)
-        new.set_weights(src.get_weights())
-    return k2.Model(inp, h)
+from _perfutil import chain_model, target_with_multiple
 
 
 def time_pair(contents: dict[str, bytes], threads: int, runs: int) -> dict[str, float]:
@@ -79,15 +68,7 @@ def main() -> int:
     k2 = keras2()
     k2.utils.set_random_seed(0)
     model = k2.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
-    target = None
-    if args.target or args.rank_multiple:
-        import dataclasses
-
-        from edgelr.targets import get_target
-
-        target = get_target(args.target or "host")
-        if args.rank_multiple:
-            target = dataclasses.replace(target, rank_multiple=args.rank_multiple)
+    target = target_with_multiple(args.target, args.rank_multiple)
     new, report = factorize_model(model, rank_policy=args.policy, target=target, method=args.method,
                                   progress=False)
     seen: dict[tuple, dict[str, Any]] = {}
@@ -102,7 +83,7 @@ def main() -> int:
             seen[key]["count"] += 1
             continue
         parts = [lay2.name for lay2 in new.layers if lay2.name.startswith(r.layer + "/")]
-        a, b = sub_model(k2, model, [r.layer]), sub_model(k2, new, parts)
+        a, b = chain_model(k2, model, [r.layer], batch_size=1), chain_model(k2, new, parts, batch_size=1)
         shape = tuple(lay.input_shape[1:])
         rep = np.random.default_rng(0).uniform(-1, 1, (8, *shape)).astype(np.float32)
         row: dict[str, Any] = {"layer": r.layer, "est_speedup": float(r.est_speedup),
