@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgelr.errors import FactorizeError
+from tests.keras_util import call, rel_diff
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -17,14 +18,6 @@ def keras() -> Any:
     from edgelr.tfcompat import keras2
 
     return keras2()
-
-
-def _call(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model(x, training=False))
-
-
-def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
 
 
 def _single(keras: Any, shape: tuple[int, ...], make: Callable[[], Any], dtype: str = "float32",
@@ -104,7 +97,7 @@ def test_full_rank_rewrite_reproduces_layer(keras: Any, case: tuple) -> None:
 
     assert sum(layer_cost(layer)[1] for layer in new.layers[1:]) == int(report.loc[0, "macs_after"])
     x = _inputs(model)
-    assert _rel_diff(_call(model, x), _call(new, x)) < 1e-4
+    assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
 def test_embedding_full_rank(keras: Any) -> None:
@@ -113,7 +106,7 @@ def test_embedding_full_rank(keras: Any) -> None:
     assert [layer.name for layer in new.layers[1:]] == ["L/svd_in", "L/svd_out"]
     assert new.count_params() == 50 * 16 + 16 * 16
     x = _inputs(model)
-    assert _rel_diff(_call(model, x), _call(new, x)) < 1e-4
+    assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
 def test_cp_chain_equals_conv_with_cp_kernel(keras: Any) -> None:
@@ -146,7 +139,7 @@ def test_cp_chain_equals_conv_with_cp_kernel(keras: Any) -> None:
 
         assert sum(layer_cost(layer)[1] for layer in new.layers[1:]) == rw.macs, kwargs
         x = _inputs(model)
-        assert _rel_diff(_call(model, x), _call(new, x)) < 1e-4, kwargs
+        assert rel_diff(call(model, x), call(new, x)) < 1e-4, kwargs
 
 
 def test_cp_decomposition_recovers_cp_kernel(keras: Any) -> None:
@@ -162,7 +155,7 @@ def test_cp_decomposition_recovers_cp_kernel(keras: Any) -> None:
     assert report.loc[0, "ranks"] == (4,)
     assert report.loc[0, "rel_error"] < 1e-3
     x = _inputs(model)
-    assert _rel_diff(_call(model, x), _call(new, x)) < 1e-3
+    assert rel_diff(call(model, x), call(new, x)) < 1e-3
 
 
 RNN_CASES = [
@@ -187,7 +180,7 @@ def test_recurrent_full_rank(keras: Any, case: tuple) -> None:
     assert [layer.name for layer in new.layers[1:]] == names
     assert new.count_params() == params(d, h, d)
     x = _inputs(model)
-    assert _rel_diff(_call(model, x), _call(new, x)) < 1e-4
+    assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
 def test_recurrent_lowrank_both_kernels(keras: Any) -> None:
@@ -297,4 +290,4 @@ def test_tucker2_square_factor_is_folded(keras: Any, shape: tuple, make: Callabl
     ref = _single(keras, shape, lambda: make(keras))
     ref.get_layer("L").set_weights([approx, bias])
     x = _inputs(model)
-    assert _rel_diff(_call(ref, x), _call(new, x)) < 1e-4
+    assert rel_diff(call(ref, x), call(new, x)) < 1e-4

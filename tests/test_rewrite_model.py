@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgelr.errors import FactorizeError
+from tests.keras_util import call, rel_diff
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -20,14 +21,6 @@ def keras() -> Any:
     from edgelr.tfcompat import keras2
 
     return keras2()
-
-
-def _call(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model(x, training=False))
-
-
-def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-12))
 
 
 def _cnn(keras: Any) -> Any:
@@ -121,18 +114,18 @@ def test_functional_full_rank_roundtrip(keras: Any, tmp_path: Path) -> None:
     for a, b in zip(model.get_layer("bn1").get_weights(), new.get_layer("bn1").get_weights()):
         assert np.array_equal(a, b)
     x = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype("float32")
-    expected = _call(model, x)
-    assert _rel_diff(expected, _call(new, x)) < 1e-4
+    expected = call(model, x)
+    assert rel_diff(expected, call(new, x)) < 1e-4
 
     path = tmp_path / "factorized.keras"
     new.save(path)
     loaded = keras.models.load_model(path)  # no custom objects
-    assert _rel_diff(expected, _call(loaded, x)) < 1e-4
+    assert rel_diff(expected, call(loaded, x)) < 1e-4
 
     out, ops = _run_tflite(_tflite(new), x[:1])
     _assert_builtin(ops)
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
-    assert _rel_diff(expected[:1], out) < 1e-4
+    assert rel_diff(expected[:1], out) < 1e-4
 
 
 @pytest.mark.slow
@@ -148,7 +141,7 @@ def test_cp_and_spatial_models_convert(keras: Any) -> None:
         assert list(report.loc[~report["skipped"], "layer"]) == ["conv2"]
         out, ops = _run_tflite(_tflite(new), x)
         _assert_builtin(ops)
-        assert _rel_diff(_call(new, x), out) < 1e-4
+        assert rel_diff(call(new, x), out) < 1e-4
 
 
 def test_sequential_full_rank(keras: Any) -> None:
@@ -166,7 +159,7 @@ def test_sequential_full_rank(keras: Any) -> None:
     assert [layer.name for layer in new.layers] == ["c1/tucker_in", "c1/tucker_core", "c1/tucker_out",
                                                     "c2/svd_in", "c2/svd_out", "flat", "d/svd_in", "d/svd_out"]
     x = np.random.default_rng(3).normal(size=(3, 20, 4)).astype("float32")
-    assert _rel_diff(_call(model, x), _call(new, x)) < 1e-4
+    assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
 def test_include_skip_and_errors(keras: Any) -> None:
@@ -280,16 +273,16 @@ def test_recurrent_model_tflite(keras: Any, tmp_path: Path) -> None:
                                                         "head"]
     assert type(new.get_layer("gru").cell).__name__ == "LowRankGRUCell"
     x = np.random.default_rng(5).integers(0, 40, size=(1, 12)).astype("int32")
-    expected = _call(model, x)
-    assert _rel_diff(expected, _call(new, x)) < 1e-4
+    expected = call(model, x)
+    assert rel_diff(expected, call(new, x)) < 1e-4
     path = tmp_path / "rnn.keras"
     new.save(path)
     loaded = keras.models.load_model(path)  # the cell is registered, no custom_objects needed
-    assert _rel_diff(expected, _call(loaded, x)) < 1e-4
+    assert rel_diff(expected, call(loaded, x)) < 1e-4
     out, ops = _run_tflite(_tflite(new), x)
     _assert_builtin(ops)
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops and "WHILE" in ops
-    assert _rel_diff(expected, out) < 1e-4
+    assert rel_diff(expected, out) < 1e-4
 
 
 def test_subclassed_model_rejected(keras: Any) -> None:
@@ -326,7 +319,7 @@ def test_shared_layer_and_nested_functional(keras: Any) -> None:
     rng = np.random.default_rng(7)
     xs = [rng.normal(size=(4, 10)).astype("float32") for _ in range(2)]
     for before, after in zip(model(xs), new(xs)):
-        assert _rel_diff(np.asarray(before), np.asarray(after)) < 1e-4
+        assert rel_diff(np.asarray(before), np.asarray(after)) < 1e-4
     assert [layer.name for layer in new.get_layer("sub").layers[1:]] == ["sub_dense/svd_in", "sub_dense/svd_out"]
 
 
@@ -434,7 +427,6 @@ def test_est_speedup_counts_written_elements(keras: Any) -> None:
 def test_min_efficiency_leaves_output_bound_layers(keras: Any) -> None:
     """The expanding Dense (est. x2.16 for x3.2 fewer MACs) is left as is at min_efficiency 0.8, the
     reducing one (x2.72) is factorized; the reason names both figures."""
-    from edgelr.errors import FactorizeError
     from edgelr.rewrite import factorize_model
 
     model = _expand_reduce(keras)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgelr.errors import ModelLoadError
+from tests.keras_util import perturb_batchnorm
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,33 +58,6 @@ def _roundtrip(model: Any, x: Any, path: Path, **load_kwargs: Any) -> tuple[Any,
     return loaded, info
 
 
-def _perturb_batchnorm(model: Any, rng: np.random.Generator) -> int:
-    """Give every BatchNormalization non-trivial gamma/beta/moving stats; returns how many."""
-    count = 0
-    for layer in _all_layers(model):
-        if type(layer).__name__ == "BatchNormalization":
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                    rng.normal(0, 0.3, beta.shape).astype("float32"),
-                    rng.normal(0, 0.5, mean.shape).astype("float32"),
-                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
-                ]
-            )
-            count += 1
-    return count
-
-
-def _all_layers(model: Any) -> list[Any]:
-    out = []
-    for layer in model.layers:
-        out.append(layer)
-        if hasattr(layer, "layers"):
-            out.extend(_all_layers(layer))
-    return out
-
-
 def test_conv_stack_with_batchnorm_pooling_and_merges(keras: Any, tmp_path: Path) -> None:
     L = keras.layers
     rng = np.random.default_rng(0)
@@ -107,7 +81,7 @@ def test_conv_stack_with_batchnorm_pooling_and_merges(keras: Any, tmp_path: Path
     x = L.LeakyReLU(negative_slope=0.1)(x)
     x = L.Activation("softmax")(x)
     model = keras.Model(inp, x)
-    assert _perturb_batchnorm(model, rng) == 1
+    assert perturb_batchnorm(model, rng) == 1
     xs = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
     _roundtrip(model, xs, tmp_path / "conv.keras")
     _roundtrip(model, xs, tmp_path / "conv.h5")
@@ -170,7 +144,7 @@ def test_nested_model_shared_by_two_inputs_and_multi_output(keras: Any, tmp_path
     s = L.Add(name="sum")([za, zb])
     c = L.Concatenate(name="cat")([za, seq(s)])
     model = keras.Model([a, b], [s, L.Dense(2, name="out2")(c)])
-    _perturb_batchnorm(model, rng)
+    perturb_batchnorm(model, rng)
     xs = [rng.normal(size=(3, 8)).astype("float32"), rng.normal(size=(3, 8)).astype("float32")]
     loaded, _ = _roundtrip(model, xs, tmp_path / "nested.keras")
     assert {la.name for la in loaded.layers} >= {"encoder", "head", "sum", "cat", "out2"}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edgelr.models.load import load_model_with_info, model_info
+from tests.keras_util import perturb_batchnorm
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -23,23 +24,6 @@ def keras() -> Any:
     from edgelr.tfcompat import keras3
 
     return keras3()
-
-
-def _perturb(model: Any, rng: np.random.Generator) -> int:
-    n = 0
-    for layer in model.layers:
-        if type(layer).__name__ == "BatchNormalization":
-            g, b, mu, var = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, g.shape).astype("float32"),
-                    rng.normal(0, 0.3, b.shape).astype("float32"),
-                    rng.normal(0, 0.3, mu.shape).astype("float32"),
-                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
-                ]
-            )
-            n += 1
-    return n
 
 
 def _check_application(model: Any, path: Path, rng: np.random.Generator) -> dict[str, Any]:
@@ -61,7 +45,7 @@ def test_mobilenet_v2_application(keras: Any, tmp_path: Path) -> None:
     model = keras.applications.MobileNetV2(
         weights=None, alpha=0.35, input_shape=(96, 96, 3), classifier_activation=None
     )
-    assert _perturb(model, rng) == 52
+    assert perturb_batchnorm(model, rng, mean_scale=0.3) == 52
     summary = _check_application(model, tmp_path / "mnv2.keras", rng)
     assert summary["params"] == model.count_params() == 1_691_208
     assert summary["inputs"][0]["shape"] == [None, 96, 96, 3]
@@ -76,7 +60,7 @@ def test_mobilenet_v3_small_application_with_keras_ops_in_graph(keras: Any, tmp_
     model = keras.applications.MobileNetV3Small(
         weights=None, input_shape=(96, 96, 3), classifier_activation=None, include_preprocessing=True
     )
-    _perturb(model, rng)
+    perturb_batchnorm(model, rng, mean_scale=0.3)
     summary = _check_application(model, tmp_path / "mnv3.keras", rng)
     assert summary["layer_types"].get("TFOpLambda", 0) > 0
 
