@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _perfutil import chain_model
+from _perfutil import bisect_policy, chain_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,39 +58,6 @@ def reference_cnn(k2: Any) -> Any:
     h = k2.layers.Dropout(0.3)(h)
     out = k2.layers.Dense(10, activation="softmax", name="fc2")(h)
     return k2.Model(inp, out, name="fmnist_cnn")
-
-
-def policy_for(model: Any, target_x: float, cache: dict[float, float],
-               layer_policies: dict[str, str] | None = None) -> tuple[str, float]:
-    """A ``macs:F`` policy (bisection on F) whose whole-model MAC reduction is closest to ``target_x``.
-
-    ``cache`` maps F -> achieved reduction (shared across targets); ``layer_policies`` are per-layer
-    overrides applied at every F.
-    """
-    from edgelr.rewrite import factorize_model
-    from edgelr.rewrite.cost import model_cost
-
-    macs0 = model_cost(model)[1]
-
-    def reduction(f: float) -> float:
-        if f not in cache:
-            fact, _ = factorize_model(model, rank_policy=f"macs:{f:.4f}", target="host", min_reduction=0.1,
-                                      progress=False, layer_policies=layer_policies)
-            cache[f] = macs0 / model_cost(fact)[1]
-        return cache[f]
-
-    lo, hi = 0.02, 1.0
-    best, best_err = ("macs:1", 1.0), float("inf")
-    for _ in range(8):
-        f = round((lo + hi) / 2, 4)
-        x = reduction(f)
-        if abs(x - target_x) < best_err:
-            best, best_err = (f"macs:{f:.4f}", x), abs(x - target_x)
-        if x < target_x:
-            hi = f
-        else:
-            lo = f
-    return best
 
 
 def time_interleaved(models: dict[str, bytes], x: np.ndarray, runs: int, rounds: int,
@@ -235,6 +202,7 @@ def main() -> int:
         (Path(args.out) / "compress_fmnist.md").write_text(render_markdown(doc))
         return 0
 
+    from edgelr.cli.compress import parse_layer_policies
     from edgelr.compress.convert import convert
     from edgelr.compress.pipeline import compress
     from edgelr.data import load_data
@@ -244,7 +212,7 @@ def main() -> int:
 
     k2 = keras2()
     k2.utils.set_random_seed(0)
-    layer_policies = dict(item.split("=", 1) for item in args.layer_policy) or None
+    layer_policies = parse_layer_policies(args.layer_policy)
     load_start = os.getloadavg()
     data = load_data("fashion-mnist").subset(train=args.train_samples)
     model = reference_cnn(k2)
@@ -259,7 +227,8 @@ def main() -> int:
     cache: dict[float, float] = {}
     last: tuple[Any, Any] | None = None
     for target_x in [float(v) for v in args.targets.split(",")]:
-        policy, planned = policy_for(model, target_x, cache, layer_policies)
+        policy, planned = bisect_policy(model, target_x, "macs", cache=cache, target="host", min_reduction=0.1,
+                                        layer_policies=layer_policies)
         print(f"target {target_x}x: policy {policy} (planned {planned:.2f}x)", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _perfutil import bisect_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 LENGTH = 29
@@ -65,27 +66,6 @@ def load() -> Any:
     return Dataset("JapaneseVowels", x[tr], y[tr], x[val], y[val], xt, yt, 9)
 
 
-def policy_for(model: Any, target_x: float) -> tuple[str, float]:
-    from edgelr.rewrite import factorize_model
-    from edgelr.rewrite.cost import model_cost
-
-    p0 = model_cost(model)[0]
-    lo, hi = 0.02, 1.0
-    best, best_err = ("params:1", 1.0), float("inf")
-    for _ in range(10):
-        f = (lo + hi) / 2
-        fact, _ = factorize_model(model, method="svd-recurrent", rank_policy=f"params:{f:.4f}", target="host",
-                                  progress=False)
-        x = p0 / model_cost(fact)[0]
-        if abs(x - target_x) < best_err:
-            best, best_err = (f"params:{f:.4f}", x), abs(x - target_x)
-        if x < target_x:
-            hi = f
-        else:
-            lo = f
-    return best
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=60)
@@ -124,7 +104,8 @@ def main() -> int:
         if policy:
             planned = float("nan")
         else:
-            policy, planned = policy_for(model, target_x)
+            policy, planned = bisect_policy(model, target_x, "params", steps=10, method="svd-recurrent",
+                                            target="host")
         print(f"target {target_x}x params: policy {policy} (planned {planned:.2f}x)", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _perfutil import write_report
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -205,11 +206,7 @@ def main() -> None:
               "`svd` (input projection only), which keeps the fused LSTM op and converts to int8.",
               "- The fused LSTM op in int8 is much slower here than in float32; measure on the device before "
               "choosing int8 for recurrent models.", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(fh.name, args.out)
-    print(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

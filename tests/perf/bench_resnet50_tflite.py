@@ -19,13 +19,12 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from _perfutil import target_with_multiple
+from _perfutil import target_with_multiple, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -202,11 +201,7 @@ def main() -> None:
         lines.append(f"| {r.layer} | {r.method} | {'x'.join(map(str, r.ranks))} | {r.params_before:,} -> "
                      f"{r.params_after:,} | {r.macs_before:,} -> {r.macs_after:,} | "
                      f"{r.macs_before / r.macs_after:.2f} | {r.est_speedup:.2f} | {r.rel_error:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=args.out.parent, delete=False, suffix=".tmp") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(fh.name, args.out)
-    print(f"wrote {args.out}")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":
