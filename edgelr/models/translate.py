@@ -281,6 +281,16 @@ def _value(value: Any, ctx: _Context, owner: str) -> Any:
     return {"class_name": cls_name, "config": _object_config(cls_name, module, cfg, ctx, owner)}
 
 
+def _drop_unsupported(out: dict[str, Any], accepted: Any, what: str, fix: str) -> None:
+    """Drop the keys of ``out`` that the tf_keras class does not accept when their value is neutral (a
+    default) or training-only; any other such key raises :class:`ModelLoadError` ``"<what> key=value ..."``."""
+    for key in [k for k in out if k not in accepted]:
+        if _is_neutral(out[key]) or key in _TRAINING_ONLY_KEYS:
+            del out[key]
+        else:
+            raise ModelLoadError(f"{what} {key}={out[key]!r} has no tf_keras equivalent; {fix}")
+
+
 def _object_config(cls_name: str, module: Any, cfg: Any, ctx: _Context, owner: str) -> Any:
     """Config of an initializer/regularizer/constraint: translated values, unknown neutral keys dropped."""
     if not isinstance(cfg, dict):
@@ -293,17 +303,8 @@ def _object_config(cls_name: str, module: Any, cfg: Any, ctx: _Context, owner: s
     if tf_cls is None:
         return out
     accepted = _accepted_keys(tf_cls)
-    if accepted is None:
-        return out
-    for key in list(out):
-        if key not in accepted:
-            if _is_neutral(out[key]) or key in _TRAINING_ONLY_KEYS:
-                del out[key]
-            else:
-                raise ModelLoadError(
-                    f"{ctx.where}: {owner}: {cls_name} option {key}={out[key]!r} has no tf_keras equivalent; "
-                    "re-save the model without it"
-                )
+    if accepted is not None:
+        _drop_unsupported(out, accepted, f"{ctx.where}: {owner}: {cls_name} option", "re-save the model without it")
     return out
 
 
@@ -359,16 +360,8 @@ def _layer_config(obj: Mapping[str, Any], ctx: _Context, owner: str = "") -> tup
     if accepted is not None and issubclass(tf_cls, ctx.tfk.layers.RNN):
         accepted = accepted | _RNN_POPPED_KWARGS
     if accepted is not None:
-        for key in list(out):
-            if key in accepted or key in _ADDED_KEYS.get(cls_name, {}):
-                continue
-            if _is_neutral(out[key]) or key in _TRAINING_ONLY_KEYS:
-                del out[key]
-            else:
-                raise ModelLoadError(
-                    f"{ctx.where}: {owner}: Keras 3 option {key}={out[key]!r} has no tf_keras equivalent; "
-                    "re-save the model without it or supply a tf_keras layer with --custom-objects module.py"
-                )
+        _drop_unsupported(out, accepted | set(_ADDED_KEYS.get(cls_name, {})), f"{ctx.where}: {owner}: Keras 3 option",
+                          "re-save the model without it or supply a tf_keras layer with --custom-objects module.py")
     return tf_cls, out
 
 
