@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgelr.compress.validate import run_tflite
 from edgelr.errors import ConversionError
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,22 +41,6 @@ def _interpreter(content: bytes) -> Any:
     return it
 
 
-def _outputs(content: bytes, x: np.ndarray) -> np.ndarray:
-    """Raw (still quantized for int8 I/O) outputs, one sample per invoke."""
-    it = _interpreter(content)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    rows = []
-    for sample in x:
-        value = sample[None]
-        if inp["dtype"] == np.int8:
-            scale, zero = inp["quantization"]
-            value = np.clip(np.round(value / scale + zero), -128, 127).astype(np.int8)
-        it.set_tensor(inp["index"], value)
-        it.invoke()
-        rows.append(it.get_tensor(out["index"]).copy())
-    return np.concatenate(rows)
-
-
 @pytest.mark.parametrize("quantization,io_dtype", [("none", "float32"), ("int8", "int8")])
 def test_stripped_file_is_smaller_and_behaves_the_same(cnn: Any, x: np.ndarray, quantization: str,
                                                        io_dtype: str) -> None:
@@ -70,7 +55,7 @@ def test_stripped_file_is_smaller_and_behaves_the_same(cnn: Any, x: np.ndarray, 
     assert stripped.io_dtype == kept.io_dtype == io_dtype
 
     # bit-identical outputs
-    np.testing.assert_array_equal(_outputs(stripped.content, x), _outputs(kept.content, x))
+    np.testing.assert_array_equal(run_tflite(stripped.content, x), run_tflite(kept.content, x))
 
     a, b = _interpreter(stripped.content), _interpreter(kept.content)
     names = lambda ds: [(d["name"], d["index"]) for d in ds]  # noqa: E731
