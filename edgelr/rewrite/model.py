@@ -113,7 +113,6 @@ class FactorizationPlan:
     selected: dict[str, Ranks] = field(default_factory=dict)
     layer_policies: dict[str, str] = field(default_factory=dict)
     output_cost: float = 16.0
-    min_efficiency: float | None = None
 
     def est_speedup(self, path: str, ranks: Ranks) -> float | None:
         """Estimated latency speed-up of layer ``path`` rewritten at ``ranks`` (None: no estimate)."""
@@ -405,7 +404,7 @@ def plan_factorization(
 
     plan = FactorizationPlan(model, plans, method, str(policy), multiple, floor, min_reduction, progress,
                              recurrent_unroll, layer_policies={p: str(pol) for p, pol in overrides},
-                             output_cost=output_cost_for(tgt), min_efficiency=min_efficiency)
+                             output_cost=output_cost_for(tgt))
     from tqdm import tqdm
 
     for lp in tqdm(todo, desc="decompose", unit="layer", file=sys.stderr, disable=not progress, leave=False):
