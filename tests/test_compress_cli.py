@@ -250,13 +250,15 @@ def test_cli_passes_layer_policies_and_keep_names(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(pipeline, "compress", fake)
     base = ["m.keras", "--data", "digits", "--out", str(tmp_path / "o")]
     res = CliRunner().invoke(compress, [*base, "--layer-policy", "dense*=params:0.2", "--layer-policy",
-                                        "conv2d=rank:4", "--keep-names"])
+                                        "conv2d=rank:4", "--keep-names", "--allocate", "latency"])
     assert isinstance(res.exception, UsageError)
+    assert seen[-1]["allocate"] == "latency"
     assert seen[-1]["layer_policies"] == {"dense*": "params:0.2", "conv2d": "rank:4"}
     assert list(seen[-1]["layer_policies"]) == ["dense*", "conv2d"]  # order kept: the first match wins
     assert seen[-1]["strip_names"] is False
     CliRunner().invoke(compress, base)
     assert seen[-1]["layer_policies"] is None and seen[-1]["strip_names"] is True
+    assert seen[-1]["allocate"] == "layer"
 
 
 @pytest.mark.parametrize("value", ["dense", "=rank:4", "dense="])
@@ -285,4 +287,22 @@ def test_cli_bad_min_efficiency_is_one_line_before_any_work(value: str, tmp_path
                             str(tmp_path / "o"), "--min-efficiency", value], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "--min-efficiency" in err and "(0, 1]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_allocate_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["compress", str(tmp_path / "missing.keras"), "--data", "digits", "--out",
+                            str(tmp_path / "o"), "--allocate", "model"], capsys)
+    assert code == 2  # click's usage error: one 'Error:' line naming the option and the valid choices
+    error = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "--allocate" in error[0] and "'layer', 'latency'" in error[0]
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_pipeline_refuses_bad_allocate_before_any_work(tmp_path: Path) -> None:
+    from edgelr.compress.pipeline import compress as run
+    from edgelr.errors import UsageError
+
+    with pytest.raises(UsageError, match="--allocate: allocate: got 'global'"):
+        run(str(tmp_path / "missing.keras"), "digits", "host", tmp_path / "o", allocate="global", progress=False)
     assert not (tmp_path / "o").exists()

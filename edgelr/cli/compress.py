@@ -28,6 +28,9 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--min-efficiency", type=float, default=None,
               help="Leave a layer as is when its estimated speed-up is below this share of its MAC reduction "
                    "(output-bound layers; e.g. 0.8). Default: off.")
+@click.option("--allocate", type=click.Choice(["layer", "latency"]), default="layer", show_default=True,
+              help="layer: each layer meets the rank policy on its own. latency: the policy only sets the total "
+                   "params and weight loss; ranks are re-chosen model-wide for the least estimated latency.")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")
 @click.option("--qat/--no-qat", default=True, show_default=True, help="Quantization-aware training before int8.")
 @click.option("--quantize", type=click.Choice(QUANT_CHOICES), default=None,
@@ -47,7 +50,7 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.pass_context
 def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: str, max_accuracy_drop: float | None,
              method: str | None, rank_policy: str | None, layer_policy: tuple[str, ...],
-             min_efficiency: float | None, epochs: int, qat: bool,
+             min_efficiency: float | None, allocate: str, epochs: int, qat: bool,
              quantize: str | None, batch_size: int, learning_rate: float, max_train: int | None,
              include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
              targets_file: str | None, force: bool, as_json: bool) -> None:
@@ -72,7 +75,8 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
     policies = parse_layer_policies(layer_policy)
 
     result = run(model, data, target, out_dir, force=force, max_accuracy_drop=max_accuracy_drop, method=method,
-                 rank_policy=rank_policy, layer_policies=policies, min_efficiency=min_efficiency, epochs=epochs,
+                 rank_policy=rank_policy, layer_policies=policies, min_efficiency=min_efficiency, allocate=allocate,
+                 epochs=epochs,
                  qat=qat, quantize=quantize,
                  batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
                  skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,

@@ -79,6 +79,10 @@ class CompressOptions:
     min_efficiency : float or None
         [--min-efficiency] Latency-aware skip: a layer is left as is when its estimated speed-up is below
         this share of its MAC reduction (see :func:`edgelr.rewrite.plan_factorization`). None: off.
+    allocate : str
+        [--allocate] ``layer`` (each layer meets the rank policy) or ``latency`` (the policy sets the total
+        params and weight loss; ranks re-chosen model-wide for the least estimated latency, see
+        :func:`edgelr.rewrite.plan_factorization`).
     search_subset : int
         Validation samples used to score rank-search candidates.
     max_trials : int
@@ -111,6 +115,7 @@ class CompressOptions:
     strip_names: bool = True
     min_reduction: float = 0.1
     min_efficiency: float | None = None
+    allocate: str = "layer"
     search_subset: int = 1000
     max_trials: int = 3
     history: str | None = None
@@ -225,7 +230,8 @@ def _factorize(model: Any, target: Any, opts: CompressOptions, rank_policy: str 
                            rank_policy=rank_policy or opts.rank_policy or target.rank_policy,
                            target=target, include=opts.include, skip=opts.skip,
                            min_reduction=opts.min_reduction, progress=opts.progress,
-                           layer_policies=opts.layer_policies, min_efficiency=opts.min_efficiency)
+                           layer_policies=opts.layer_policies, min_efficiency=opts.min_efficiency,
+                           allocate=opts.allocate)
 
 
 def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -380,12 +386,16 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
             opts.layer_policies = check_layer_policies(opts.layer_policies)
         except EdgelrError as exc:
             raise UsageError(f"--layer-policy: {exc}") from None
-    from edgelr.rewrite.model import check_min_efficiency
+    from edgelr.rewrite.model import check_allocate, check_min_efficiency
 
     try:
         check_min_efficiency(opts.min_efficiency)
     except EdgelrError as exc:
         raise UsageError(f"--min-efficiency: {exc}") from None
+    try:
+        check_allocate(opts.allocate)
+    except EdgelrError as exc:
+        raise UsageError(f"--allocate: {exc}") from None
     if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
         from edgelr.errors import ModelLoadError
 

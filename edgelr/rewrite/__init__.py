@@ -61,6 +61,7 @@ def factorize_model(
     recurrent_unroll: bool | None = None,
     layer_policies: Any = None,
     min_efficiency: float | None = None,
+    allocate: str = "layer",
 ) -> tuple[Any, Any]:
     """Replace a model's Dense/Conv/Separable/Embedding/LSTM/GRU layers by low-rank stock-layer chains.
 
@@ -91,6 +92,10 @@ def factorize_model(
     min_efficiency : float, optional
         Leave a layer as is when its estimated speed-up is below this share of its MAC reduction
         (output-bound layers; see :func:`plan_factorization`). Default None: off.
+    allocate : str
+        ``layer`` (default): each layer meets the rank policy on its own. ``latency``: the policy ranks set
+        the total params and weight loss, and ranks are re-chosen model-wide for the least estimated
+        latency within both (see :func:`plan_factorization`).
 
     Returns
     -------
@@ -112,5 +117,5 @@ def factorize_model(
     plan = plan_factorization(model, method=method, rank_policy=rank_policy, target=target, include=include,
                               skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor,
                               recurrent_unroll=recurrent_unroll, layer_policies=layer_policies,
-                              min_efficiency=min_efficiency)
+                              min_efficiency=min_efficiency, allocate=allocate)
     return build_factorized(model, plan)

@@ -25,7 +25,7 @@ import numpy as np
 from edgelr.errors import FactorizeError
 from edgelr.rewrite.cost import io_shapes, layer_cost
 from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register
-from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
+from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter, tail_share
 
 
 def _is_plain_conv(layer: Any, cls: str) -> bool:
@@ -196,6 +196,13 @@ class ConvTucker2(Rewriter):
                                      full_cost=layer_cost(layer), multiple=multiple, floor=floor,
                                      spectra=decomposition.spectra)
         return tuple(int(r) for r in ranks)
+
+    def error_proxy(self, decomposition: TuckerState, ranks: Ranks) -> float | None:
+        """``1 - (1 - t_in)(1 - t_out)``, ``t`` the energy share each channel-mode unfolding discards: the
+        share of the kernel's energy a Tucker-2 at ``ranks`` loses when the two modes lose theirs
+        independently (at most ``t_in + t_out``, the HOSVD bound)."""
+        spec_in, spec_out = decomposition.spectra
+        return 1.0 - (1.0 - tail_share(spec_in, int(ranks[0]))) * (1.0 - tail_share(spec_out, int(ranks[1])))
 
     def _tucker(self, state: TuckerState, ranks: Ranks, exact: bool) -> Any:
         from edgelr.factorize import tucker2

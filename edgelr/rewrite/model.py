@@ -33,6 +33,7 @@ REPORT_COLUMNS = ["layer", "kind", "method", "policy", "ranks", "params_before",
 DEFAULT_RANK_FLOOR = 8
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 _FALLBACK = {"svd-recurrent": ("svd-recurrent", "svd")}
+ALLOCATIONS = ("layer", "latency")
 
 
 @dataclass
@@ -113,6 +114,7 @@ class FactorizationPlan:
     selected: dict[str, Ranks] = field(default_factory=dict)
     layer_policies: dict[str, str] = field(default_factory=dict)
     output_cost: float = 16.0
+    allocation: Any = None
 
     def est_speedup(self, path: str, ranks: Ranks) -> float | None:
         """Estimated latency speed-up of layer ``path`` rewritten at ``ranks`` (None: no estimate)."""
@@ -284,6 +286,7 @@ def plan_factorization(
     recurrent_unroll: bool | None = None,
     layer_policies: Mapping[str, str] | None = None,
     min_efficiency: float | None = None,
+    allocate: str = "layer",
 ) -> FactorizationPlan:
     """Decompose every selected layer once and choose its ranks by ``rank_policy``.
 
@@ -326,6 +329,16 @@ def plan_factorization(
         that expands 64 -> 256 channels through rank 16: its MACs fall 3.2x, its int8 time ~2x), so their
         factorization costs accuracy for little speed. None (default): off. Layers without an estimate
         (recurrent) are never skipped for this reason.
+    allocate : str
+        ``layer`` (default): every layer meets its rank policy on its own. ``latency``: the policy ranks
+        only set the budget, their total parameters and total weight loss (``-log`` kept energy) over the
+        factorizable layers; ranks are then re-chosen model-wide (a layer may also be left as is) for the
+        least estimated latency within both totals, then the least loss at that latency
+        (:mod:`edgelr.rewrite.allocate`). Layers whose cuts buy little latency keep more rank, those where
+        they buy much give more up, and Tucker-2 ranks are searched in both modes (e.g. ``r_in = C_in``,
+        which folds the input factor away): no larger, faster by the estimate, no more loss. Layers without an error proxy or latency
+        model (CP, recurrent) keep their policy ranks. The ``policy`` column reads ``<policy> (latency)``
+        for the layers allocated this way.
 
     Returns
     -------
@@ -355,6 +368,7 @@ def plan_factorization(
         min_efficiency = check_min_efficiency(min_efficiency)
     except FactorizeError as exc:
         raise FactorizeError(f"min_efficiency: {exc}") from None
+    allocate = check_allocate(allocate)
     includes, skips = _patterns(include, "include"), _patterns(skip, "skip")
 
     all_layers = list(walk_layers(model))
@@ -426,7 +440,41 @@ def plan_factorization(
             lp.skipped, lp.reason = True, f"ranks {_fmt(lp.ranks)}: {reason}"
         else:
             plan.selected[lp.path] = lp.ranks
+    if allocate == "latency":
+        _allocate_model_wide(plan, [lp.path for lp in todo], min_reduction, min_efficiency)
     return plan
+
+
+def check_allocate(value: Any) -> str:
+    """``value`` if it is ``layer`` or ``model``; :class:`FactorizeError` otherwise."""
+    if value not in ALLOCATIONS:
+        raise FactorizeError(f"allocate: got {value!r}; expected one of {list(ALLOCATIONS)}")
+    return str(value)
+
+
+def _allocate_model_wide(plan: FactorizationPlan, paths: list[str], min_reduction: float | None,
+                         min_efficiency: float | None) -> None:
+    """Replace the policy ranks of ``paths`` by :func:`edgelr.rewrite.allocate.allocate_ranks`' choice."""
+    from edgelr.rewrite.allocate import allocate_ranks
+
+    alloc = allocate_ranks(plan, paths, min_reduction, min_efficiency)
+    plan.allocation = alloc
+    for path, ranks in alloc.ranks.items():
+        lp = plan.layers[path]
+        lp.policy = f"{lp.policy} (latency)"
+        if ranks is None:
+            plan.selected.pop(path, None)
+            if not lp.skipped:
+                lp.skipped = True
+                lp.reason = (f"left as is by the latency allocation (policy ranks {_fmt(lp.ranks)} would cut "
+                             f"its estimated latency x{lp.est_speedup or 1.0:.2f} for MACs "
+                             f"x{lp.cost_before[1] / max(lp.cost_after[1], 1) if lp.cost_after else 1.0:.2f})")
+            continue
+        lp.ranks = ranks
+        lp.cost_after = lp.rewriter.cost(lp.layer, ranks)
+        lp.est_speedup = plan.est_speedup(path, ranks)
+        lp.skipped, lp.reason = False, ""
+        plan.selected[path] = ranks
 
 
 def _fmt(ranks: Ranks | None) -> str:

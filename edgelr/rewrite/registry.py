@@ -84,6 +84,11 @@ class Rewriter:
         rewriter has no such model (recurrent layers)."""
         return None
 
+    def error_proxy(self, decomposition: Any, ranks: Ranks) -> float | None:
+        """Cheap estimate of the squared relative weight error at ``ranks`` from the full decomposition's
+        spectra (model-wide rank allocation, :mod:`edgelr.rewrite.allocate`); None when there is none."""
+        return None
+
     def decompose(self, layer: Any) -> Any:
         """A full-rank decomposition of the layer's weights, reusable across ranks."""
         raise NotImplementedError

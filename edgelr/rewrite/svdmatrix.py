@@ -42,11 +42,23 @@ class MatrixSVD:
     def full_rank(self) -> int:
         return int(min(self.matrix.shape))
 
+    def tail_share(self, rank: int) -> float:
+        """Share of the squared Frobenius norm beyond the ``rank`` largest singular values: the squared
+        relative error of the truncated SVD at ``rank``."""
+        return tail_share(self.spectrum, rank)
+
     def truncate(self, rank: int) -> Any:
         """``SVDResult`` with ``left (m, rank)``, ``right (rank, n)`` (float32) and its relative error."""
         from edgelr.factorize import truncated_svd
 
         return truncated_svd(self.matrix, int(rank), spectrum=self.spectrum)
+
+
+def tail_share(spectrum: Any, rank: int) -> float:
+    """``sum(s[rank:]**2) / sum(s**2)`` of a :class:`edgelr.factorize.spectrum.Spectrum` (0 for a zero matrix)."""
+    energy = np.asarray(spectrum.singular_values, dtype=np.float64) ** 2
+    total = float(energy.sum())
+    return float(energy[int(rank):].sum() / total) if total > 0 else 0.0
 
 
 def select_matrix_rank_for(matrix: MatrixSVD, policy: Any, cost: Callable[[int], tuple[int, int]],
@@ -67,3 +79,6 @@ class SingleSVDRewriter(Rewriter):
 
         return (select_matrix_rank_for(decomposition, policy, lambda r: self.cost(layer, (int(r),)),
                                        layer_cost(layer), multiple, floor),)
+
+    def error_proxy(self, decomposition: MatrixSVD, ranks: Ranks) -> float | None:
+        return decomposition.tail_share(int(ranks[0]))
