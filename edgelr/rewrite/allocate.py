@@ -70,7 +70,7 @@ class Allocation:
         Summed loss (``-log`` of each layer's kept weight energy, from its error proxy) at the policy ranks
         and at the allocation.
     improved : bool
-        False when the policy's own ranks were kept (no feasible assignment had less error).
+        False when the policy's own ranks were kept (no feasible assignment was faster or, as fast, lost less).
     """
 
     ranks: dict[str, Ranks | None]
@@ -142,10 +142,14 @@ def _policy_option(plan: Any, path: str) -> Option:
                   latency_estimate(macs, rw.outputs(lp.layer, lp.ranks), plan.output_cost))
 
 
-def _lagrangian(objective: np.ndarray, scale: float, costs: list[tuple[np.ndarray, float]]) -> np.ndarray | None:
-    """Option index per layer (row) minimising ``objective.sum()`` with each ``cost.sum() <= budget``, over a
-    grid of two Lagrange multipliers (one per cost, on costs and objective divided by their totals at the
-    policy ranks: ``scale`` and the budgets); None when no grid point is feasible."""
+def _lagrangian(objective: np.ndarray, scale: float, costs: list[tuple[np.ndarray, float]],
+                start: np.ndarray | None = None) -> np.ndarray | None:
+    """Option index per layer (row) minimising ``objective.sum()`` with each ``cost.sum() <= budget``.
+
+    The best feasible point of a grid of two Lagrange multipliers (one per cost, on costs and objective
+    divided by their totals at the policy ranks: ``scale`` and the budgets) and the feasible ``start`` are
+    each improved by :func:`_polish`; the better one is returned, so the result is never worse than
+    ``start``. None when neither exists."""
     rows = np.arange(objective.shape[0])
     (c1, b1), (c2, b2) = costs
     if scale <= 0:  # e.g. zero loss at full-rank policy ranks: fall back to the largest real entry
@@ -161,7 +165,10 @@ def _lagrangian(objective: np.ndarray, scale: float, costs: list[tuple[np.ndarra
             total = float(objective[rows, pick].sum())
             if best is None or total < best[0]:
                 best = (total, pick)
-    return None if best is None else _polish(best[1], objective, costs)
+    found = [] if best is None else [_polish(best[1], objective, costs)]
+    if start is not None and all(c[rows, start].sum() <= b * (1 + 1e-9) for c, b in costs):
+        found.append(_polish(start, objective, costs))
+    return min(found, key=lambda pick: float(objective[rows, pick].sum())) if found else None
 
 
 def _polish(pick: np.ndarray, objective: np.ndarray, costs: list[tuple[np.ndarray, float]],
@@ -219,6 +226,9 @@ def allocate_ranks(plan: Any, paths: list[str], min_reduction: float | None = No
             table[path] = opts
     names = list(table)
     policy = {p: _policy_option(plan, p) for p in names}
+    for p in names:  # the policy's own choice is always an option (the start of the search)
+        if not any(o.ranks == policy[p].ranks for o in table[p]):
+            table[p].append(policy[p])
     budget_p = float(sum(o.params for o in policy.values()))
     budget_t = float(sum(o.latency for o in policy.values()))
     loss_policy = float(sum(_loss(o.error) for o in policy.values()))
@@ -228,17 +238,20 @@ def allocate_ranks(plan: Any, paths: list[str], min_reduction: float | None = No
         return keep
     width = max(len(v) for v in table.values())
     loss, par, lat = (np.full((len(names), width), _PAD) for _ in range(3))  # padding: never picked
+    start = np.zeros(len(names), dtype=int)
     for i, p in enumerate(names):
         for j, o in enumerate(table[p]):
             loss[i, j], par[i, j], lat[i, j] = _loss(o.error), o.params, o.latency
-    pick = _lagrangian(lat, budget_t, [(par, budget_p), (loss, loss_policy)])
-    if pick is None:
+            if o.ranks == policy[p].ranks:
+                start[i] = j
+    pick = _lagrangian(lat, budget_t, [(par, budget_p), (loss, loss_policy)], start)
+    if pick is None:  # pragma: no cover - the start (policy ranks) is always feasible
         return keep
     rows = np.arange(len(names))
     fastest = float(lat[rows, pick].sum())
-    second = _lagrangian(loss, loss_policy, [(par, budget_p), (lat, fastest)])
+    second = _lagrangian(loss, loss_policy, [(par, budget_p), (lat, fastest)], pick)
     if second is not None and loss[rows, second].sum() < loss[rows, pick].sum():
         pick = second
     chosen = {p: table[p][int(pick[i])].ranks for i, p in enumerate(names)}
     return Allocation(chosen, (int(budget_p), budget_t), (int(par[rows, pick].sum()), float(lat[rows, pick].sum())),
-                      loss_policy, float(loss[rows, pick].sum()), True)
+                      loss_policy, float(loss[rows, pick].sum()), any(chosen[p] != policy[p].ranks for p in names))
