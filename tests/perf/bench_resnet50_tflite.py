@@ -7,10 +7,12 @@ int8 (a small random representative dataset: meaningless for accuracy, fine for 
 
 Usage::
 
-    .venv/bin/python tests/perf/bench_resnet50_tflite.py [--runs 15] [--policy params:0.25] [--out reports/...]
+    .venv/bin/python tests/perf/bench_resnet50_tflite.py [--runs 15] [--policy params:0.25] [--allocate layer,latency]
+        [--target host --rank-multiple 16] [--out reports/...]
 
-Latency is the median of ``--runs`` timed invokes after 3 warm-up invokes; original and factorized models
-are timed alternately (round-robin) so that load from other processes on the host hits both alike.
+Latency is the median of ``--runs`` timed invokes after 3 warm-up invokes; the original and every factorized
+model (``--allocate layer,latency`` builds one per rank allocation) are timed alternately (round-robin) so
+that load from other processes on the host hits all alike.
 """
 
 from __future__ import annotations
@@ -75,6 +77,19 @@ def time_round_robin(interps: dict[str, Any], inputs: dict[str, list[np.ndarray]
     return times
 
 
+def _ratio_table(rows: list[dict[str, Any]], variants: list[str], mac_red: dict[str, float]) -> list[str]:
+    head = "| precision | threads | original ms | " + " | ".join(
+        f"`{v}` ms | `{v}` speed-up | `{v}` / MAC reduction" for v in variants) + " |"
+    lines = [head, "|---|---:|---:|" + "---:|---:|---:|" * len(variants)]
+    for r in rows:
+        cells = [f"{r['mode']} | {r['threads']} | {r['original']:.1f} ({r['original_min']:.1f})"]
+        for v in variants:
+            s = r["original"] / r[v]
+            cells.append(f"{r[v]:.1f} ({r[v + '_min']:.1f}) | x{s:.2f} | **{s / mac_red[v]:.2f}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -87,11 +102,15 @@ def main() -> None:
                              "float32 and int8 rows time the same ranks fairly)")
     parser.add_argument("--min-efficiency", type=float, default=None,
                         help="leave output-bound layers as is (see edgelr.rewrite.plan_factorization)")
-    parser.add_argument("--allocate", default="layer", choices=["layer", "latency"],
-                        help="rank allocation (see edgelr.rewrite.plan_factorization): per layer, or "
-                             "model-wide for the least estimated latency within the policy's totals")
+    parser.add_argument("--allocate", default="layer",
+                        help="comma-separated rank allocations to factorize with and time against the original in "
+                             "the same interleaved run: layer (each layer meets the policy), latency (model-wide, "
+                             "least estimated latency within the policy's totals); e.g. layer,latency")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "resnet50_factorized.md")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.allocate.split(",") if v.strip()]
+    if not variants or any(v not in ("layer", "latency") for v in variants) or len(set(variants)) < len(variants):
+        parser.error(f"--allocate: got {args.allocate!r}; expected layer, latency or layer,latency")
 
     from edgelr.rewrite import factorize_model, model_cost
     from edgelr.tfcompat import keras2
@@ -101,16 +120,21 @@ def main() -> None:
     t0 = time.perf_counter()
     model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
     print(f"built ResNet-50 in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    t0 = time.perf_counter()
     target = target_with_multiple(args.target, args.rank_multiple)
-    new, report = factorize_model(model, rank_policy=args.policy, target=target, progress=True,
-                                  min_efficiency=args.min_efficiency, allocate=args.allocate)
-    t_factorize = time.perf_counter() - t0
     p0, m0 = model_cost(model)
-    p1, m1 = model_cost(new)
-    done = report.loc[~report["skipped"]]
-    print(f"factorized {len(done)}/{len(report)} layers in {t_factorize:.1f} s; params {p0:,} -> {p1:,} "
-          f"(x{p0 / p1:.2f}), MACs {m0:,} -> {m1:,} (x{m0 / m1:.2f})")
+    models: dict[str, Any] = {"original": model}
+    reports: dict[str, Any] = {}
+    t_factorize: dict[str, float] = {}
+    costs: dict[str, tuple[int, int]] = {}
+    for v in variants:
+        t0 = time.perf_counter()
+        models[v], reports[v] = factorize_model(model, rank_policy=args.policy, target=target, progress=True,
+                                                min_efficiency=args.min_efficiency, allocate=v)
+        t_factorize[v] = time.perf_counter() - t0
+        costs[v] = model_cost(models[v])
+        done = reports[v].loc[~reports[v]["skipped"]]
+        print(f"[{v}] factorized {len(done)}/{len(reports[v])} layers in {t_factorize[v]:.1f} s; params {p0:,} -> "
+              f"{costs[v][0]:,} (x{p0 / costs[v][0]:.2f}), MACs {m0:,} -> {costs[v][1]:,} (x{m0 / costs[v][1]:.2f})")
 
     rng = np.random.default_rng(0)
     calib = [rng.uniform(-1, 1, (1, 224, 224, 3)).astype("float32") for _ in range(args.calibration)]
@@ -120,7 +144,6 @@ def main() -> None:
             yield [x]
 
     x = calib[0]
-    models = {"original": model, "factorized": new}
     flatbuffers: dict[tuple[str, str], bytes] = {}
     for mode in ("float32", "int8"):
         for name, m in models.items():
@@ -129,28 +152,31 @@ def main() -> None:
             print(f"converted {name} {mode} in {time.perf_counter() - t0:.1f} s "
                   f"({len(flatbuffers[(name, mode)]) / 1e6:.1f} MB)", file=sys.stderr)
 
-    # float32 agreement of the TFLite factorized model with its Keras model (sanity)
-    interp = make_interpreter(flatbuffers[("factorized", "float32")], 2)
-    interp.set_tensor(interp.get_input_details()[0]["index"], x)
-    interp.invoke()
-    tfl = interp.get_tensor(interp.get_output_details()[0]["index"])
-    keras_out = np.asarray(new(x, training=False))
-    agreement = float(np.max(np.abs(tfl - keras_out)) / np.max(np.abs(keras_out)))
+    agreement = {}  # float32 TFLite of each factorized model vs its Keras model (sanity)
+    for v in variants:
+        interp = make_interpreter(flatbuffers[(v, "float32")], 2)
+        interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        interp.invoke()
+        tfl = interp.get_tensor(interp.get_output_details()[0]["index"])
+        keras_out = np.asarray(models[v](x, training=False))
+        agreement[v] = float(np.max(np.abs(tfl - keras_out)) / np.max(np.abs(keras_out)))
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mode in ("float32", "int8"):
         for threads in (1, 2):
             interps = {name: make_interpreter(flatbuffers[(name, mode)], threads) for name in models}
             times = time_round_robin(interps, {name: [x] for name in models}, args.runs)
-            med = {name: float(np.median(t)) for name, t in times.items()}
-            rows.append((mode, threads, med["original"], med["factorized"], med["original"] / med["factorized"],
-                         min(times["original"]), min(times["factorized"])))
-            print(f"{mode:8s} threads={threads}: original {med['original']:.1f} ms, factorized "
-                  f"{med['factorized']:.1f} ms, speed-up x{med['original'] / med['factorized']:.2f}")
+            row: dict[str, Any] = {"mode": mode, "threads": threads}
+            for name, t in times.items():
+                row[name], row[name + "_min"] = float(np.median(t)), float(min(t))
+            rows.append(row)
+            print(f"{mode:8s} threads={threads}: original {row['original']:.1f} ms" + "".join(
+                f", {v} {row[v]:.1f} ms (x{row['original'] / row[v]:.2f}, "
+                f"{row['original'] / row[v] / (m0 / costs[v][1]):.2f} of MACs x{m0 / costs[v][1]:.2f})"
+                for v in variants))
 
-    mac_red = m0 / m1
+    mac_red = {v: m0 / costs[v][1] for v in variants}
     multiple = target.rank_multiple if target is not None else 1
-    methods = done["method"].value_counts().to_dict()
     lines = [
         "# ResNet-50 factorized at `%s`: size, MACs and host TFLite latency" % args.policy,
         "",
@@ -158,53 +184,56 @@ def main() -> None:
         + (f" --target {args.target}" if args.target else "")
         + (f" --rank-multiple {args.rank_multiple}" if args.rank_multiple else "")
         + (f" --min-efficiency {args.min_efficiency:g}" if args.min_efficiency else "")
-        + (f" --allocate {args.allocate}" if args.allocate != "layer" else "") + f" --runs {args.runs}`",
+        + (f" --allocate {','.join(variants)}" if variants != ["layer"] else "") + f" --runs {args.runs}`",
         "",
         f"Generated by `tests/perf/bench_resnet50_tflite.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"host `{platform.machine()}` ({os.cpu_count()} cores, shared with other jobs), ai-edge-litert "
-        "interpreter (XNNPACK), batch 1, 224x224x3. Keras ResNet-50 with `weights=None` (random init): ranks come "
-        "from the `params` budget, which does not depend on the weights; int8 calibration uses "
-        f"{args.calibration} random images (fine for latency, meaningless for accuracy). Ranks rounded up to a "
-        f"multiple of {multiple}" + (f" (target `{args.target}`)" if args.target else "") + ". Load average at "
-        f"the end of the run: {os.getloadavg()[0]:.1f} on 2 cores (other jobs): absolute times are noisy, the "
-        "interleaved ratios less so.",
+        "interpreter (XNNPACK), batch 1, 224x224x3. Keras ResNet-50 with `weights=None` (random init): the "
+        "spectra are flat, so the error proxies the `latency` allocation trades are those of random layers; int8 "
+        f"calibration uses {args.calibration} random images (fine for latency, meaningless for accuracy). Ranks "
+        f"rounded up to a multiple of {multiple}" + (f" (target `{args.target}`)" if args.target else "")
+        + ". Allocations: `layer` = every layer meets the policy on its own; `latency` = the policy's totals "
+        "(params, weight loss) re-spent model-wide for the least estimated latency (edgelr.rewrite.allocate). "
+        f"Load average at the end of the run: {os.getloadavg()[0]:.1f} on 2 cores (other jobs): absolute times "
+        "are noisy, the interleaved ratios less so.",
         "",
-        "| | original | factorized | ratio |",
-        "|---|---:|---:|---:|",
-        f"| parameters | {p0:,} | {p1:,} | x{p0 / p1:.2f} |",
-        f"| MACs per image | {m0 / 1e9:.3f} G | {m1 / 1e9:.3f} G | x{mac_red:.2f} |",
-        f"| .tflite float32 | {len(flatbuffers[('original', 'float32')]) / 1e6:.1f} MB | "
-        f"{len(flatbuffers[('factorized', 'float32')]) / 1e6:.1f} MB | |",
-        f"| .tflite int8 | {len(flatbuffers[('original', 'int8')]) / 1e6:.1f} MB | "
-        f"{len(flatbuffers[('factorized', 'int8')]) / 1e6:.1f} MB | |",
-        "",
-        f"Layers factorized: {len(done)} of {len(report)} candidates ({', '.join(f'{k}: {v}' for k, v in methods.items())}); "
-        f"factorization took {t_factorize:.1f} s. Factorized float32 TFLite vs Keras: max relative difference "
-        f"{agreement:.1e}.",
-        "",
-        f"Latency: median (min) of {args.runs} invokes after 3 warm-ups, original and factorized interleaved.",
-        "",
-        "| precision | threads | original ms | factorized ms | speed-up | speed-up / MAC reduction |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| | original | " + " | ".join(f"`{v}`" for v in variants) + " |",
+        "|---|---:|" + "---:|" * len(variants),
+        f"| parameters | {p0:,} | " + " | ".join(f"{costs[v][0]:,} (x{p0 / costs[v][0]:.2f})" for v in variants) + " |",
+        f"| MACs per image | {m0 / 1e9:.3f} G | " + " | ".join(
+            f"{costs[v][1] / 1e9:.3f} G (x{mac_red[v]:.2f})" for v in variants) + " |",
     ]
-    for mode, threads, a, b, s, amin, bmin in rows:
-        lines.append(f"| {mode} | {threads} | {a:.1f} ({amin:.1f}) | {b:.1f} ({bmin:.1f}) | x{s:.2f} | {s / mac_red:.2f} |")
-    met = sum(s >= 0.8 * mac_red for _, _, _, _, s, _, _ in rows)
-    lines += ["", f"Goal speed-up >= 0.8 x MAC reduction (x{0.8 * mac_red:.2f}): met in {met} of {len(rows)} "
-              "configurations.", "", "Layers left as is:", ""]
-    skipped = report.loc[report["skipped"]]
-    for r in skipped.itertuples():
-        lines.append(f"- `{r.layer}`: {r.reason}")
-    if skipped.empty:
-        lines.append("none")
-    lines += ["", "Per-layer ranks (first 12 factorized layers; est. = edgelr's latency estimate, MACs + "
-              "output_cost x elements written):", "",
-              "| layer | method | ranks | params | MACs | MACs x | est. speed-up | rel. error |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in done.head(12).itertuples():
-        lines.append(f"| {r.layer} | {r.method} | {'x'.join(map(str, r.ranks))} | {r.params_before:,} -> "
-                     f"{r.params_after:,} | {r.macs_before:,} -> {r.macs_after:,} | "
-                     f"{r.macs_before / r.macs_after:.2f} | {r.est_speedup:.2f} | {r.rel_error:.2f} |")
+    for mode in ("float32", "int8"):
+        lines.append(f"| .tflite {mode} | {len(flatbuffers[('original', mode)]) / 1e6:.1f} MB | " + " | ".join(
+            f"{len(flatbuffers[(v, mode)]) / 1e6:.1f} MB" for v in variants) + " |")
+    lines.append("| layers factorized | | " + " | ".join(
+        f"{int((~reports[v]['skipped']).sum())} of {len(reports[v])}" for v in variants) + " |")
+    lines.append("| factorization time | | " + " | ".join(f"{t_factorize[v]:.1f} s" for v in variants) + " |")
+    lines.append("| float32 TFLite vs Keras (max rel. diff) | | " + " | ".join(
+        f"{agreement[v]:.1e}" for v in variants) + " |")
+    lines += ["", f"Latency: median (min) of {args.runs} invokes after 3 warm-ups, all models interleaved.", ""]
+    lines += _ratio_table(rows, variants, mac_red)
+    for v in variants:
+        met = sum(r["original"] / r[v] >= 0.8 * mac_red[v] for r in rows)
+        lines.append("")
+        lines.append(f"`{v}`: goal speed-up >= 0.8 x MAC reduction (x{0.8 * mac_red[v]:.2f}) met in {met} of "
+                     f"{len(rows)} configurations.")
+    for v in variants:
+        report = reports[v]
+        done = report.loc[~report["skipped"]]
+        lines += ["", f"## `{v}` allocation", "", "Layers left as is:", ""]
+        skipped = report.loc[report["skipped"]]
+        for r in skipped.itertuples():
+            lines.append(f"- `{r.layer}`: {r.reason}")
+        if skipped.empty:
+            lines.append("none")
+        lines += ["", "Per-layer ranks (est. = edgelr's latency estimate, MACs + output_cost x elements written):",
+                  "", "| layer | method | ranks | params | MACs | MACs x | est. speed-up | rel. error |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in done.itertuples():
+            lines.append(f"| {r.layer} | {r.method} | {'x'.join(map(str, r.ranks))} | {r.params_before:,} -> "
+                         f"{r.params_after:,} | {r.macs_before:,} -> {r.macs_after:,} | "
+                         f"{r.macs_before / r.macs_after:.2f} | {r.est_speedup:.2f} | {r.rel_error:.2f} |")
     write_report(args.out, lines)
 
 
