@@ -83,9 +83,9 @@ class Allocation:
 
 def rank_ladder(full: int, multiple: int) -> list[int]:
     """Ranks tried for one mode: multiples of ``multiple`` (coarsened to at most ``MAX_STEPS``) and ``full``."""
-    step = max(1, int(multiple)) * max(1, math.ceil(full / (max(1, int(multiple)) * MAX_STEPS)))
-    ladder = list(range(step, full, step)) + [full]
-    return ladder
+    multiple = max(1, int(multiple))
+    step = multiple * max(1, math.ceil(full / (multiple * MAX_STEPS)))
+    return list(range(step, full, step)) + [full]
 
 
 def layer_options(plan: Any, path: str, min_reduction: float | None,
