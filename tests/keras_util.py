@@ -40,3 +40,14 @@ def perturb_batchnorm(model: Any, rng: np.random.Generator, mean_scale: float = 
                                rng.uniform(0.5, 2.0, var.shape).astype("float32")])
             count += 1
     return count
+
+
+def small_cnn(k2: Any, hidden: int) -> Any:
+    """An 8x8x1 -> 10-class CNN (conv 8, max-pool, flatten, Dense ``hidden`` relu, softmax), uncompiled;
+    its weights follow the caller's random seed."""
+    inp = k2.Input((8, 8, 1))
+    h = k2.layers.Conv2D(8, 3, activation="relu", padding="same")(inp)
+    h = k2.layers.MaxPooling2D()(h)
+    h = k2.layers.Flatten()(h)
+    h = k2.layers.Dense(hidden, activation="relu")(h)
+    return k2.Model(inp, k2.layers.Dense(10, activation="softmax")(h))

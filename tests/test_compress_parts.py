@@ -28,14 +28,10 @@ def digits():
 @pytest.fixture(scope="module")
 def cnn(k2, digits):
     """A small CNN trained on digits for a few epochs (~95 % test accuracy)."""
+    from tests.keras_util import small_cnn
+
     k2.utils.set_random_seed(0)
-    inp = k2.Input((8, 8, 1))
-    h = k2.layers.Conv2D(8, 3, activation="relu", padding="same")(inp)
-    h = k2.layers.MaxPooling2D()(h)
-    h = k2.layers.Flatten()(h)
-    h = k2.layers.Dense(32, activation="relu")(h)
-    out = k2.layers.Dense(10, activation="softmax")(h)
-    model = k2.Model(inp, out)
+    model = small_cnn(k2, 32)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y, _, _ = digits
     model.fit(x, y, epochs=8, batch_size=32, verbose=0)

@@ -19,13 +19,10 @@ def cnn() -> Any:
     from edgelr.tfcompat import keras2
 
     k2 = keras2()
+    from tests.keras_util import small_cnn
+
     k2.utils.set_random_seed(0)
-    inp = k2.Input((8, 8, 1))
-    h = k2.layers.Conv2D(8, 3, activation="relu", padding="same")(inp)
-    h = k2.layers.MaxPooling2D()(h)
-    h = k2.layers.Flatten()(h)
-    h = k2.layers.Dense(16, activation="relu")(h)
-    return k2.Model(inp, k2.layers.Dense(10, activation="softmax")(h))
+    return small_cnn(k2, 16)
 
 
 @pytest.fixture(scope="module")

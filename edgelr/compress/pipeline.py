@@ -388,14 +388,12 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
             raise UsageError(f"--layer-policy: {exc}") from None
     from edgelr.rewrite.model import check_allocate, check_min_efficiency
 
-    try:
-        check_min_efficiency(opts.min_efficiency)
-    except EdgelrError as exc:
-        raise UsageError(f"--min-efficiency: {exc}") from None
-    try:
-        check_allocate(opts.allocate)
-    except EdgelrError as exc:
-        raise UsageError(f"--allocate: {exc}") from None
+    for flag, check, value in (("--min-efficiency", check_min_efficiency, opts.min_efficiency),
+                               ("--allocate", check_allocate, opts.allocate)):
+        try:
+            check(value)
+        except EdgelrError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
     if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
         from edgelr.errors import ModelLoadError
 

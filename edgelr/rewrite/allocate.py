@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import latency_estimate
+from edgelr.rewrite.model import rule_reason
 from edgelr.rewrite.registry import Ranks
 
 MAX_STEPS = 64
@@ -48,11 +49,13 @@ _MULTIPLIERS = np.concatenate([[0.0], np.logspace(-3, 3, 49)])
 
 @dataclass
 class Option:
-    """One choice for one layer: ``ranks`` None means the layer stays as is; ``error`` is the error proxy."""
+    """One choice for one layer: ``ranks`` None means the layer stays as is; ``error`` is the error proxy,
+    ``latency`` :func:`~edgelr.rewrite.cost.latency_estimate`."""
 
     ranks: Ranks | None
     error: float
     params: int
+    macs: int
     latency: float
 
 
@@ -88,29 +91,35 @@ def rank_ladder(full: int, multiple: int) -> list[int]:
     return list(range(step, full, step)) + [full]
 
 
+def _option(plan: Any, lp: Any, ranks: Ranks | None) -> Option:
+    """Layer ``lp`` left as is (``ranks`` None) or rewritten at ``ranks``: error proxy, params, est. latency."""
+    rw = lp.rewriter
+    if ranks is None:
+        params, macs, error = lp.cost_before[0], lp.cost_before[1], 0.0
+    else:
+        (params, macs), error = rw.cost(lp.layer, ranks), float(rw.error_proxy(lp.decomposition, ranks))
+    return Option(None if ranks is None else tuple(int(r) for r in ranks), error, int(params), int(macs),
+                  latency_estimate(macs, rw.outputs(lp.layer, ranks), plan.output_cost))
+
+
 def layer_options(plan: Any, path: str, min_reduction: float | None,
                   min_efficiency: float | None) -> list[Option] | None:
-    """Every admissible option of one planned layer (first: left as is), or None when it cannot take part."""
+    """Every admissible option of one planned layer (first: left as is), or None when it cannot take part.
+    An option is admissible when it passes the plan's rules (:func:`edgelr.rewrite.model.rule_reason`)."""
     lp = plan.layers[path]
     rw = lp.rewriter
     if rw is None or lp.decomposition is None or lp.ranks is None:
         return None
-    out_before = rw.outputs(lp.layer, None)
-    if out_before is None or rw.error_proxy(lp.decomposition, lp.full_ranks) is None:
+    if rw.outputs(lp.layer, None) is None or rw.error_proxy(lp.decomposition, lp.full_ranks) is None:
         return None
-    p0, m0 = lp.cost_before
-    t0 = latency_estimate(m0, out_before, plan.output_cost)
-    options = [Option(None, 0.0, p0, t0)]
-    limit = 1.0 - (min_reduction or 0.0)
+    whole = _option(plan, lp, None)
+    options = [whole]
     for ranks in itertools.product(*(rank_ladder(f, plan.multiple) for f in lp.full_ranks)):
-        params, macs = rw.cost(lp.layer, ranks)
-        if params > limit * p0 or (m0 > 0 and macs > limit * m0):
-            continue
-        latency = latency_estimate(macs, rw.outputs(lp.layer, ranks), plan.output_cost)
-        if min_efficiency is not None and macs > 0 and (t0 / max(latency, 1.0)) < min_efficiency * m0 / macs:
-            continue
-        options.append(Option(tuple(int(r) for r in ranks), float(rw.error_proxy(lp.decomposition, ranks)),
-                              int(params), float(latency)))
+        opt = _option(plan, lp, ranks)
+        est_speedup = whole.latency / max(opt.latency, 1.0)
+        if not rule_reason(lp.cost_before, (opt.params, opt.macs), est_speedup, min_reduction, min_efficiency,
+                           plan.output_cost):
+            options.append(opt)
     return _pareto(options)
 
 
@@ -132,14 +141,7 @@ def _loss(error: float) -> float:
 def _policy_option(plan: Any, path: str) -> Option:
     """The option the per-layer policy chose (its ranks, or 'as is' when the plan skipped the layer)."""
     lp = plan.layers[path]
-    rw = lp.rewriter
-    p0, m0 = lp.cost_before
-    t0 = latency_estimate(m0, rw.outputs(lp.layer, None), plan.output_cost)
-    if lp.skipped:
-        return Option(None, 0.0, p0, t0)
-    params, macs = rw.cost(lp.layer, lp.ranks)
-    return Option(lp.ranks, float(rw.error_proxy(lp.decomposition, lp.ranks)), int(params),
-                  latency_estimate(macs, rw.outputs(lp.layer, lp.ranks), plan.output_cost))
+    return _option(plan, lp, None if lp.skipped else lp.ranks)
 
 
 def _lagrangian(objective: np.ndarray, scale: float, costs: list[tuple[np.ndarray, float]],
@@ -248,10 +250,8 @@ def allocate_ranks(plan: Any, paths: list[str], min_reduction: float | None = No
     if pick is None:  # pragma: no cover - the start (policy ranks) is always feasible
         return keep
     rows = np.arange(len(names))
-    fastest = float(lat[rows, pick].sum())
-    second = _lagrangian(loss, loss_policy, [(par, budget_p), (lat, fastest)], pick)
-    if second is not None and loss[rows, second].sum() < loss[rows, pick].sum():
-        pick = second
+    # stage 2 starts from stage 1's pick, which is feasible there: never more loss than it
+    pick = _lagrangian(loss, loss_policy, [(par, budget_p), (lat, float(lat[rows, pick].sum()))], pick)
     chosen = {p: table[p][int(pick[i])].ranks for i, p in enumerate(names)}
     return Allocation(chosen, (int(budget_p), budget_t), (int(par[rows, pick].sum()), float(lat[rows, pick].sum())),
                       loss_policy, float(loss[rows, pick].sum()), any(chosen[p] != policy[p].ranks for p in names))

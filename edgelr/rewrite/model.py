@@ -273,6 +273,22 @@ def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) ->
     return ""
 
 
+def rule_reason(before: Cost, after: Cost, est_speedup: float | None, min_reduction: float | None,
+                min_efficiency: float | None, output_cost: float) -> str:
+    """Why a rewrite from ``before`` to ``after`` (params, MACs) breaks the plan's rules ('' when it does not):
+    too small a reduction (``min_reduction``), or an estimated speed-up below ``min_efficiency`` x its MAC
+    reduction. Shared by the per-layer policy and the model-wide allocation."""
+    reason = _reduction_reason(before, after, min_reduction)
+    if reason or min_efficiency is None or est_speedup is None or after[1] <= 0:
+        return reason
+    macs_x = before[1] / after[1]
+    if est_speedup < min_efficiency * macs_x:
+        return (f"estimated speed-up x{est_speedup:.2f} is below {min_efficiency:g} x its MAC reduction "
+                f"x{macs_x:.2f} (output-bound at {output_cost:g} MAC-equivalents per output element; "
+                f"min_efficiency={min_efficiency:g})")
+    return ""
+
+
 def plan_factorization(
     model: Any,
     method: str | None = None,
@@ -336,8 +352,8 @@ def plan_factorization(
         least estimated latency within both totals, then the least loss at that latency
         (:mod:`edgelr.rewrite.allocate`). Layers whose cuts buy little latency keep more rank, those where
         they buy much give more up, and Tucker-2 ranks are searched in both modes (e.g. ``r_in = C_in``,
-        which folds the input factor away): no larger, faster by the estimate, no more loss. Layers without an error proxy or latency
-        model (CP, recurrent) keep their policy ranks. The ``policy`` column reads ``<policy> (latency)``
+        which folds the input factor away): no larger, no slower by the estimate, no more loss. Layers
+        without an error proxy or latency model (CP, recurrent) keep their policy ranks. The ``policy`` column reads ``<policy> (latency)``
         for the layers allocated this way.
 
     Returns
@@ -429,13 +445,8 @@ def plan_factorization(
                                                                    chosen_policy[lp.path], multiple, floor))
         lp.cost_after = lp.rewriter.cost(lp.layer, lp.ranks)
         lp.est_speedup = plan.est_speedup(lp.path, lp.ranks)
-        reason = _reduction_reason(lp.cost_before, lp.cost_after, min_reduction)
-        if not reason and min_efficiency is not None and lp.est_speedup is not None and lp.cost_after[1] > 0:
-            macs_x = lp.cost_before[1] / lp.cost_after[1]
-            if lp.est_speedup < min_efficiency * macs_x:
-                reason = (f"estimated speed-up x{lp.est_speedup:.2f} is below {min_efficiency:g} x its MAC "
-                          f"reduction x{macs_x:.2f} (output-bound at {plan.output_cost:g} MAC-equivalents per "
-                          f"output element; min_efficiency={min_efficiency:g})")
+        reason = rule_reason(lp.cost_before, lp.cost_after, lp.est_speedup, min_reduction, min_efficiency,
+                             plan.output_cost)
         if reason:
             lp.skipped, lp.reason = True, f"ranks {_fmt(lp.ranks)}: {reason}"
         else:
@@ -446,7 +457,7 @@ def plan_factorization(
 
 
 def check_allocate(value: Any) -> str:
-    """``value`` if it is ``layer`` or ``model``; :class:`FactorizeError` otherwise."""
+    """``value`` if it is one of ``ALLOCATIONS`` (``layer``, ``latency``); :class:`FactorizeError` otherwise."""
     if value not in ALLOCATIONS:
         raise FactorizeError(f"allocate: got {value!r}; expected one of {list(ALLOCATIONS)}")
     return str(value)
@@ -468,7 +479,7 @@ def _allocate_model_wide(plan: FactorizationPlan, paths: list[str], min_reductio
                 lp.skipped = True
                 lp.reason = (f"left as is by the latency allocation (policy ranks {_fmt(lp.ranks)} would cut "
                              f"its estimated latency x{lp.est_speedup or 1.0:.2f} for MACs "
-                             f"x{lp.cost_before[1] / max(lp.cost_after[1], 1) if lp.cost_after else 1.0:.2f})")
+                             f"x{lp.cost_before[1] / max(lp.cost_after[1], 1):.2f})")
             continue
         lp.ranks = ranks
         lp.cost_after = lp.rewriter.cost(lp.layer, ranks)
