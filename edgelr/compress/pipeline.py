@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from edgelr.compress.plan_options import PlanOptions, resolve_plan_options
+
 import numpy as np
 
 from edgelr.compress.convert import ConversionResult, check_quantization, convert
@@ -223,15 +225,10 @@ def _load_data(data: Any, model: Any) -> Any:
     return fit_to_model(data, model)
 
 
-def _factorize(model: Any, target: Any, opts: CompressOptions, rank_policy: str | None = None) -> tuple[Any, Any]:
+def _factorize(model: Any, plan_options: PlanOptions, progress: bool) -> tuple[Any, Any]:
     from edgelr.rewrite import factorize_model
 
-    return factorize_model(model, method=opts.method or target.method,
-                           rank_policy=rank_policy or opts.rank_policy or target.rank_policy,
-                           target=target, include=opts.include, skip=opts.skip,
-                           min_reduction=opts.min_reduction, progress=opts.progress,
-                           layer_policies=opts.layer_policies, min_efficiency=opts.min_efficiency,
-                           allocate=opts.allocate)
+    return factorize_model(model, progress=progress, **plan_options.kwargs())
 
 
 def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -367,6 +364,7 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         raise UsageError(f"compress: unknown option(s) {unknown}; valid: {sorted(CompressOptions.__dataclass_fields__)}")
     opts = CompressOptions(**options)
     tgt = get_target(target, opts.targets_file)
+    plan_options = resolve_plan_options(opts, tgt)
     quantization = check_quantization(opts.quantize or tgt.quantization, tgt.io_dtype)
     out = check_out_dir(out_dir, force)
     if opts.epochs < 0 or opts.qat_epochs < 0 or opts.batch_size < 1:
@@ -407,13 +405,13 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
     _log(opts, f"original: {task.metric} val {runner.original_val:.4g}, test {runner.original_test:.4g}")
     search_info: dict[str, Any] | None = None
     if opts.max_accuracy_drop is None:
-        fact, rep = _factorize(original, tgt, opts)
+        fact, rep = _factorize(original, plan_options, opts.progress)
         attempt = runner.run(fact, rep, "factorized")
         budget_met = None
     else:
         from edgelr.compress.search import search_and_run
 
-        attempt, search_info = search_and_run(runner, tgt)
+        attempt, search_info = search_and_run(runner, plan_options)
         budget_met = bool(search_info["budget_met"])
     _log(opts, f"converting the original model ({quantization}) for baseline.tflite")
     base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.rep,

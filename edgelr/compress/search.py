@@ -73,7 +73,7 @@ def _config_cost(plan: Any, config: dict[str, tuple[int, ...] | None], base: tup
     return params, macs
 
 
-def search_and_run(runner: Any, target: Any) -> tuple[Any, dict[str, Any]]:
+def search_and_run(runner: Any, plan_options: Any) -> tuple[Any, dict[str, Any]]:
     """Run the search (module docstring) with a :class:`edgelr.compress.pipeline.Runner`.
 
     Returns
@@ -92,10 +92,7 @@ def search_and_run(runner: Any, target: Any) -> tuple[Any, dict[str, Any]]:
     o, d, task, model = runner.opts, runner.data, runner.task, runner.original
     budget = float(o.max_accuracy_drop)
     _log(o, f"rank search: budget {budget:g} points; decomposing every layer once")
-    plan = plan_factorization(model, method=o.method or target.method,
-                              rank_policy=o.rank_policy or target.rank_policy, target=target,
-                              include=o.include, skip=o.skip, min_reduction=None, progress=o.progress,
-                              layer_policies=o.layer_policies)
+    plan = plan_factorization(model, progress=o.progress, **plan_options.kwargs(min_reduction=None))
     paths = plan.candidates()
     xs, ys = d.x_val[:o.search_subset], d.y_val[:o.search_subset]
     base_score = score(predict(model, xs), ys, task)

@@ -1,0 +1,65 @@
+"""Every plan option reaches the rank plan on both paths: the plain one and the accuracy search."""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edgelr.compress.pipeline import CompressOptions, _factorize
+from edgelr.compress.plan_options import PlanOptions, resolve_plan_options
+from edgelr.targets import get_target
+
+CHOSEN = {"method": "tucker2", "rank_policy": "energy:0.9", "layer_policies": "conv2d=rank:4",
+          "include": ("conv*",), "skip": ("dense_1",), "min_reduction": 0.25, "min_efficiency": 0.5,
+          "allocate": "latency"}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _recorder(seen: list[dict[str, Any]]) -> Any:
+    def record(model: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        raise _Stop
+
+    return record
+
+
+def test_resolve_copies_every_option_and_applies_target_defaults() -> None:
+    tgt = get_target("host")
+    plan = resolve_plan_options(CompressOptions(**CHOSEN), tgt)
+    assert {k: getattr(plan, k) for k in CHOSEN} == CHOSEN and plan.target is tgt
+    default = resolve_plan_options(CompressOptions(), tgt)
+    assert (default.method, default.rank_policy) == (tgt.method, tgt.rank_policy)
+    assert set(plan.kwargs()) == {f.name for f in dataclasses.fields(PlanOptions)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.allocate = "layer"  # type: ignore[misc]
+
+
+def test_plain_path_passes_every_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgelr.rewrite
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(edgelr.rewrite, "factorize_model", _recorder(seen))
+    plan = resolve_plan_options(CompressOptions(**CHOSEN), get_target("host"))
+    with pytest.raises(_Stop):
+        _factorize(object(), plan, False)
+    assert {k: seen[0][k] for k in CHOSEN} == CHOSEN
+
+
+def test_search_passes_every_option_but_min_reduction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search explores the ranks itself (min_reduction=None); allocate and min_efficiency reach it."""
+    import edgelr.rewrite
+    from edgelr.compress.search import search_and_run
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(edgelr.rewrite, "plan_factorization", _recorder(seen))
+    opts = CompressOptions(**CHOSEN, max_accuracy_drop=1.0, progress=False)
+    runner = SimpleNamespace(opts=opts, data=None, task=None, original=object())
+    with pytest.raises(_Stop):
+        search_and_run(runner, resolve_plan_options(opts, get_target("host")))
+    assert {k: seen[0][k] for k in CHOSEN} == {**CHOSEN, "min_reduction": None}
+    assert seen[0]["allocate"] == "latency" and seen[0]["min_efficiency"] == 0.5
