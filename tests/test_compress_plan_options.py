@@ -60,6 +60,6 @@ def test_search_passes_every_option_but_min_reduction(monkeypatch: pytest.Monkey
     opts = CompressOptions(**CHOSEN, max_accuracy_drop=1.0, progress=False)
     runner = SimpleNamespace(opts=opts, data=None, task=None, original=object())
     with pytest.raises(_Stop):
-        search_and_run(runner, resolve_plan_options(opts, get_target("host")))
+        search_and_run(runner, resolve_plan_options(opts, get_target("host")), lambda msg: None)
     assert {k: seen[0][k] for k in CHOSEN} == {**CHOSEN, "min_reduction": None}
     assert seen[0]["allocate"] == "latency" and seen[0]["min_efficiency"] == 0.5

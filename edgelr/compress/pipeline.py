@@ -411,7 +411,7 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
     else:
         from edgelr.compress.search import search_and_run
 
-        attempt, search_info = search_and_run(runner, plan_options)
+        attempt, search_info = search_and_run(runner, plan_options, lambda msg: _log(opts, msg))
         budget_met = bool(search_info["budget_met"])
     _log(opts, f"converting the original model ({quantization}) for baseline.tflite")
     base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.rep,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -73,8 +73,8 @@ def _config_cost(plan: Any, config: dict[str, tuple[int, ...] | None], base: tup
     return params, macs
 
 
-def search_and_run(runner: Any, plan_options: Any) -> tuple[Any, dict[str, Any]]:
-    """Run the search (module docstring) with a :class:`edgelr.compress.pipeline.Runner`.
+def search_and_run(runner: Any, plan_options: Any, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """Run the search (module docstring) with the attempt runner of :mod:`edgelr.compress.pipeline`; ``log`` reports progress.
 
     Returns
     -------
@@ -85,13 +85,12 @@ def search_and_run(runner: Any, plan_options: Any) -> tuple[Any, dict[str, Any]]
     """
     from tqdm import tqdm
 
-    from edgelr.compress.pipeline import _log
     from edgelr.rewrite.cost import model_cost
     from edgelr.rewrite import build_factorized, plan_factorization
 
     o, d, task, model = runner.opts, runner.data, runner.task, runner.original
     budget = float(o.max_accuracy_drop)
-    _log(o, f"rank search: budget {budget:g} points; decomposing every layer once")
+    log(f"rank search: budget {budget:g} points; decomposing every layer once")
     plan = plan_factorization(model, progress=o.progress, **plan_options.kwargs(min_reduction=None))
     paths = plan.candidates()
     xs, ys = d.x_val[:o.search_subset], d.y_val[:o.search_subset]
@@ -176,7 +175,7 @@ def search_and_run(runner: Any, plan_options: Any) -> tuple[Any, dict[str, Any]]
         tfl = attempt.validation.accuracy if task.classifier else attempt.validation.loss
         current["tflite_score"], current["tflite_drop"] = tfl, attempt.tflite_drop
         trials.append(attempt)
-        _log(o, f"rank search: candidate {current['label']} ({current['macs_x']:.2f}x fewer MACs): "
+        log(f"rank search: candidate {current['label']} ({current['macs_x']:.2f}x fewer MACs): "
                 f"{runner.quantization} tflite drop {attempt.tflite_drop:.2f} points (budget {budget:g})")
         if attempt.tflite_drop <= budget:
             break
@@ -184,7 +183,7 @@ def search_and_run(runner: Any, plan_options: Any) -> tuple[Any, dict[str, Any]]
                and c["val_drop"] <= current["val_drop"]]
         current = nxt[0] if nxt else None
         if current is not None:
-            _log(o, f"rank search: over budget, backing off to {current['label']}")
+            log(f"rank search: over budget, backing off to {current['label']}")
     if not trials:  # no factorizable layer: fall back to the plan's policy ranks (keeps the model as is)
         new, rep = build_factorized(model, plan, progress=False)
         trials.append(runner.run(new, rep, "unfactorized"))
