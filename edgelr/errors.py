@@ -68,3 +68,9 @@ class RegressionFound(EdgelrError):
     """A regression run found at least one regression (exit code 3)."""
 
     exit_code = 3
+
+
+class Interrupted(EdgelrError):
+    """The user stopped the run (Ctrl-C, SIGTERM): what was measured is kept (exit code 130)."""
+
+    exit_code = 130

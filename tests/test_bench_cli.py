@@ -89,7 +89,7 @@ def test_bench_help_lists_the_options() -> None:
 
     res = CliRunner().invoke(bench, ["--help"])
     assert res.exit_code == 0
-    for opt in ("--device", "--inventory", "--threads", "--runs", "--warmup", "--repeat", "--cooldown-c", "--out",
+    for opt in ("--device", "--inventory", "--threads", "--runs", "--warmup", "--sessions", "--max-time", "--cooldown-c", "--out",
                 "--json", "--trust-new-host"):
         assert opt in res.output
 

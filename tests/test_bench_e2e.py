@@ -113,7 +113,7 @@ def test_runner_has_no_edgelr_or_tensorflow_imports() -> None:
 def test_cli_bench_json_end_to_end(tiny_tflite: Path, inventory: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "results.parquet"
     res = edgelr("bench", str(tiny_tflite), "--device", "testbox", "--inventory", str(inventory), "--runs", "5",
-                 "--warmup", "2", "--repeat", "2", "--json", "--out", str(out_file))
+                 "--warmup", "2", "--sessions", "2", "--json", "--out", str(out_file))
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     rows = data["rows"]
@@ -154,7 +154,7 @@ def test_cli_failing_model_keeps_earlier_results(tiny_tflite: Path, inventory: P
     bad.write_bytes(tiny_tflite.read_bytes()[:200])
     out_file = tmp_path / "results.csv"
     res = edgelr("bench", str(tiny_tflite), str(bad), "--device", "testbox", "--inventory", str(inventory),
-                 "--runs", "3", "--out", str(out_file))
+                 "--runs", "3", "--sessions", "1", "--out", str(out_file))
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("edgelr: error:")]

@@ -2,10 +2,11 @@
 
 Models are tiny Keras MLPs converted with TensorFlow in a subprocess: a "fast" one and a much wider
 "slow" one that is stored under the same suite name to simulate a regressing model update.
-This host is shared and noisy (a model run twice has been flagged +41% under load), so the test suites
-use a latency threshold of 100% (the slow model has ~15x the MACs); the statistics themselves are
-tested in test_report_stats.py and measured in
-tests/perf/bench_detection.py.
+This host is shared and noisy (a model run twice was flagged +41 % under load when inferences were
+treated as samples), so the suites use the realistic 5 % latency threshold on purpose: latency is
+compared over sessions and a suggested change is confirmed by a paired, interleaved re-run of the
+stored baseline model, which is what must keep an unchanged model from being flagged here. The
+statistics are tested in test_report_stats.py and measured in tests/perf/bench_detection.py.
 """
 
 from __future__ import annotations
@@ -63,12 +64,16 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _suite(d: Path, devices: list[str], runs: int = 20) -> Path:
+SESSIONS = 8
+
+
+def _suite(d: Path, devices: list[str], runs: int = 10, sessions: int = SESSIONS) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "suite.toml").write_text(f"""
 [suite]
 name = "nightly"
 runs = {runs}
+sessions = {sessions}
 history = "reports/history"
 
 [[models]]
@@ -77,7 +82,7 @@ path = "models/classifier.tflite"
 
 {''.join(f'[[devices]]{chr(10)}name = "{x}"{chr(10)}' for x in devices)}
 [thresholds]
-latency = "100%"
+latency = "5%"
 peak_memory = "25%"
 energy = "8%"
 accuracy = "0.5pt"
@@ -118,7 +123,8 @@ def test_regress_local_same_model_passes_slower_model_fails(models: tuple[Path, 
     out2 = json.loads(second.stdout)
     lat = _latency(out2)
     assert lat["status"] in ("ok", "improvement") and lat["baseline"] == f"accepted:{out1['run_id']}"
-    assert lat["n_current"] == lat["n_baseline"] == 20 and lat["method"] == "mann-whitney-u"
+    assert lat["n_current"] == lat["n_baseline"] == SESSIONS
+    assert lat["method"] in ("mann-whitney-u (sessions)", "wilcoxon-signed-rank (paired re-run)")
 
     _put_model(suite.parent, slow)        # a much wider model under the same name
     third = _regress(suite, env)
@@ -127,6 +133,7 @@ def test_regress_local_same_model_passes_slower_model_fails(models: tuple[Path, 
     lat = _latency(out3)
     assert lat["status"] == "regression" and lat["p_value"] < 0.01 and lat["ci_low"] > 0.5
     assert lat["current"] > 5 * lat["baseline_value"]
+    assert lat["method"] == "wilcoxon-signed-rank (paired re-run)" and "decided by the paired re-run" in lat["note"]
     assert "regression(s) in run" in third.stderr
 
     fourth = _regress(suite, env, "--accept", "--accept-as", "v2")   # the slow model becomes the baseline
@@ -136,13 +143,15 @@ def test_regress_local_same_model_passes_slower_model_fails(models: tuple[Path, 
 
     hist = suite.parent / "reports" / "history"
     r = H.runs(hist)
+    r = r[r["kind"] == "regress"]
     assert r["run_id"].tolist() == [o["run_id"] for o in (out1, out2, out3, out4)]
     assert set(r["status"]) == {"complete"} and set(r["kind"]) == {"regress"} and set(r["suite"]) == {"nightly"}
     assert H.baselines(hist)[["name", "run_id"]].values.tolist() == [
         ["accepted", out1["run_id"]], ["v2", out4["run_id"]], ["accepted", out4["run_id"]]]
-    frame = H.load(hist)
+    frame = H.load(hist, kinds=["regress"])
     assert set(frame["model"]) == {"classifier"} and set(frame["device"]) == {"local"}
-    assert (frame[frame["metric"] == "latency"].groupby("run_id").size() == 20).all()
+    assert (frame[frame["metric"] == "latency"].groupby("run_id").size() == SESSIONS * 10).all()
+    assert H.model_file(hist, frame["model_sha256"].iloc[0]) is not None   # content-addressed copy kept
     comps = H.load_comparisons(hist)
     assert comps[comps["metric"] == "latency"]["status"].tolist() == [
         "no-baseline", _latency(out2)["status"], "regression", "regression"]
@@ -287,16 +296,19 @@ def test_bad_every_and_bad_suites(tmp_path: Path) -> None:
     suite = _suite(d, ["local"])
     s = load_suite(suite)
     assert s.history == (d / "reports" / "history").resolve()
-    assert s.models[0].path == (d / "models" / "classifier.tflite").resolve() and s.runs == 20
-    assert s.thresholds == {"latency": "100%", "peak_memory": "25%", "energy": "8%", "accuracy": "0.5pt"}
+    assert s.models[0].path == (d / "models" / "classifier.tflite").resolve() and s.runs == 10 and s.sessions == SESSIONS
+    assert s.thresholds == {"latency": "5%", "peak_memory": "25%", "energy": "8%", "accuracy": "0.5pt"}
     proc = subprocess.run([*EDGELR, "regress", "--suite", str(suite), "--install-schedule", "cron", "--every",
                            "sometimes"], capture_output=True, text=True, env=_env(tmp_path), timeout=60)
     assert proc.returncode == 2 and "--every 'sometimes' is not understood" in proc.stderr
     text = suite.read_text()
     cases = [
-        (text.replace('latency = "100%"', 'latency = "100"'), "expected a relative"),
+        (text.replace('latency = "5%"', 'latency = "100"'), "expected a relative"),
         (text.replace('path = "models/classifier.tflite"', 'path = "models/nope.tflite"'), "does not exist"),
-        (text.replace('runs = 20', 'runs = 0'), "runs=0"),
+        (text.replace('runs = 10', 'runs = 0'), "runs=0"),
+        (text.replace('runs = 10', 'runs = 10\nthreads = true'), "threads=True"),
+        (text.replace('runs = 10', 'runs = 10\nrepeat = 3'), "both sessions and repeat"),
+        (text.replace('sessions = 8', 'sessions = 0'), "sessions=0"),
         (text.replace('[thresholds]', '[thresholds]\nhappiness = "1%"'), "does not measure"),
         (text.replace('history = "reports/history"', 'histroy = "x"'), "unknown [suite] key"),
         (text.replace('path = "models/classifier.tflite"', 'recipe = "compress.toml"'), "compress recipe"),
@@ -308,3 +320,45 @@ def test_bad_every_and_bad_suites(tmp_path: Path) -> None:
             load_suite(suite)
     with pytest.raises(UsageError, match="no such file"):
         load_suite(tmp_path / "missing.toml")
+
+
+def _runners_of(root: Path) -> list[int]:
+    """Pids of live processes whose command line mentions ``root`` (the test's own model/work folders)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if str(root) in cmd and "edgelr.cli.main" not in cmd and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_regress_at_once_keeps_rows_and_leaves_no_runner(models: tuple[Path, Path], tmp_path: Path) -> None:
+    suite = _suite(tmp_path / "s", ["local"], runs=400, sessions=50)
+    _put_model(suite.parent, models[1])
+    env = _env(tmp_path)
+    proc = subprocess.Popen([*EDGELR, "regress", "--suite", str(suite)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    hist = suite.parent / "reports" / "history"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline - 100 and proc.poll() is None:   # ~20 s in: sessions are running
+        time.sleep(0.5)
+    assert proc.poll() is None
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert proc.returncode == 130, err[-1500:]
+    assert took < 2.0, f"regress took {took:.1f} s to stop"
+    assert "Traceback" not in err and "interrupted" in err
+    time.sleep(0.3)
+    assert _runners_of(tmp_path) == []
+    r = H.runs(hist)
+    assert len(r) == 1 and r["status"].item() in ("partial", "failed") and "interrupted" in r["error"].item()

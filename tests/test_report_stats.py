@@ -84,18 +84,21 @@ def test_segment_l1_finds_a_synthetic_step() -> None:
     assert S.segment_l1(y) == [10, 20]
 
 
-def history_frame(medians: list[float], n: int = 20, seed: int = 0) -> pd.DataFrame:
-    """A loaded-history-like frame: one run per median with n latency samples + a peak_memory value."""
+def history_frame(medians: list[float], n: int = 20, seed: int = 0, sessions: int = 8) -> pd.DataFrame:
+    """A loaded-history-like frame: one run per median, each of ``sessions`` sessions (a 2 % session
+    effect) with n latency samples, + a peak_memory value."""
     rng = np.random.default_rng(seed)
     parts = []
     for k, med in enumerate(medians):
         rid = f"r{k:02d}"
-        vals = lognormal(rng, n, med)
-        parts.append(pd.DataFrame({"run_id": rid, "run_started": f"2026-11-{k + 1:02d}T00:00:00", "model": "clf",
-                                   "device": "pi4", "metric": "latency", "sample": range(n), "value": vals}))
+        for rep in range(sessions):
+            vals = lognormal(rng, n, med * float(np.exp(rng.normal(0, 0.02))))
+            parts.append(pd.DataFrame({"run_id": rid, "run_started": f"2026-11-{k + 1:02d}T00:00:00",
+                                       "model": "clf", "device": "pi4", "metric": "latency", "repeat": rep,
+                                       "sample": range(n), "value": vals}))
         parts.append(pd.DataFrame({"run_id": [rid], "run_started": [f"2026-11-{k + 1:02d}T00:00:00"],
                                    "model": ["clf"], "device": ["pi4"], "metric": ["peak_memory"],
-                                   "sample": [-1], "value": [40.0]}))
+                                   "repeat": [0], "sample": [-1], "value": [40.0]}))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -103,11 +106,11 @@ NO_BASE = pd.DataFrame(columns=["name", "run_id", "accepted_at"])
 
 
 def test_compare_run_flags_latency_and_locates_the_step() -> None:
-    frame = history_frame([10.0] * 8 + [11.0] * 4)
-    out = S.compare_run(frame, NO_BASE, "r11", {"latency": "5%", "peak_memory": "10%", "energy": "8%"},
+    frame = history_frame([10.0] * 8 + [11.0] * 2)
+    out = S.compare_run(frame, NO_BASE, "r09", {"latency": "5%", "peak_memory": "10%", "energy": "8%"},
                         baseline="window:8")
     lat = out[out["metric"] == "latency"].iloc[0]
-    # window:8 holds r03..r10, three of them already slow: still a clear regression
+    # window:8 holds r01..r08, one of them already slow: still a clear regression over sessions
     assert lat["status"] == "regression" and lat["baseline"] == "window:8"
     assert lat["change_run"] == "r08"
     mem = out[out["metric"] == "peak_memory"].iloc[0]

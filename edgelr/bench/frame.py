@@ -20,7 +20,7 @@ COLUMNS: list[str] = [
     "transport",       # str: local | ssh | adb
     "model",           # str: model name (file stem unless named)
     "model_sha256",    # str
-    "repeat",          # int: 0..K-1 for --repeat K
+    "repeat",          # int: session (block) index 0..K-1 for --sessions K
     "metric",          # str: see METRICS
     "sample",          # int: per-run index for sampled metrics, -1 for aggregates
     "value",           # float (NaN when not measured)
@@ -109,7 +109,12 @@ def write_frame(frame: "pandas.DataFrame", path: "str | os.PathLike[str]") -> No
 
 
 def summarize(frame: "pandas.DataFrame") -> "list[dict[str, Any]]":  # noqa: F821
-    """One row per model: latency avg/median/p90 (ms) over all repeats, peak MB, energy mJ, max temp."""
+    """One row per model and device: the latency of its sessions and the other metrics.
+
+    ``median_ms`` is the median of the session medians (``repeat`` = session); ``session_cv`` the
+    between-session spread (robust CV: 1.4826 MAD / median of the session medians, in %), the figure
+    that decides what a comparison can resolve; ``avg_ms``/``p90_ms`` pool the per-inference samples.
+    """
     out: list[dict[str, Any]] = []
     for (model, dev), g in frame.groupby(["model", "device"], sort=False):
         def agg(metric: str, how: str = "mean") -> float:
@@ -118,16 +123,37 @@ def summarize(frame: "pandas.DataFrame") -> "list[dict[str, Any]]":  # noqa: F82
                 return math.nan
             return float(getattr(vals, how)())
 
-        samples = g.loc[g["metric"] == "latency", "value"].dropna()
-        median = float(samples.median()) if len(samples) else agg("latency_median")
+        samples = g.loc[(g["metric"] == "latency") & (g["sample"] >= 0), "value"].dropna()
+        per_session = []
+        for _, sg in g.groupby(["run_id", "repeat"], sort=True):
+            v = sg.loc[(sg["metric"] == "latency_median") & (sg["sample"] == -1), "value"].dropna()
+            if not len(v):
+                v = sg.loc[(sg["metric"] == "latency") & (sg["sample"] >= 0), "value"].dropna()
+            if not len(v):
+                v = sg.loc[(sg["metric"] == "latency_avg") & (sg["sample"] == -1), "value"].dropna()
+            if len(v):
+                per_session.append(float(v.median()))
+        per_session.sort()
+        median = _median(per_session) if per_session else math.nan
+        cv = math.nan
+        if len(per_session) >= 3 and median > 0:
+            mad = _median([abs(x - median) for x in per_session])
+            cv = 100.0 * 1.4826 * mad / median
         p90 = float(samples.quantile(0.9)) if len(samples) else agg("latency_p90")
         throttled = agg("throttled", "max")
         out.append({
-            "model": model, "device": dev, "repeats": int(g["repeat"].nunique()),
-            "avg_ms": agg("latency_avg"), "median_ms": median, "p90_ms": p90,
+            "model": model, "device": dev, "sessions": len(per_session), "repeats": len(per_session),
+            "avg_ms": agg("latency_avg"), "median_ms": median,
+            "session_cv": f"{cv:.1f}%" if math.isfinite(cv) else "", "p90_ms": p90,
             "peak_mb": agg("peak_memory", "max"), "energy_mj": agg("energy_per_inference"),
             "temp_c": agg("temp_after", "max"),
             "throttled": "" if math.isnan(throttled) else ("yes" if throttled else "no"),
             "samples": int(len(samples)),
         })
     return out
+
+
+def _median(xs: "list[float]") -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])

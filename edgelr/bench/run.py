@@ -1,13 +1,33 @@
-"""Benchmark orchestration: models x repeats on one device -> the long results frame.
+"""Benchmark orchestration: models x sessions on one device -> the long results frame.
 
-For each model and repeat: wait until the device is cooler than ``cooldown_c``, read temperatures and
-the energy sensor, time the throttling canary, run the benchmark program through its harness (pinned
-with ``taskset`` to the target's affinity mask where the device has it, peak RSS sampled from /proc while
-it runs), read the sensors again and turn everything into rows of :mod:`edgelr.bench.frame`.
+**The unit of measurement is a session**: one fresh benchmark process with its own warm-up and
+``runs`` timed inferences. Inferences of one process are correlated (same CPU frequency, same
+co-tenants, same allocation layout); what varies is between processes and over time (REFERENCE.md
+§8: session medians of one model moved -19 % to +16 % here while each session's per-inference interval
+was +-2-3 %). So a measurement is K sessions, and a comparison is between sessions, never between the
+inferences of one process.
+
+**Interleaved blocks.** With several models, block b runs one session of every model, in a random
+order drawn per block (A B, B A, A B ...; seeded by ``settings.seed``, else by the run id, so the order
+is reproducible from the stored run). Drift (a co-tenant, a temperature rise, a frequency change) then
+hits every model alike, and session b of model A is paired with session b of model B
+(:mod:`edgelr.report.stats` compares the per-block log-ratios). ``repeat`` in the frame is the block /
+session index; the session summary is its ``latency_median`` row beside the per-inference
+``latency`` samples.
+
+Defaults (K = ``DEFAULT_SESSIONS``, N = ``DEFAULT_RUNS``) were chosen from measurements on this 2-core
+shared machine; see ``tests/perf/bench_detection.py`` and ``reports/detection.md``. ``max_time_s``
+bounds the wall time: no new block starts when the last block's duration would overrun it.
+
+Per session: wait until the device is cooler than ``cooldown_c``, read temperatures and the energy
+sensor, time the throttling canary, run the benchmark program through its harness (pinned with
+``taskset`` to the target's affinity mask where the device has it, peak RSS sampled from /proc while it
+runs), read the sensors again and turn everything into rows of :mod:`edgelr.bench.frame`.
 
 Transport- and OS-agnostic: everything OS/tool specific is in :mod:`edgelr.bench.harness`.
 Results already gathered survive a failing model: they are written to ``settings.out`` after every
-repeat, and the error raised at the end carries them (``exc.partial_frame``).
+session, and the error raised at the end carries them (``exc.partial_frame``). ``cancel`` (a
+``threading.Event``) stops between sessions with :class:`~edgelr.errors.Interrupted`, rows kept.
 """
 
 from __future__ import annotations
@@ -28,28 +48,53 @@ from device_agents.transport import Transport
 from edgelr.bench.frame import METRICS, new_run_id, to_frame, write_frame
 from edgelr.bench.harness import Harness, HarnessOutput, ProgramInfo, check_run, select_harness
 from edgelr.bench.parse import BenchOutput
-from edgelr.errors import BenchmarkError, DeviceError, UsageError
+from edgelr.errors import BenchmarkError, DeviceError, Interrupted, UsageError
 from edgelr.targets import get_target
 
 if TYPE_CHECKING:
+    import threading
+
     import pandas as pd
 
 NAN = float("nan")
 Progress = Callable[[str], None]
 
 
+DEFAULT_SESSIONS = 10
+"""K: sessions per model. The paired signed-rank test needs >= 7 blocks to reach p < 0.01 at all
+(2**-7 = 0.008); 10 gives p down to 0.001 and, with the between-session spread measured here
+(``reports/detection.md``), resolves a ~5 % change."""
+DEFAULT_RUNS = 20
+"""N: timed inferences per session. The session median is stable after ~20 inferences; beyond that the
+between-session variance dominates (s2_s/K + s2_w/(K N)) and more sessions buy more than more runs."""
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """A model to benchmark: the name results are stored and shown under, and the local ``.tflite``."""
+
+    name: str
+    path: Path
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     """What to run and how. Times in seconds, temperatures in degrees C.
 
+    ``sessions`` (K) fresh benchmark processes per model, each of ``runs`` (N) timed inferences after
+    ``warmup`` untimed ones; with several models the sessions are interleaved in randomized blocks
+    (order seeded by ``seed``, else by the run id). ``max_time_s`` bounds the wall time: no block starts
+    that would end after it (at least one block runs).
     ``threads`` None takes the target profile's; ``affinity_mask`` None takes the device's, else the
     target's. ``sensor_root`` prefixes ``/sys`` paths (tests point it at a fixture tree).
     """
 
     threads: int | None = None
-    runs: int = 50
+    runs: int = DEFAULT_RUNS
     warmup: int = 1
-    repeat: int = 1
+    sessions: int = DEFAULT_SESSIONS
+    max_time_s: float | None = None
+    seed: int | None = None
     cooldown_c: float = 45.0
     cooldown_timeout_s: float = 300.0
     cooldown_poll_s: float = 5.0
@@ -65,12 +110,15 @@ class BenchSettings:
     targets_file: str | None = None
 
     def validate(self) -> None:
-        for name, low in (("runs", 1), ("warmup", 0), ("repeat", 1)):
+        for name, low in (("runs", 1), ("warmup", 0), ("sessions", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"--{name} {value!r}: expected an integer >= {low}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise UsageError(f"--threads {self.threads!r}: expected an integer >= 1")
+        for name, value in (("max-time", self.max_time_s), ("timeout", self.timeout_s)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"--{name} {value!r}: expected a positive number of seconds")
 
 
 def sha256_of(path: Path) -> str:
@@ -168,7 +216,7 @@ def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, pr
     return _Session(prog, workdir, threads, mask, meter, baseline)
 
 
-def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session: _Session, model: Path,
+def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session: _Session, model: BenchModel,
              remote_model: str, sha: str, rep: int, settings: BenchSettings, run_id: str,
              progress: Progress, target_name: str) -> list[dict[str, Any]]:
     notes: list[str] = list(session.prog.notes)
@@ -208,7 +256,7 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
 
     rows = _Rows({"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "device": device.name, "target": target_name, "transport": device.transport,
-                  "model": model.stem, "model_sha256": sha, "repeat": rep, "tool": session.prog.tool,
+                  "model": model.name, "model_sha256": sha, "repeat": rep, "tool": session.prog.tool,
                   "tool_version": bench.tool_version or session.prog.version, "threads": session.threads})
     _latency_rows(rows, bench)
     runner_rec = bench.extra.get("runner")
@@ -242,7 +290,7 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
     rows.add("energy_per_inference", energy.per_inference_mj(lat),
              (f"avg power x mean latency; {energy.note}" if math.isfinite(energy.avg_power_w) else energy.note))
     rows.add("avg_power", energy.avg_power_w, energy.note)
-    rows.add("model_size", float(model.stat().st_size))
+    rows.add("model_size", float(model.path.stat().st_size))
     _apply_harness_rows(rows, bench)
     if notes:
         for r in rows.rows:
@@ -251,9 +299,41 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
     return rows.rows
 
 
-def benchmark(device: DeviceSpec, transport: Transport, models: list[Path], settings: BenchSettings,
-              progress: Progress | None = None) -> "pd.DataFrame":
-    """Benchmark ``models`` on ``device`` and return the long results frame.
+def as_models(models: "list[Path] | list[BenchModel] | list[Path | BenchModel]") -> list[BenchModel]:
+    """Paths (named by their stem) or :class:`BenchModel` -> BenchModels; names must be unique."""
+    out = [m if isinstance(m, BenchModel) else BenchModel(Path(m).stem, Path(m)) for m in models]
+    names = [m.name for m in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UsageError(f"two models are named {dup[0]!r}; name them apart with NAME=path.tflite or --name")
+    return out
+
+
+def block_orders(n_models: int, blocks: int, seed: int) -> list[list[int]]:
+    """Randomized complete blocks: for each block a random permutation of ``range(n_models)``.
+
+    Returns ``blocks`` lists, each a permutation (shape (blocks, n_models)); the same seed gives the
+    same orders, so a stored run tells in what order its sessions ran.
+    """
+    import random
+
+    rng = random.Random(seed)
+    orders = []
+    for _ in range(blocks):
+        order = list(range(n_models))
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
+
+
+def _seed_of(run_id: str) -> int:
+    return int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16)
+
+
+def benchmark(device: DeviceSpec, transport: Transport, models: "list[Path] | list[BenchModel]",
+              settings: BenchSettings, progress: Progress | None = None,
+              cancel: "threading.Event | None" = None) -> "pd.DataFrame":
+    """Benchmark ``models`` on ``device`` in interleaved sessions and return the long results frame.
 
     Parameters
     ----------
@@ -262,17 +342,22 @@ def benchmark(device: DeviceSpec, transport: Transport, models: list[Path], sett
     transport
         An open transport to the device.
     models
-        Local ``.tflite`` files; pushed into ``<workdir>/models`` (sha256 skip).
+        Local ``.tflite`` files (named by their stem) or :class:`BenchModel`; pushed into
+        ``<workdir>/models`` (sha256 skip).
     settings
-        Threads, runs, warm-up, repeats, cool-down, output file.
+        Threads, runs per session, sessions, time budget, warm-up, cool-down, output file.
     progress
         Receives one-line progress messages (the CLI prints them on stderr).
+    cancel
+        When set, the run stops before the next session and raises :class:`~edgelr.errors.Interrupted`
+        carrying the rows gathered (``exc.partial_frame``).
 
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`edgelr.bench.frame.COLUMNS`; per model and repeat ``settings.runs`` rows of metric
-        ``latency`` (when the program prints per-run samples) plus aggregates (sample = -1).
+        Columns :data:`edgelr.bench.frame.COLUMNS`; per model and session (``repeat`` = block index)
+        ``settings.runs`` rows of metric ``latency`` (when the program prints per-run samples) plus
+        aggregates (sample = -1), among them the session's ``latency_median``.
 
     Raises
     ------
@@ -280,12 +365,15 @@ def benchmark(device: DeviceSpec, transport: Transport, models: list[Path], sett
         After all models were tried, when any failed; ``exc.partial_frame`` holds the rows gathered.
     DeviceError
         The device became unreachable; ``exc.partial_frame`` holds the rows gathered so far.
+    Interrupted
+        ``cancel`` was set or Ctrl-C; ``exc.partial_frame`` holds the rows gathered so far.
     """
     settings.validate()
     say: Progress = progress or (lambda _msg: None)
-    for m in models:
-        if not Path(m).is_file():
-            raise UsageError(f"model file {m} does not exist; pass .tflite files")
+    items = as_models(list(models))
+    for m in items:
+        if not m.path.is_file():
+            raise UsageError(f"model file {m.path} does not exist; pass .tflite files")
     target = get_target(device.target, settings.targets_file)
     threads = settings.threads or (target.threads if target.threads > 0 else 1)
     mask = settings.affinity_mask if settings.affinity_mask is not None else (
@@ -294,34 +382,71 @@ def benchmark(device: DeviceSpec, transport: Transport, models: list[Path], sett
     harness = select_harness(device)
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
+    started = time.monotonic()
 
     def keep() -> None:
         if settings.out is not None and rows:
             write_frame(to_frame(rows), settings.out)
 
+    def stopped() -> bool:
+        return cancel is not None and cancel.is_set()
+
     try:
         session = _setup(device, transport, settings, say, harness, threads, mask)
-        for model in map(Path, models):
-            sha = sha256_of(model)
-            remote = f"{session.workdir}/models/{sha[:12]}-{model.name}"
-            pushed = transport.push(model, remote, timeout=max(device.connect_timeout * 6, 120.0))
-            say(f"{model.name}: {'pushed' if pushed else 'already on the device'}")
-            for rep in range(settings.repeat):
-                say(f"{model.name}: run {rep + 1}/{settings.repeat} ({settings.runs} runs, {threads} thread(s))")
+        remote: dict[str, tuple[str, str]] = {}
+        for m in items:
+            sha = sha256_of(m.path)
+            remote[m.name] = (f"{session.workdir}/models/{sha[:12]}-{m.path.name}", sha)
+            pushed = transport.push(m.path, remote[m.name][0], timeout=max(device.connect_timeout * 6, 120.0))
+            say(f"{m.name}: {'pushed' if pushed else 'already on the device'}")
+        orders = block_orders(len(items), settings.sessions,
+                              settings.seed if settings.seed is not None else _seed_of(run_id))
+        active = list(items)
+        block_s = 0.0
+        for b, order in enumerate(orders):
+            elapsed = time.monotonic() - started
+            if settings.max_time_s is not None and b > 0 and elapsed + block_s > settings.max_time_s:
+                say(f"--max-time {settings.max_time_s:g} s: stopping after {b} of {settings.sessions} session(s) "
+                    f"per model ({elapsed:.0f} s spent)")
+                break
+            t_block = time.monotonic()
+            for idx in order:
+                m = items[idx]
+                if m not in active:
+                    continue
+                if stopped():
+                    raise KeyboardInterrupt
                 try:
-                    new = _one_run(device, transport, harness, session, model, remote, sha, rep, settings,
-                                   run_id, say, target.name)
+                    new = _one_run(device, transport, harness, session, m, remote[m.name][0], remote[m.name][1], b,
+                                   settings, run_id, say, target.name)
                 except BenchmarkError as exc:
-                    failures.append(f"{model.name}: {exc}")
-                    say(f"{model.name}: failed (reported at the end)")
-                    break
+                    label = m.path.name if m.name == m.path.stem else m.name
+                    failures.append(f"{label}: {exc}")
+                    say(f"{label}: failed (reported at the end)")
+                    active.remove(m)
+                    continue
                 rows.extend(new)
                 keep()
-                avg = next(r["value"] for r in new if r["metric"] == "latency_avg")
-                say(f"{model.name}: run {rep + 1}: {avg:.3f} ms avg")
+                med = next((r["value"] for r in new if r["metric"] == "latency_median"), NAN)
+                if not math.isfinite(med):
+                    med = next((r["value"] for r in new if r["metric"] == "latency_avg"), NAN)
+                say(f"session {b + 1}/{settings.sessions} {m.name}: {med:.3f} ms median of {settings.runs} runs "
+                    f"({threads} thread(s))")
+            block_s = time.monotonic() - t_block
+            if not active:
+                break
     except (DeviceError, OSError, KeyboardInterrupt) as exc:
         keep()
+        if isinstance(exc, KeyboardInterrupt):
+            err = Interrupted(f"interrupted after {len(rows)} result rows"
+                              + (f" (kept in {settings.out})" if settings.out is not None and rows else ""))
+            err.partial_frame = to_frame(rows)  # type: ignore[attr-defined]
+            raise err from None
         if isinstance(exc, DeviceError):
+            if stopped():
+                err = Interrupted(f"interrupted after {len(rows)} result rows")
+                err.partial_frame = to_frame(rows)  # type: ignore[attr-defined]
+                raise err from None
             if rows and settings.out is not None:
                 wrapped = type(exc)(f"{exc} ({len(rows)} result rows kept in {settings.out})")
                 wrapped.partial_frame = to_frame(rows)  # type: ignore[attr-defined]

@@ -14,93 +14,200 @@ if TYPE_CHECKING:
 
 EPILOG = """\b
 Examples:
-  edgelr bench model.tflite --device local --runs 20
-  edgelr bench out/model.tflite out/baseline.tflite --device pi4 --repeat 3 --out results.parquet
-  edgelr bench model.tflite --device pi4 --threads 4 --json > results.json
+  edgelr bench model.tflite --device local
+  edgelr bench small=out/model.tflite big=out/baseline.tflite --device pi4 --sessions 12 --out results.parquet
+  edgelr bench a.tflite b.tflite --reference b --max-time 120 --json > results.json
 
 \b
+A measurement is K sessions (--sessions, each a fresh benchmark process with its own warm-up) of N timed
+inferences (--runs). With several models their sessions are interleaved in randomized blocks, and each
+model is compared with the reference (the first model, or --reference NAME) on the per-block ratios:
+the speed-up comes with its 95 % interval (Wilcoxon signed-rank / Hodges-Lehmann over blocks).
+Models are named NAME=path.tflite, by --name (in order), by the name `edgelr compress` recorded beside
+its outputs, else by the file stem. The device is locked for the run (--no-lock to skip).
 Devices come from the inventory (edgelr devices list); `local` (this machine) always exists.
-Per-run latencies are kept as `latency` rows (sample 0..N-1) in --out and --json.
+Per-inference latencies are kept as `latency` rows (sample 0..N-1, repeat = session) in --out and --json.
 """
 
 
 @click.command(epilog=EPILOG)
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("models", nargs=-1, required=True)
 @click.option("--device", "-d", default="local", show_default=True, help="Inventory device name.")
 @click.option("--inventory", type=click.Path(dir_okay=False), help="Inventory TOML file (else $EDGELR_INVENTORY, "
               "else ~/.config/edgelr/inventory.toml).")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: the target profile's].")
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed inferences.")
+@click.option("--name", "names", multiple=True, help="Name of the models, in order (repeatable).")
+@click.option("--reference", default=None, help="Model the others are compared with [default: the first].")
+@click.option("--threads", type=click.IntRange(min=1, max=1024), help="CPU threads [default: the target profile's].")
+@click.option("--sessions", "-k", type=click.IntRange(min=1), default=None,
+              help="Sessions per model (fresh benchmark processes) [default: 10].")
+@click.option("--repeat", type=click.IntRange(min=1), default=None, hidden=True, help="Old name of --sessions.")
+@click.option("--runs", type=click.IntRange(min=1), default=None, help="Timed inferences per session [default: 20].")
+@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Time budget (s): no new block of sessions starts that would overrun it.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Warm-up inferences.")
-@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Benchmark each model K times, cooling down in between.")
 @click.option("--cooldown-c", type=float, default=45.0, show_default=True,
-              help="Wait until the device is cooler than this (degrees C) before each run.")
-@click.option("--cooldown-timeout", type=float, default=300.0, show_default=True,
+              help="Wait until the device is cooler than this (degrees C) before each session.")
+@click.option("--cooldown-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Longest cool-down wait (s); then it runs hot and says so in the notes.")
 @click.option("--xnnpack/--no-xnnpack", default=True, show_default=True, help="Use the XNNPACK delegate.")
 @click.option("--canary/--no-canary", default=True, show_default=True,
               help="Time a tiny fixed workload before each run; > 1.10 x the first one means throttled.")
-@click.option("--timeout", type=float, help="Deadline of one benchmark run (s) [default: the device's].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Deadline of one benchmark session (s) [default: the device's].")
+@click.option("--seed", type=int, default=None, help="Seed of the block order [default: from the run id].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the long results frame to .parquet or .csv (kept even when a later model fails).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary and every row as JSON on stdout.")
 @click.option("--trust-new-host", is_flag=True, help="SSH: accept and remember an unknown host key.")
+@click.option("--no-lock", is_flag=True, help="Do not take the device lock (experts: measurements may collide).")
 @click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
               help="Results history the run is appended to (directory or .sqlite) [env: EDGELR_HISTORY; "
                    "default: ~/.local/share/edgelr/history].")
 @click.option("--no-history", is_flag=True, help="Do not append this run to the results history.")
-def bench(models: tuple[Path, ...], device: str, inventory: str | None, threads: int | None, runs: int,
-          warmup: int, repeat: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool, canary: bool,
-          timeout: float | None, out: Path | None, as_json: bool, trust_new_host: bool,
-          history: str | None, no_history: bool) -> None:
+def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tuple[str, ...],
+          reference: str | None, threads: int | None, sessions: int | None, repeat: int | None, runs: int | None,
+          max_time: float | None, warmup: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool,
+          canary: bool, timeout: float | None, seed: int | None, out: Path | None, as_json: bool,
+          trust_new_host: bool, no_lock: bool, history: str | None, no_history: bool) -> None:
     """Benchmark MODEL.tflite [MODEL2 ...] on a device: latency, peak memory, temperature, energy.
 
-    Prints a summary per model (avg/median/p90 latency in ms, peak RSS in MB, energy per inference in
-    mJ when the device has a sensor); progress goes to stderr.
+    Prints a summary per model (median of the session medians and its spread between sessions in ms,
+    speed-up over the reference with its 95 % interval, peak RSS in MB, energy per inference in mJ when
+    the device has a sensor); progress goes to stderr.
     """
+    from contextlib import nullcontext
+
     from device_agents.inventory import get_device, open_transport
     from edgelr.bench.frame import write_frame
-    from edgelr.bench.run import BenchSettings, benchmark
-    from edgelr.errors import DeviceError, UsageError
+    from edgelr.bench.lock import device_lock
+    from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchSettings, benchmark
+    from edgelr.errors import DeviceError, Interrupted, UsageError
     from edgelr.report.history import default_history
 
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out}: expected a .parquet or .csv file name")
+    items = named_models(models, names)
+    if reference is not None and reference not in [m.name for m in items]:
+        raise UsageError(f"--reference {reference!r}: not one of the models {[m.name for m in items]}")
     spec = get_device(device, inventory)
     history = None if no_history else (history or str(default_history()))
-    settings = BenchSettings(threads=threads, runs=runs, warmup=warmup, repeat=repeat, cooldown_c=cooldown_c,
-                             cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack, timeout_s=timeout, out=out,
-                             canary=canary)
+    settings = BenchSettings(threads=threads, runs=runs or DEFAULT_RUNS, warmup=warmup,
+                             sessions=sessions or repeat or DEFAULT_SESSIONS, max_time_s=max_time, seed=seed,
+                             cooldown_c=cooldown_c, cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack,
+                             timeout_s=timeout, out=out, canary=canary)
+    settings.validate()
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
-    transport = open_transport(spec, **overrides)
-    try:
-        frame = benchmark(spec, transport, list(models), settings, progress=info)
-    except DeviceError as exc:
-        partial = getattr(exc, "partial_frame", None)
-        if partial is not None and len(partial):
-            _record_history(partial, history, status="partial", error=str(exc), device=spec.name)
-            _emit(partial, as_json)
-        raise
-    finally:
-        transport.close()
+    lock = nullcontext() if no_lock else device_lock(spec.name, on_wait=info)
+    with lock:
+        transport = open_transport(spec, **overrides)
+        try:
+            frame = benchmark(spec, transport, items, settings, progress=info)
+        except (DeviceError, Interrupted) as exc:
+            partial = getattr(exc, "partial_frame", None)
+            if partial is not None and len(partial):
+                _emit(partial, as_json, reference)
+                _record_history(partial, history, status="partial", error=str(exc), device=spec.name)
+            raise
+        finally:
+            transport.close()
     if out is not None:
         write_frame(frame, out)
         info(f"wrote {len(frame)} rows to {out}")
+    _emit(frame, as_json, reference)
     _record_history(frame, history, device=spec.name)
-    _emit(frame, as_json)
 
 
-def _emit(frame: "pd.DataFrame", as_json: bool) -> None:
+def named_models(args: "tuple[str, ...] | list[str]", names: "tuple[str, ...] | list[str]" = ()) -> list[Any]:
+    """``NAME=path`` / ``path`` arguments and ``--name`` values -> BenchModels.
+
+    A name comes from ``NAME=`` first, then ``--name`` (in order), then the name ``edgelr compress``
+    recorded beside its outputs (``edgelr-names.json`` or ``summary.json`` in the model's folder), then
+    the file stem.
+    """
+    from edgelr.bench.run import BenchModel
+    from edgelr.errors import UsageError
+
+    if names and len(names) != len(args):
+        raise UsageError(f"--name given {len(names)} time(s) for {len(args)} model(s); give one per model, in order")
+    out = []
+    for i, arg in enumerate(args):
+        name, _, path = arg.rpartition("=") if "=" in arg and not Path(arg).exists() else ("", "", arg)
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"model file {p} does not exist; pass .tflite files (NAME=path.tflite to name one)")
+        name = name or (names[i] if names else "") or recorded_name(p) or p.stem
+        out.append(BenchModel(name, p))
+    return out
+
+
+def recorded_name(path: Path) -> str | None:
+    """The name ``edgelr compress`` gave ``path`` (its output folder's ``summary.json``), if any."""
+    import json
+
+    summary = path.parent / "summary.json"
+    if not summary.is_file():
+        return None
+    try:
+        doc = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    names = doc.get("names") if isinstance(doc, dict) else None
+    if isinstance(names, dict) and isinstance(names.get(path.name), str):
+        return names[path.name]
+    model = doc.get("model") or doc.get("input") if isinstance(doc, dict) else None
+    if isinstance(model, str) and model:
+        stem = Path(model).stem
+        if path.name == "model.tflite":
+            return stem
+        if path.name == "baseline.tflite":
+            return f"{stem} (baseline)"
+    return None
+
+
+def comparisons(frame: "pd.DataFrame", reference: str | None = None) -> list[dict[str, Any]]:
+    """Each model against the reference (the first model by default) on paired, interleaved sessions."""
+    from edgelr.report.stats import compare_paired, format_speedup, paired_sessions, parse_threshold, speedup
+
+    order = list(dict.fromkeys(frame["model"]))
+    if len(order) < 2:
+        return []
+    ref = reference or order[0]
+    out = []
+    for model in order:
+        if model == ref:
+            continue
+        for dev in dict.fromkeys(frame["device"]):
+            cur, base = paired_sessions(frame, model, ref, dev)
+            v = compare_paired(cur, base, parse_threshold("5%"))
+            s, lo, hi = speedup(v)
+            out.append({"model": model, "reference": ref, "device": dev, "blocks": v.n_current,
+                        "ratio": 1 + v.effect, "ratio_low": 1 + v.ci_low, "ratio_high": 1 + v.ci_high,
+                        "speedup": s, "speedup_low": lo, "speedup_high": hi, "p_slower": v.p_value
+                        if v.status != "improvement" else float("nan"), "speedup_text": format_speedup(v),
+                        "note": v.note})
+    return out
+
+
+def _emit(frame: "pd.DataFrame", as_json: bool, reference: str | None = None) -> None:
     from edgelr.bench.frame import summarize
 
     rows = summarize(frame)
+    comps = comparisons(frame, reference)
+    by_model = {(c["model"], c["device"]): c["speedup_text"] for c in comps}
+    for r in rows:
+        r["speedup"] = by_model.get((r["model"], r["device"]), "reference" if comps else "")
     if as_json:
         records = frame.to_dict(orient="records")
-        echo_json({"run_id": frame["run_id"].iloc[0] if len(frame) else "", "summary": rows, "rows": records})
+        echo_json({"run_id": frame["run_id"].iloc[0] if len(frame) else "", "summary": rows,
+                   "comparisons": comps, "rows": records})
     else:
-        click.echo(table(rows, ["model", "device", "repeats", "avg_ms", "median_ms", "p90_ms", "peak_mb",
-                                "energy_mj", "temp_c", "throttled"]))
+        cols = ["model", "device", "sessions", "median_ms", "session_cv", "p90_ms"]
+        if comps:
+            cols.append("speedup")
+        cols += ["peak_mb", "energy_mj", "temp_c", "throttled"]
+        click.echo(table(rows, cols))
+        if comps:
+            info("speed-up = reference latency / model latency, 95 % interval over interleaved blocks of sessions")
 
 
 # --- results history ----------------------------------------------------------------------------------

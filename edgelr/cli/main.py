@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> Any:
     debug = "--debug" in args
     try:
         return cli.main(args=args, prog_name="edgelr", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("edgelr: aborted", err=True)
-        sys.exit(1)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("edgelr: interrupted", err=True)
+        sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -91,9 +91,6 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         click.echo(f"edgelr: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("edgelr: interrupted", err=True)
-        sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: never a bare traceback without --debug
         if debug:
             raise

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +26,8 @@ Examples:
 Suite file (TOML; relative paths start at the suite file's folder):
   [suite]
   name = "nightly"
-  runs = 30                  # timed runs per model and device
+  runs = 20                  # timed inferences per session
+  sessions = 10              # sessions (fresh benchmark processes) per model and device
   history = "reports/history"
   [[models]]
   name = "classifier"
@@ -44,9 +41,12 @@ Suite file (TOML; relative paths start at the suite file's folder):
   accuracy = "0.5pt"
 
 \b
-A regression needs both: one-sided Mann-Whitney U p < alpha on the per-run latencies and an effect
-whose confidence interval reaches the threshold. Metrics without per-run samples (memory, energy,
-accuracy) are compared by threshold only. Baseline `last`: the last run accepted with --accept (the
+Latency is compared between sessions: the current run's session medians against the baseline's
+(Mann-Whitney U). A suggested change is then confirmed by re-measuring the baseline's stored model and
+the current one interleaved on the same device (Wilcoxon signed-rank over blocks); that paired verdict
+decides, and the `evidence` column says so (--no-confirm skips it). A regression needs both: one-sided
+p < alpha and an effect whose 95 % interval reaches the threshold. Metrics without sessions (memory,
+energy, accuracy) are compared by threshold only. Baseline `last`: the last run accepted with --accept (the
 first run of a history is accepted automatically), else the previous run.
 Exit codes: 0 no regression, 3 regression found, 1 error (a device down; the other devices still run
 and are stored). A regression outranks a device error.
@@ -64,6 +64,9 @@ and are stored). A regression outranks a device error.
 @click.option("--alpha", type=float, default=None, help="Significance level [default: the suite's, else 0.01].")
 @click.option("--history", "history_override", type=click.Path(), help="History store (overrides the suite's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON on stdout.")
+@click.option("--confirm/--no-confirm", default=True, show_default=True,
+              help="Confirm a suggested change by re-measuring the baseline's model and the current one "
+                   "interleaved (paired re-run).")
 @click.option("--install-schedule", type=click.Choice(["cron", "systemd"]),
               help="Write a crontab entry or a systemd service+timer that runs this suite; run nothing now.")
 @click.option("--every", default="daily 02:00", show_default=True,
@@ -74,7 +77,7 @@ and are stored). A regression outranks a device error.
               help="Where scheduled runs write one log each [default: <history>/logs].")
 def regress(suite_file: str, inventory: str | None, baseline: str | None, accept: bool, accept_as: str | None,
             alpha: float | None,
-            history_override: str | None, as_json: bool, install_schedule: str | None, every: str,
+            history_override: str | None, as_json: bool, confirm: bool, install_schedule: str | None, every: str,
             schedule_dir: str | None, log_dir: str | None) -> None:
     """Run a regression suite: benchmark its models on its devices, store and compare with a baseline."""
     from edgelr.report.suite import load_suite
@@ -85,7 +88,8 @@ def regress(suite_file: str, inventory: str | None, baseline: str | None, accept
         _install(suite, install_schedule, every, schedule_dir, log_dir, history, inventory, baseline)
         return
     run_suite(suite, history, inventory=inventory, baseline=baseline or suite.baseline,
-              alpha=suite.alpha if alpha is None else alpha, accept=accept, accept_as=accept_as, as_json=as_json)
+              alpha=suite.alpha if alpha is None else alpha, accept=accept, accept_as=accept_as, as_json=as_json,
+              confirm=suite.confirm and confirm)
 
 
 def _install(suite: "Suite", kind: str, every: str, schedule_dir: str | None, log_dir: str | None, history: Path,
@@ -104,115 +108,36 @@ def _install(suite: "Suite", kind: str, every: str, schedule_dir: str | None, lo
     info(install_hint(kind, written))
 
 
-def _bench_device(suite: "Suite", device: str, inventory: str | None, run_id: str, model_dir: Path,
-                  say: Any) -> "pd.DataFrame":
-    """Benchmark every suite model on one device under its device lock; raise on device failure."""
-    from device_agents.inventory import get_device, open_transport
-    from edgelr.bench.run import BenchSettings, benchmark
-    from edgelr.report.suite import device_lock
-
-    spec = get_device(device, inventory)
-    settings = BenchSettings(threads=suite.threads, runs=suite.runs, warmup=suite.warmup, repeat=suite.repeat,
-                             cooldown_c=suite.cooldown_c, run_id=run_id)
-    models = [model_dir / f"{m.name}.tflite" for m in suite.models]
-    with device_lock(device, on_wait=say):
-        transport = open_transport(spec)
-        try:
-            return benchmark(spec, transport, models, settings, progress=lambda m: say(f"[{device}] {m}"))
-        finally:
-            transport.close()
-
-
 def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline: str, alpha: float, accept: bool,
-              as_json: bool, accept_as: str | None = None) -> None:
-    """Run, store, compare, print; raise RegressionFound (3) or DeviceError (1) at the end."""
-    import pandas as pd
-
-    from edgelr.errors import DeviceError, EdgelrError, RegressionFound
+              as_json: bool, accept_as: str | None = None, confirm: bool = True) -> None:
+    """Run the suite through :func:`edgelr.regress.run_suite` and print; raise RegressionFound (3) or
+    DeviceError (1) at the end."""
+    from edgelr.errors import DeviceError, RegressionFound
+    from edgelr.regress import install_signal_handlers, run_suite as run
     from edgelr.report import history as H
-    from edgelr.report.stats import compare_run, parse_baseline
 
-    from edgelr.errors import UsageError
-
-    name, _ = parse_baseline(baseline)
-    if not 0 < alpha < 1:
-        raise UsageError(f"--alpha {alpha}: expected a probability between 0 and 1, e.g. 0.01")
-    if name not in ("accepted", "window") and H.store_path(history).exists():
-        known = set(H.baselines(history)["name"])
-        if name not in known:   # check before spending an hour on the devices
-            raise UsageError(f"--baseline {baseline}: no baseline of that name in {H.store_path(history)} "
-                             f"(names: {sorted(known) or 'none'}); create it with --accept-as {baseline}")
-    lock = threading.Lock()
-
-    def say(msg: str) -> None:
-        with lock:
-            info(msg)
-
-    run_id = H.begin_run(history, kind="regress", suite=suite.name)
-    say(f"regress {suite.name}: run {run_id}, {len(suite.models)} model(s) x {len(suite.devices)} device(s), "
-        f"history {H.store_path(history)}")
-    frames: list[pd.DataFrame] = []
-    errors: dict[str, str] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgelr-regress-") as tmp:
-            model_dir = Path(tmp)
-            for m in suite.models:   # results are stored under the suite's model names
-                os.symlink(m.path, model_dir / f"{m.name}.tflite")
-            with ThreadPoolExecutor(max_workers=len(suite.devices), thread_name_prefix="regress") as pool:
-                futures = {d: pool.submit(_bench_device, suite, d, inventory, run_id, model_dir, say)
-                           for d in suite.devices}
-                for device, fut in futures.items():
-                    try:
-                        frames.append(fut.result())
-                    except (EdgelrError, OSError) as exc:
-                        partial = getattr(exc, "partial_frame", None)
-                        if partial is not None and len(partial):
-                            frames.append(partial)
-                        errors[device] = str(exc)
-                        say(f"[{device}] ERROR: {exc}")
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        err_text = "; ".join(f"{d}: {e}" for d, e in errors.items()) or None
-        if not len(frame):
-            H.append_run(frame, history, kind="regress", suite=suite.name, status="failed", run_id=run_id,
-                         error=err_text or "no results")
-            raise DeviceError(f"regress {suite.name}: no device produced results ({err_text}); run {run_id} "
-                              f"recorded as failed")
-        frame = frame.assign(run_id=run_id)
-        H.append_run(frame, history, kind="regress", suite=suite.name, run_id=run_id,
-                     status="partial" if errors else "complete", error=err_text)
-    except BaseException as exc:
-        if H.runs(history).set_index("run_id").loc[run_id, "status"] == "started":
-            H.fail_run(history, run_id, f"{type(exc).__name__}: {exc}")
-        raise
-
-    hist = H.load(history)
-    accepted = H.baselines(history)
-    comps = compare_run(hist, accepted, run_id, suite.thresholds, baseline=baseline, alpha=alpha)
-    H.record_comparisons(history, comps)
-    auto = False
-    if accept_as:
-        H.mark_baseline(history, run_id, accept_as)
-    if accept:
-        H.mark_baseline(history, run_id, "accepted")
-    elif baseline == "last" and not (accepted["name"] == "accepted").any():
-        H.mark_baseline(history, run_id, "accepted")
-        auto = True
-    regressions = comps[comps["status"] == "regression"]
+    install_signal_handlers()
+    res = run(suite, history, inventory=inventory, baseline=baseline, alpha=alpha, accept=accept,
+              accept_as=accept_as, confirm=confirm, progress=info)
+    comps, run_id, errors = res.comparisons, res.run_id, res.errors
+    regressions = res.regressions
+    for w in res.warnings:
+        info(f"warning: {w}")
     if as_json:
         echo_json({"run_id": run_id, "suite": suite.name, "history": str(H.store_path(history)),
-                   "baseline": baseline, "alpha": alpha, "accepted": accept or auto,
+                   "baseline": baseline, "alpha": alpha, "accepted": accept or res.auto_accepted,
                    "errors": errors, "regressions": int(len(regressions)),
                    "comparisons": comps.astype(object).where(comps.notna(), None).to_dict("records")})
     else:
         click.echo(table(_rows(comps), ["model", "device", "metric", "baseline", "baseline_value", "current",
-                                        "change", "ci", "p", "n", "status", "method"]))
+                                        "change", "ci", "threshold", "p", "n", "status", "evidence"]))
         thr_only = comps["method"].str.startswith("threshold-only") & ~comps["status"].isin(["not-measured"])
         for note in sorted(set(comps.loc[thr_only, "metric"])):
-            info(f"note: {note} compared by threshold only (no per-run samples or too few); no p-value")
+            info(f"note: {note} compared by threshold only (no sessions or too few); no p-value")
         for _, r in regressions.iterrows():
             if r["change_run"]:
                 info(f"{r['model']} on {r['device']}: {r['metric']} step change began at run {r['change_run']}")
-    if auto:
+    if res.auto_accepted:
         info(f"no accepted baseline yet: run {run_id} accepted as the baseline (use --accept to move it)")
     elif accept:
         info(f"run {run_id} accepted as the baseline")
@@ -221,9 +146,9 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     if len(regressions) and not (accept or accept_as):
         what = ", ".join(f"{r.model}/{r.device}/{r.metric} {_change(r)}" for r in regressions.itertuples())
         raise RegressionFound(f"{len(regressions)} regression(s) in run {run_id}: {what}"
-                              + (f"; device errors: {'; '.join(errors)}" if errors else ""))
+                              + (f"; device errors: {'; '.join(errors.values())}" if errors else ""))
     if errors:
-        raise DeviceError(f"regress {suite.name}: {len(errors)} device(s) failed ({'; '.join(errors.values())}); "
+        raise DeviceError(f"regress {suite.name}: {len(errors)} device(s) failed ({'; '.join(f'{d}: {e}' for d, e in errors.items())}); "
                           f"results of the others stored in run {run_id}")
 
 
@@ -241,7 +166,11 @@ def _rows(comps: "pd.DataFrame") -> list[dict[str, Any]]:
         ci = ""
         if isinstance(r.ci_low, float) and math.isfinite(r.ci_low):
             ci = f"[{r.ci_low:+.1%}, {r.ci_high:+.1%}]" if rel else f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
-        out.append({"model": r.model, "device": r.device, "metric": r.metric,
+        method = str(r.method)
+        evidence = ("paired re-run" if "paired re-run" in method else "stored baseline (sessions)"
+                    if "sessions" in method else "threshold only" if method.startswith("threshold") else method)
+        out.append({"model": r.model, "device": r.device, "metric": r.metric, "threshold": r.threshold,
+                    "evidence": evidence,
                     "baseline": str(r.baseline).split(":")[0], "baseline_value": r.baseline_value,
                     "current": r.current, "change": _change(r), "ci": ci,
                     "p": f"{r.p_value:.2g}" if isinstance(r.p_value, float) and math.isfinite(r.p_value) else "",

@@ -48,7 +48,8 @@ STORE_VERSION = 1
 """Version of the SQLite layout (``PRAGMA user_version``). 0: prototype layout, 1: current."""
 
 STORE_FILENAME = "history.sqlite"
-KINDS = ("bench", "regress", "compress")
+KINDS = ("bench", "regress", "compress", "confirm")
+"""``confirm``: the paired re-run of a stored baseline model beside the current one (``regress``)."""
 STATUSES = ("started", "complete", "partial", "failed")
 """``partial``: some devices failed; the rows of the others are stored."""
 
@@ -104,6 +105,67 @@ def store_path(history: str | os.PathLike[str]) -> Path:
     if p.suffix in (".sqlite", ".sqlite3", ".db"):
         return p
     return p / STORE_FILENAME
+
+
+MODEL_STORE_CAP_BYTES = 2 << 30
+"""Size cap of the content-addressed model store beside a history (2 GiB); oldest-used files go first."""
+
+
+def models_dir(history: str | os.PathLike[str]) -> Path:
+    """Folder of the content-addressed ``.tflite`` store beside the history's SQLite file."""
+    return store_path(history).parent / "models"
+
+
+def store_model(history: str | os.PathLike[str], path: str | os.PathLike[str], *,
+                cap_bytes: int = MODEL_STORE_CAP_BYTES, keep: "set[str] | None" = None) -> str:
+    """Keep a copy of a benchmarked model under its sha256 (deduplicated, atomic); returns the sha256.
+
+    Files are ``<history>/models/<sha[:2]>/<sha>.tflite``. When the store exceeds ``cap_bytes`` the
+    least recently used files are pruned, never the one just stored nor any sha in ``keep`` (e.g. the
+    models of accepted baselines).
+    """
+    import shutil
+
+    from device_agents.local import sha256_file
+
+    src = Path(path)
+    sha = sha256_file(src)
+    dest = models_dir(history) / sha[:2] / f"{sha}.tflite"
+    try:
+        if dest.is_file():
+            os.utime(dest)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+        _prune_models(history, cap_bytes, {sha, *(keep or set())})
+    except OSError as exc:
+        raise HistoryError(f"cannot keep a copy of {src} in {models_dir(history)}: {exc.strerror or exc}") from None
+    return sha
+
+
+def _prune_models(history: str | os.PathLike[str], cap_bytes: int, keep: set[str]) -> None:
+    files = sorted((f.stat().st_mtime, f) for f in models_dir(history).glob("*/*.tflite"))
+    total = sum(f.stat().st_size for _, f in files)
+    for _, f in files:
+        if total <= cap_bytes:
+            break
+        if f.stem in keep:
+            continue
+        total -= f.stat().st_size
+        f.unlink(missing_ok=True)
+
+
+def model_file(history: str | os.PathLike[str], sha: str) -> Path | None:
+    """The stored copy of the model with this sha256, or None (never stored, or pruned)."""
+    if not sha or not all(c in "0123456789abcdef" for c in sha):
+        return None
+    p = models_dir(history) / sha[:2] / f"{sha}.tflite"
+    return p if p.is_file() else None
 
 
 def new_run_id() -> str:

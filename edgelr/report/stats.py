@@ -1,31 +1,47 @@
 """Regression statistics: is the current run worse than its baseline, and where did a step begin?
 
-Decision rule for a metric with per-run samples (``latency``, one value per timed inference):
+**Latency is compared between sessions, never between the inferences of one process.** A session is
+one fresh benchmark process (:mod:`edgelr.bench.run`); its median latency is one observation. The
+per-inference samples of one process are correlated: here (REFERENCE.md §8) session medians of an
+unchanged model moved -19 % to +16 % while each session's per-inference interval was +-2-3 % wide, so a
+test over inferences declared identical files different (the U test over inferences flagged +16 % on an
+unchanged model). Model: y_ij = mu + s_i + e_ij; the mean of K sessions has variance
+s2_s/K + s2_w/(K N) and only more sessions shrink the first term.
 
-1. **Significance**: one-sided Mann-Whitney U test in the *worse* direction (current stochastically
-   larger for lower-is-better metrics, smaller for higher-is-better), ``p < alpha``. One-sided because
-   the question asked is only "did it get worse?": an improvement must never raise the alarm, and at the
-   same alpha a one-sided test has more power for the direction we care about. Improvements are still
-   reported (by the mirrored test) but never fail a run.
-2. **Effect**: the shift is estimated as a ratio, ``exp(HL(log current - log baseline)) - 1``, with HL
-   the Hodges-Lehmann estimator (median of all pairwise differences of the log samples), and its
-   distribution-free confidence interval from the same U statistic (Bauer 1972; normal approximation of
-   the U distribution, valid for ``n >= min_samples``). The effect counts as beyond the threshold when
-   the interval reaches it (``ci_high >= threshold`` for a slow-down): the data are significantly worse
-   and compatible with a change at least as large as the threshold. With the point estimate instead
-   (``effect_rule="point"``) a true change of exactly the threshold is flagged only ~50% of the time,
-   whatever the number of runs; ``tests/perf/bench_detection.py`` measures both rules.
-3. Fewer than ``min_samples`` on either side: no test; compared by threshold only, and said so.
+Two designs, two tests:
 
-Metrics without samples (peak_memory, energy, accuracy, model_size...) are compared by threshold only
-(median of the current values vs median of the baseline values) and the verdict says ``threshold-only``.
+1. **Paired, interleaved** (:func:`compare_paired`; ``bench`` of several models, the demo, and the
+   confirmation re-run of ``regress``): block b holds one session of each model in random order, so
+   drift cancels in d_b = log(c_b / a_b). The test is the one-sided Wilcoxon signed-rank test on d_b;
+   the effect is exp(HL) - 1 with HL the Hodges-Lehmann estimate (median of the Walsh averages) and
+   its exact distribution-free interval from the signed-rank distribution. Why this and not a t-test
+   or a bootstrap: with the session order randomized inside each block, d_b of two identical models is
+   symmetric about 0 by construction, which is exactly the signed-rank test's null, so its false-alarm
+   rate is alpha whatever the noise distribution; the block log-ratios under memory-bandwidth bursts
+   are heavy-tailed (block ratios of identical models 0.38-2.14, medians 0.90-1.02), where the t
+   interval is inflated by single outliers; and a percentile bootstrap over 10 blocks is
+   anti-conservative (its interval undercovers for n < 20). Below 6 blocks no 95 % signed-rank interval
+   exists; a t interval on d_b is given then, and said so.
+2. **Unpaired, against a stored baseline** (:func:`compare_samples` on session medians; the first
+   stage of ``regress``): Mann-Whitney U over the K session medians of each run with the Hodges-Lehmann
+   ratio and its U-based interval. Runs days apart do not share drift, so this stage only *suggests*
+   a change; ``regress`` then re-measures both models interleaved and decides on paired data
+   (:func:`compare_paired`), as Chromium's Pinpoint does.
 
-``alpha`` defaults to 0.01: between asv (0.002) and Google benchmark's compare.py (0.05)
-(REFERENCE.md section 5). Measured by ``tests/perf/bench_detection.py`` (``reports/detection.md``) on
-log-normal noise with CV 3%, 20 runs per side, 1,000 comparisons: power 97.7% for a 5% slow-down and
-0.0% false alarms (the U test alone: 0.9%); 16 runs per side is the fewest meeting both goals. The
-price of the CI gate is a grey zone below the threshold: a 3% slow-down is flagged ~50% of the time
-(2%: ~17%). alpha=0.002 loses power at 20 runs (94.6%); alpha=0.05 needs the gate more (U alone 4.3%).
+Decision rule (both designs): a **regression** needs significance in the worse direction (one-sided
+p < ``alpha``) *and* an effect interval that reaches the threshold (``ci_high >= threshold`` for a
+slow-down): the data are significantly worse and compatible with a change at least as large as the
+threshold. Improvements are reported (mirrored test) but never fail a run. Metrics without sessions
+or samples (memory, energy, accuracy, size) are compared by threshold only and say so.
+
+Smallest detectable change (:func:`min_detectable_change`): with the sd of the block log-ratios
+sd_d, K blocks, one-sided alpha and power 1 - beta, delta = (z_{1-alpha} + z_{1-beta}) sd_d / sqrt(K),
+and nothing is detectable when 2**-K > alpha (the signed-rank test's smallest p). ``regress`` warns
+when the threshold is below it.
+
+``alpha`` defaults to 0.01: between asv (0.002) and Google benchmark's compare.py (0.05). Measured on
+this machine with real sessions, with and without a bursty CPU + memory-bandwidth load beside the
+benchmark, by ``tests/perf/bench_detection.py`` (``reports/detection.md``).
 
 Change points: :func:`segment_l1` fits piecewise-constant segments to a series of per-run medians by
 minimising the L1 cost plus a penalty per segment (Potts model, as asv does), by dynamic programming.
@@ -48,7 +64,13 @@ if TYPE_CHECKING:
 DEFAULT_ALPHA = 0.01
 """Significance level of the one-sided Mann-Whitney U test (see the module docstring)."""
 MIN_SAMPLES = 8
-"""Fewest samples per side for the U test; below it a metric is compared by threshold only."""
+"""Fewest samples per side for the U test on per-inference samples (tools that print no sessions)."""
+MIN_SESSIONS = 5
+"""Fewest sessions per side for the U test over session medians (5 vs 5: smallest one-sided p 0.004)."""
+MIN_BLOCKS = 2
+"""Fewest interleaved blocks for a paired comparison with an interval."""
+SESSION_METRIC = "latency_median"
+"""The per-session summary a latency comparison uses (one row per session, sample = -1)."""
 CI_LEVEL = 0.95
 """Two-sided confidence level of the effect interval."""
 MAX_PAIRS = 4_000_000
@@ -213,6 +235,176 @@ def compare_samples(current: Sequence[float], baseline: Sequence[float], thresho
                    float(np.median(x)), float(np.median(y)), int(x.size), int(y.size), threshold.text,
                    note="one-sided U test p (worse direction)" if status != "improvement"
                    else "one-sided U test p (better direction)")
+
+
+def _signed_rank_null(n: int) -> np.ndarray:
+    """Exact null distribution of the Wilcoxon signed-rank statistic T+ for n untied values: P(T+ = t)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1, dtype=float)
+    counts[0] = 1.0
+    for r in range(1, n + 1):
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    return counts / counts.sum()
+
+
+def signed_rank_interval(d: Sequence[float], ci_level: float = CI_LEVEL) -> tuple[float, float, float, str]:
+    """Hodges-Lehmann estimate of the centre of ``d`` and its interval.
+
+    Parameters
+    ----------
+    d : sequence of float, shape (n,)
+        Paired differences (per-block log-ratios).
+    ci_level : float
+        Two-sided confidence level.
+
+    Returns
+    -------
+    (estimate, low, high, how) : tuple
+        ``how`` says which interval: ``signed-rank`` (exact, n >= 6 for 95 %), ``t`` (n 2-5), ``none`` (n 1).
+    """
+    x = np.asarray(d, float)
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan, math.nan, "none"
+    i, j = np.triu_indices(n)
+    walsh = np.sort((x[i] + x[j]) / 2.0)
+    est = float(np.median(walsh))
+    a = 1.0 - ci_level
+    cdf = np.cumsum(_signed_rank_null(n)) if n <= 200 else None
+    if cdf is not None:
+        # k = largest k with P(T+ <= k - 1) <= a/2; the interval is [W_(k), W_(M + 1 - k)] (1-based)
+        k = int(np.searchsorted(cdf, a / 2.0, side="right"))
+    else:
+        from scipy.stats import norm
+
+        mu, sd = n * (n + 1) / 4.0, math.sqrt(n * (n + 1) * (2 * n + 1) / 24.0)
+        k = int(math.floor(mu - norm.ppf(1 - a / 2.0) * sd))
+    m = walsh.size
+    if k >= 1:
+        return est, float(walsh[k - 1]), float(walsh[m - k]), "signed-rank"
+    if n >= 2:
+        from scipy.stats import t as student
+
+        half = float(student.ppf(1 - a / 2.0, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
+        mean = float(x.mean())
+        return est, mean - half, mean + half, "t"
+    return est, math.nan, math.nan, "none"
+
+
+def compare_paired(current: Sequence[float], reference: Sequence[float], threshold: Threshold, *,
+                   higher_is_better: bool = False, alpha: float = DEFAULT_ALPHA,
+                   ci_level: float = CI_LEVEL) -> Verdict:
+    """Compare interleaved sessions block by block (see the module docstring).
+
+    Parameters
+    ----------
+    current, reference : sequence of float, shapes (n,), (n,)
+        Session summaries (median latency, ms) of the two models, aligned by block; blocks where
+        either is missing (NaN) are dropped.
+    threshold : Threshold
+        Relative (``5%``): the effect is ``exp(HL(log c - log a)) - 1``; absolute: HL of ``c - a``.
+
+    Returns
+    -------
+    Verdict
+        ``method`` ``wilcoxon-signed-rank (paired sessions)``; ``n_current`` = ``n_baseline`` = blocks;
+        ``extra["blocks"]`` the per-block ratios (or differences).
+    """
+    from scipy.stats import wilcoxon
+
+    c = np.asarray(current, float)
+    r = np.asarray(reference, float)
+    if c.shape != r.shape:
+        raise ValueError(f"paired sessions must align: got {c.shape} current and {r.shape} reference blocks")
+    ok = np.isfinite(c) & np.isfinite(r)
+    c, r = c[ok], r[ok]
+    n = int(c.size)
+    method = "wilcoxon-signed-rank (paired sessions)"
+    if n == 0:
+        return Verdict("not-measured", method, threshold=threshold.text, note="no complete block of sessions")
+    rel = threshold.kind == "rel" and (c > 0).all() and (r > 0).all()
+    d = np.log(c) - np.log(r) if rel else c - r
+    est, lo, hi, how = signed_rank_interval(d, ci_level)
+    if rel:
+        est, lo, hi = float(np.expm1(est)), float(np.expm1(lo)), float(np.expm1(hi))
+    elif threshold.kind == "rel":
+        base = float(np.median(r))
+        est, lo, hi = est / base, lo / base, hi / base
+    worse, better = ("less", "greater") if higher_is_better else ("greater", "less")
+    nonzero = d[d != 0]
+    if nonzero.size:
+        p_worse = float(wilcoxon(nonzero, alternative=worse).pvalue)
+        p_better = float(wilcoxon(nonzero, alternative=better).pvalue)
+    else:
+        p_worse = p_better = 1.0
+    t = threshold.value
+    s_est, s_lo, s_hi = (-est, -hi, -lo) if higher_is_better else (est, lo, hi)
+    finite = math.isfinite(s_hi)
+    reach = finite and s_hi >= t
+    reach_better = finite and -s_lo >= t
+    if p_worse < alpha and reach:
+        status = "regression"
+    elif p_better < alpha and reach_better:
+        status = "improvement"
+    else:
+        status = "ok"
+    notes = [f"{n} interleaved block(s)"]
+    if how == "t":
+        notes.append("t interval: fewer than 6 blocks give no 95 % signed-rank interval")
+    elif how == "none":
+        notes.append("1 block: no interval; use more sessions")
+    if 2.0 ** -n >= alpha:
+        notes.append(f"{n} blocks cannot reach p < {alpha:g} (smallest p is 2^-{n}); use >= "
+                     f"{math.ceil(math.log2(1 / alpha)) + 1} sessions")
+    v = Verdict(status, method, est, lo, hi, p_better if status == "improvement" else p_worse,
+                float(np.median(c)), float(np.median(r)), n, n, threshold.text, note="; ".join(notes))
+    v.extra["blocks"] = [float(x) for x in (np.exp(d) if rel else d)]
+    return v
+
+
+def speedup(verdict: Verdict) -> tuple[float, float, float]:
+    """(speed-up, low, high) of the current model over the reference from a relative latency verdict.
+
+    Speed-up = reference latency / current latency = 1 / (1 + effect), interval bounds swapped.
+    """
+    def inv(x: float) -> float:
+        return 1.0 / (1.0 + x) if math.isfinite(x) and x > -1 else math.nan
+
+    return inv(verdict.effect), inv(verdict.ci_high), inv(verdict.ci_low)
+
+
+def format_speedup(verdict: Verdict) -> str:
+    """``1.84x [1.71, 1.97]`` (95 % interval), or ``1.84x`` with the reason when there is none."""
+    s, lo, hi = speedup(verdict)
+    if not math.isfinite(s):
+        return ""
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{s:.2f}x [{lo:.2f}, {hi:.2f}]"
+    return f"{s:.2f}x [no interval: {verdict.n_current} session(s)]"
+
+
+def min_detectable_change(sd_log: float, blocks: int, alpha: float = DEFAULT_ALPHA,
+                          power: float = 0.95) -> float:
+    """Smallest relative change a paired comparison of ``blocks`` blocks detects with ``power``.
+
+    Parameters
+    ----------
+    sd_log : float
+        Standard deviation of the per-block log-ratios of two identical models (between-session noise).
+    blocks : int
+        Interleaved blocks (sessions per model), K.
+
+    Returns
+    -------
+    float
+        Relative change (0.05 = 5 %); ``inf`` when 2**-K > alpha (no p below alpha is possible).
+    """
+    from scipy.stats import norm
+
+    if blocks < 1 or 2.0 ** -blocks > alpha or not math.isfinite(sd_log):
+        return math.inf
+    # the signed-rank test has asymptotic relative efficiency 3/pi (0.955) against the t-test
+    delta = (norm.ppf(1 - alpha) + norm.ppf(power)) * sd_log / math.sqrt(blocks * 3.0 / math.pi)
+    return float(math.expm1(delta))
 
 
 def _hodges_lehmann_shift(x: np.ndarray, y: np.ndarray, ci_level: float) -> tuple[float, float, float]:
@@ -382,7 +574,7 @@ def select_baseline(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run
 
 def compare_run(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run: str,
                 thresholds: dict[str, str], *, baseline: str = "last", alpha: float = DEFAULT_ALPHA,
-                min_samples: int = MIN_SAMPLES, ci_level: float = CI_LEVEL,
+                min_sessions: int = MIN_SESSIONS, ci_level: float = CI_LEVEL,
                 effect_rule: Literal["ci", "point"] = "ci", locate: bool = True) -> "pd.DataFrame":
     """Compare every (model, device, metric) of ``current_run`` with its baseline.
 
@@ -409,16 +601,21 @@ def compare_run(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run: st
     rows: list[dict[str, Any]] = []
     for (model, device), part in cur.groupby(["model", "device"], sort=True):
         for metric, thr in parsed.items():
+            sessions = metric in SAMPLED_METRICS
             use = metric
-            if metric in SAMPLED_METRICS:
-                if not (part[(part["metric"] == metric) & (part["sample"] >= 0)]["value"].notna().any()):
-                    use = next((m for m in LATENCY_FALLBACKS if part.loc[part["metric"] == m, "value"].notna().any()),
-                               metric)
-            if not (part["metric"] == use).any():
+            if sessions:
+                cvals = session_values(part)["value"].to_numpy(float)
+                present = len(cvals) > 0 or (part["metric"].isin([metric, *LATENCY_FALLBACKS])).any()
+            else:
+                cvals = _values(part, use)
+                present = bool((part["metric"] == use).any())
+            if not present:
                 continue  # not measured in this run at all (e.g. no energy probe): nothing to compare
-            base_runs, label = select_baseline(frame, accepted, current_run, baseline, model, device, use)
+            base_runs, label = select_baseline(frame, accepted, current_run, baseline, model, device,
+                                               SESSION_METRIC if sessions else use)
+            if sessions and not base_runs:
+                base_runs, label = select_baseline(frame, accepted, current_run, baseline, model, device, use)
             hib = metric in HIGHER_IS_BETTER
-            cvals = _values(part, use)
             if not len(cvals):
                 v = Verdict("not-measured", "-", threshold=thr.text,
                             note=next((n for n in part.loc[part["metric"] == use, "note"] if n), "no value")
@@ -430,14 +627,21 @@ def compare_run(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run: st
             else:
                 bpart = frame[frame["run_id"].isin(base_runs) & (frame["model"] == model)
                               & (frame["device"] == device)]
-                bvals = _values(bpart, use)
-                if use in SAMPLED_METRICS:
+                if sessions:
+                    bvals = session_values(bpart)["value"].to_numpy(float)
                     v = compare_samples(cvals, bvals, thr, higher_is_better=hib, alpha=alpha,
-                                        min_samples=min_samples, ci_level=ci_level, effect_rule=effect_rule)
+                                        min_samples=min_sessions, ci_level=ci_level, effect_rule=effect_rule)
+                    if v.method == "mann-whitney-u":
+                        v.method = "mann-whitney-u (sessions)"
+                        v.note = (f"{len(cvals)} vs {len(bvals)} session medians; runs at different times: "
+                                  f"a suggestion until confirmed by a paired re-run")
+                    elif v.method.startswith("threshold-only"):
+                        v.method = f"threshold-only (sessions<{min_sessions})"
+                        v.note = (f"only {len(cvals)} current / {len(bvals)} baseline session(s) (< {min_sessions}): "
+                                  f"no significance test, compared medians by threshold. Use more --sessions")
                 else:
+                    bvals = _values(bpart, use)
                     v = compare_values(cvals, bvals, thr, higher_is_better=hib)
-                    if use != metric:
-                        v.note = f"no per-run {metric} samples: compared {use} by threshold only"
             change = locate_step(frame, model, device, use) if (locate and v.status == "regression") else None
             row = {"run_id": current_run, "baseline": label, "model": model, "device": device, "metric": use}
             d = v.as_dict()
@@ -448,6 +652,49 @@ def compare_run(frame: "pd.DataFrame", accepted: "pd.DataFrame", current_run: st
     cols = ["run_id", "baseline", "model", "device", "metric", "status", "method", "p_value", "effect", "ci_low",
             "ci_high", "threshold", "n_current", "n_baseline", "current", "baseline_value", "change_run", "note"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def session_values(part: "pd.DataFrame") -> "pd.DataFrame":
+    """One latency value per session of ``part`` (rows of one model and device, one or more runs).
+
+    The session's ``latency_median`` row; where it is missing or NaN, the median of the session's
+    per-inference ``latency`` samples; else its ``latency_avg`` (tools that print only an average).
+
+    Returns
+    -------
+    DataFrame
+        Columns run_id, repeat, value (ms), ordered by run and session; one row per session measured.
+    """
+    import pandas as pd
+
+    out: list[dict[str, Any]] = []
+    keys = ["run_id", "repeat"]
+    lat = part[part["metric"].isin([SESSION_METRIC, "latency", "latency_avg"])]
+    for (run_id, rep), g in lat.groupby(keys, sort=True):
+        value = math.nan
+        for metric in (SESSION_METRIC, "latency", "latency_avg"):
+            sel = g.loc[g["metric"] == metric, "value"].dropna()
+            if metric == "latency":
+                sel = g.loc[(g["metric"] == metric) & (g["sample"] >= 0), "value"].dropna()
+            if len(sel):
+                value = float(sel.median())
+                break
+        if math.isfinite(value):
+            out.append({"run_id": run_id, "repeat": int(rep), "value": value})
+    return pd.DataFrame(out, columns=["run_id", "repeat", "value"])
+
+
+def paired_sessions(frame: "pd.DataFrame", model: str, reference: str, device: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Session values of ``model`` and ``reference`` aligned by (run, block): shapes (n,), (n,).
+
+    Only blocks where both models have a session count (an interleaved block is the pairing unit).
+    """
+    sel = frame if device is None else frame[frame["device"] == device]
+    a = session_values(sel[sel["model"] == model]).set_index(["run_id", "repeat"])["value"]
+    b = session_values(sel[sel["model"] == reference]).set_index(["run_id", "repeat"])["value"]
+    both = a.index.intersection(b.index)
+    return a.loc[both].to_numpy(float), b.loc[both].to_numpy(float)
 
 
 def _values(part: "pd.DataFrame", metric: str) -> np.ndarray:

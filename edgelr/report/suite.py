@@ -4,7 +4,8 @@ Minimal suite::
 
     [suite]
     name = "nightly"
-    runs = 30                  # timed runs per model and device
+    runs = 20                  # timed inferences per session
+    sessions = 10              # sessions (fresh benchmark processes) per model and device
     history = "reports/history"
 
     [[models]]
@@ -20,24 +21,23 @@ Minimal suite::
     energy = "8%"
     accuracy = "0.5pt"
 
-Optional ``[suite]`` keys: ``warmup`` (1), ``repeat`` (1), ``threads`` (target's), ``cooldown_c`` (45),
-``baseline`` ("last"), ``alpha``. Relative paths (models, history) are resolved against the suite
+Optional ``[suite]`` keys: ``sessions`` (10; ``repeat`` is its old name), ``max_time`` (s per device,
+none), ``warmup`` (1), ``threads`` (target's), ``cooldown_c`` (45), ``baseline`` ("last"), ``alpha``
+(0.01), ``confirm`` (true: a suggested change is re-measured interleaved with the stored baseline model). Relative paths (models, history) are resolved against the suite
 file's folder.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import time
 import tomllib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from edgelr.errors import DeviceError, UsageError
+from edgelr.bench.lock import device_lock, lock_dir  # noqa: F401  (re-exported for suite users)
+from edgelr.errors import UsageError
 from edgelr.report.stats import DEFAULT_ALPHA, metric_of, parse_baseline, parse_threshold
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -61,9 +61,11 @@ class Suite:
     models: list[SuiteModel]
     devices: list[str]
     thresholds: dict[str, str]
-    runs: int = 30
+    runs: int = 20
     warmup: int = 1
-    repeat: int = 1
+    sessions: int = 10
+    max_time: float | None = None
+    confirm: bool = True
     threads: int | None = None
     cooldown_c: float = 45.0
     baseline: str = "last"
@@ -87,7 +89,8 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     head = doc.get("suite")
     if not isinstance(head, dict):
         raise _bad(p, "no [suite] table; add [suite] with name, runs and history")
-    known = {"name", "runs", "history", "warmup", "repeat", "threads", "cooldown_c", "baseline", "alpha"}
+    known = {"name", "runs", "history", "warmup", "repeat", "sessions", "max_time", "confirm", "threads",
+             "cooldown_c", "baseline", "alpha"}
     unknown = sorted(set(head) - known)
     if unknown:
         raise _bad(p, f"unknown [suite] key(s) {unknown}; known: {sorted(known)}")
@@ -95,14 +98,24 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _bad(p, f"[suite] name={name!r}; expected a word of letters, digits, _ . -")
     ints: dict[str, int] = {}
-    for key, default, low in (("runs", 30, 1), ("warmup", 1, 0), ("repeat", 1, 1)):
+    if "sessions" in head and "repeat" in head:
+        raise _bad(p, "both sessions and repeat given; repeat is the old name of sessions: keep sessions")
+    if "repeat" in head:
+        head = {**head, "sessions": head["repeat"]}
+    for key, default, low in (("runs", 20, 1), ("warmup", 1, 0), ("sessions", 10, 1)):
         v = head.get(key, default)
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise _bad(p, f"[suite] {key}={v!r}; expected an integer >= {low}")
         ints[key] = v
     threads = head.get("threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise _bad(p, f"[suite] threads={threads!r}; expected an integer >= 1")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024):
+        raise _bad(p, f"[suite] threads={threads!r}; expected an integer 1-1024")
+    max_time = head.get("max_time")
+    if max_time is not None and (not isinstance(max_time, (int, float)) or isinstance(max_time, bool) or max_time <= 0):
+        raise _bad(p, f"[suite] max_time={max_time!r}; expected seconds > 0")
+    confirm = head.get("confirm", True)
+    if not isinstance(confirm, bool):
+        raise _bad(p, f"[suite] confirm={confirm!r}; expected true or false")
     hist = head.get("history", "reports/history")
     if not isinstance(hist, str) or not hist:
         raise _bad(p, f"[suite] history={hist!r}; expected a path such as \"reports/history\"")
@@ -114,7 +127,7 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     if not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise _bad(p, f"[suite] alpha={alpha!r}; expected a probability such as 0.01")
     cooldown = head.get("cooldown_c", 45.0)
-    if not isinstance(cooldown, (int, float)):
+    if not isinstance(cooldown, (int, float)) or isinstance(cooldown, bool):
         raise _bad(p, f"[suite] cooldown_c={cooldown!r}; expected degrees C")
 
     models_raw = doc.get("models")
@@ -164,46 +177,8 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
         parse_threshold(v, k)
         thresholds[k] = str(v)
     return Suite(name=name, path=p, history=history, models=models, devices=devices, thresholds=thresholds,
-                 runs=ints["runs"], warmup=ints["warmup"], repeat=ints["repeat"], threads=threads,
+                 runs=ints["runs"], warmup=ints["warmup"], sessions=ints["sessions"], threads=threads,
+                 max_time=float(max_time) if max_time is not None else None, confirm=confirm,
                  cooldown_c=float(cooldown), baseline=baseline, alpha=float(alpha))
 
 
-def lock_dir() -> Path:
-    """Where device lock files live: ``$EDGELR_LOCK_DIR``, else ``~/.cache/edgelr/locks``."""
-    env = os.environ.get("EDGELR_LOCK_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelr" / "locks"
-    return base.expanduser()
-
-
-@contextmanager
-def device_lock(device: str, timeout_s: float = 3600.0, poll_s: float = 0.2,
-                on_wait: Any = None) -> Iterator[Path]:
-    """Hold the exclusive lock of ``device`` (``flock`` on ``<lock_dir>/<device>.lock``).
-
-    Any edgelr process benchmarking the device holds it, so two runs never share a device. Waits up to
-    ``timeout_s`` seconds, then raises DeviceError. ``on_wait(msg)`` is told once when it has to wait.
-    """
-    d = lock_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{''.join(c if c.isalnum() or c in '-_.' else '_' for c in device)}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told and on_wait is not None:
-                    on_wait(f"device {device}: busy (lock {path}); waiting up to {timeout_s:.0f} s")
-                    told = True
-                if time.monotonic() > deadline:
-                    raise DeviceError(f"device {device} stayed locked by another run for {timeout_s:.0f} s "
-                                      f"({path}); try again later") from None
-                time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield path
-    finally:
-        os.close(fd)   # closing the descriptor releases the flock

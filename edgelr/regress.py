@@ -1,0 +1,338 @@
+"""A regression run: benchmark a suite's models on its devices, store everything, compare with a
+baseline, and confirm a suggested change by a paired re-run.
+
+Flow (regress -> bench + history + stats):
+
+1. ``begin_run`` records the run as started; every suite model is copied into the history's
+   content-addressed model store (sha256) so a later run can re-measure it.
+2. Each device (one thread each, under its device lock) measures all suite models in interleaved
+   sessions (:func:`edgelr.bench.run.benchmark`). A device that fails keeps its partial rows; the others
+   go on.
+3. The run is stored in one transaction, then compared with its baseline (:func:`compare_run`: session
+   medians, Mann-Whitney U). Runs at different times share no drift, so a flagged change there is only a
+   suggestion.
+4. **Confirmation** (unless ``confirm=False``): for each latency comparison that suggests a change, the
+   baseline run's model (from the store, by sha256) and the current model are measured again,
+   interleaved, on the same device in the same window, and the paired verdict
+   (:func:`compare_paired`) replaces the stored-baseline one. The verdict's ``method``/``note`` say which
+   evidence decided it. When the baseline's model is not in the store, the stored evidence decides and
+   the note says so.
+
+Ctrl-C / SIGTERM: the main thread sets a cancel event and closes every open transport (which stops
+what it runs on the device); the measured rows are stored as an ``interrupted`` run and
+:class:`~edgelr.errors.Interrupted` (exit 130) is raised within about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from edgelr.errors import DeviceError, EdgelrError, HistoryError, Interrupted, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from device_agents.transport import Transport
+    from edgelr.report.suite import Suite
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RegressResult:
+    """What a regression run found. ``comparisons`` has the columns of :func:`compare_run`."""
+
+    run_id: str
+    history: Path
+    comparisons: "pd.DataFrame"
+    errors: dict[str, str] = field(default_factory=dict)
+    accepted: bool = False
+    auto_accepted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> "pd.DataFrame":
+        return self.comparisons[self.comparisons["status"] == "regression"]
+
+
+class _Devices:
+    """Open transports by device, so an interrupt can close them from the main thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: dict[str, "Transport"] = {}
+        self.cancel = threading.Event()
+
+    def add(self, name: str, transport: "Transport") -> None:
+        with self.lock:
+            self.open[name] = transport
+        if self.cancel.is_set():
+            transport.close()
+
+    def drop(self, name: str) -> None:
+        with self.lock:
+            self.open.pop(name, None)
+
+    def abort(self) -> None:
+        self.cancel.set()
+        with self.lock:
+            items = list(self.open.values())
+        for t in items:
+            try:
+                t.close()
+            except Exception:  # noqa: BLE001 - closing on abort must never raise
+                pass
+
+
+def _settings(suite: "Suite", run_id: str, sessions: int | None = None) -> Any:
+    from edgelr.bench.run import BenchSettings
+
+    return BenchSettings(threads=suite.threads, runs=suite.runs, warmup=suite.warmup,
+                         sessions=sessions or suite.sessions, max_time_s=suite.max_time,
+                         cooldown_c=suite.cooldown_c, run_id=run_id)
+
+
+def _measure(device: str, inventory: str | None, models: list[Any], settings: Any, devices: _Devices,
+             say: Progress) -> "pd.DataFrame":
+    """Benchmark ``models`` on one device under its device lock; raise on device failure."""
+    from device_agents.inventory import get_device, open_transport
+    from edgelr.bench.lock import device_lock
+    from edgelr.bench.run import benchmark
+
+    spec = get_device(device, inventory)
+    with device_lock(device, on_wait=say):
+        if devices.cancel.is_set():
+            raise Interrupted("interrupted before the device was measured")
+        transport = open_transport(spec)
+        devices.add(device, transport)
+        try:
+            return benchmark(spec, transport, models, settings, progress=lambda m: say(f"[{device}] {m}"),
+                             cancel=devices.cancel)
+        finally:
+            devices.drop(device)
+            transport.close()
+
+
+def _in_threads(jobs: dict[str, Callable[[], "pd.DataFrame"]], devices: _Devices, say: Progress
+                ) -> tuple[list["pd.DataFrame"], dict[str, str], bool]:
+    """Run one job per device in daemon threads; Ctrl-C aborts them all at once.
+
+    Returns (frames, errors by device, interrupted).
+    """
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    frames: list[pd.DataFrame] = []
+
+    def work(name: str, job: Callable[[], "pd.DataFrame"]) -> None:
+        try:
+            results[name] = job()
+        except BaseException as exc:  # noqa: BLE001 - reported per device
+            results[name] = exc
+
+    threads = [threading.Thread(target=work, args=(n, j), name=f"regress-{n}", daemon=True) for n, j in jobs.items()]
+    for t in threads:
+        t.start()
+    interrupted = False
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)
+    except KeyboardInterrupt:
+        interrupted = True
+        say("interrupted: stopping the devices and keeping what was measured")
+        devices.abort()
+        deadline = time.monotonic() + 1.5
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+    for name in jobs:
+        res = results.get(name)
+        if res is None:
+            errors[name] = "interrupted"
+            continue
+        if isinstance(res, BaseException):
+            partial = getattr(res, "partial_frame", None)
+            if partial is not None and len(partial):
+                frames.append(partial)
+            if isinstance(res, Interrupted) or (interrupted and isinstance(res, (DeviceError, OSError))):
+                errors[name] = "interrupted"
+                interrupted = True
+            elif isinstance(res, (EdgelrError, OSError)):
+                errors[name] = f"{type(res).__name__}: {res}" if not isinstance(res, EdgelrError) else str(res)
+                say(f"[{name}] ERROR: {errors[name]}")
+            else:
+                errors[name] = f"internal error: {type(res).__name__}: {res}"
+                say(f"[{name}] ERROR: {errors[name]}")
+        else:
+            frames.append(res)
+    return frames, errors, interrupted
+
+
+def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, baseline: str = "last",
+              alpha: float | None = None, accept: bool = False, accept_as: str | None = None,
+              confirm: bool | None = None, progress: Progress | None = None) -> RegressResult:
+    """Run ``suite``, store the run in ``history``, compare with ``baseline`` and confirm changes.
+
+    Raises
+    ------
+    UsageError
+        Bad alpha or an unknown baseline name (checked before any device is touched).
+    DeviceError
+        No device produced a result (each device's own error in the message).
+    Interrupted
+        Ctrl-C / SIGTERM: the measured rows are stored first (run status ``interrupted``).
+    """
+    import pandas as pd
+
+    from edgelr.bench.run import BenchModel
+    from edgelr.report import history as H
+    from edgelr.report.stats import compare_run, parse_baseline
+
+    say: Progress = progress or (lambda _m: None)
+    alpha = suite.alpha if alpha is None else alpha
+    confirm = suite.confirm if confirm is None else confirm
+    name, _ = parse_baseline(baseline)
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha {alpha}: expected a probability between 0 and 1, e.g. 0.01")
+    if name not in ("accepted", "window") and H.store_path(history).exists():
+        known = set(H.baselines(history)["name"])
+        if name not in known:   # check before spending an hour on the devices
+            raise UsageError(f"--baseline {baseline}: no baseline of that name in {H.store_path(history)} "
+                             f"(names: {sorted(known) or 'none'}); create it with --accept-as {baseline}")
+    lock = threading.Lock()
+
+    def tell(msg: str) -> None:
+        with lock:
+            say(msg)
+
+    run_id = H.begin_run(history, kind="regress", suite=suite.name)
+    tell(f"regress {suite.name}: run {run_id}, {len(suite.models)} model(s) x {len(suite.devices)} device(s), "
+         f"{suite.sessions} sessions of {suite.runs} runs each, history {H.store_path(history)}")
+    warnings: list[str] = []
+    for m in suite.models:
+        try:
+            H.store_model(history, m.path)
+        except HistoryError as exc:
+            warnings.append(f"model {m.name}: {exc}; a later regression cannot be confirmed by a re-run")
+    devices = _Devices()
+    models = [BenchModel(m.name, m.path) for m in suite.models]
+    settings = _settings(suite, run_id)
+    try:
+        frames, errors, interrupted = _in_threads(
+            {d: (lambda d=d: _measure(d, inventory, models, settings, devices, tell)) for d in suite.devices},
+            devices, tell)
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        err_text = "; ".join(f"{d}: {e}" for d, e in errors.items()) or None
+        if interrupted:
+            if len(frame):
+                H.append_run(frame.assign(run_id=run_id), history, kind="regress", suite=suite.name,
+                             status="partial", run_id=run_id, error="interrupted by the user")
+            else:
+                H.fail_run(history, run_id, "interrupted by the user")
+            raise Interrupted(f"regress {suite.name}: interrupted; {len(frame)} measured row(s) stored in run "
+                              f"{run_id} as partial")
+        if not len(frame):
+            H.append_run(frame, history, kind="regress", suite=suite.name, status="failed", run_id=run_id,
+                         error=err_text or "no results")
+            raise DeviceError(f"regress {suite.name}: no device produced results ({err_text}); run {run_id} "
+                              f"recorded as failed")
+        frame = frame.assign(run_id=run_id)
+        H.append_run(frame, history, kind="regress", suite=suite.name, run_id=run_id,
+                     status="partial" if errors else "complete", error=err_text)
+    except BaseException as exc:
+        status = H.runs(history).set_index("run_id")["status"].get(run_id) if H.store_path(history).exists() else None
+        if status == "started":
+            H.fail_run(history, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+
+    hist = H.load(history, kinds=["bench", "regress", "compress"])
+    accepted = H.baselines(history)
+    comps = compare_run(hist, accepted, run_id, suite.thresholds, baseline=baseline, alpha=alpha)
+    if confirm:
+        comps = _confirm(comps, hist, suite, history, inventory, alpha, devices, tell)
+    H.record_comparisons(history, comps)
+    auto = False
+    if accept_as:
+        H.mark_baseline(history, run_id, accept_as)
+    if accept:
+        H.mark_baseline(history, run_id, "accepted")
+    elif baseline == "last" and not (accepted["name"] == "accepted").any():
+        H.mark_baseline(history, run_id, "accepted")
+        auto = True
+    return RegressResult(run_id, history, comps, errors, accept, auto, warnings)
+
+
+def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", history: Path, inventory: str | None,
+             alpha: float, devices: _Devices, say: Progress) -> "pd.DataFrame":
+    """Re-measure the baseline's model beside the current one, interleaved, where a change is suggested."""
+    from edgelr.bench.run import BenchModel
+    from edgelr.report import history as H
+    from edgelr.report.stats import compare_paired, paired_sessions, parse_threshold, metric_of
+
+    comps = comps.copy()
+    thresholds = {metric_of(k): v for k, v in suite.thresholds.items()}
+    paths = {m.name: m.path for m in suite.models}
+    for idx, row in comps.iterrows():
+        if row["metric"] != "latency" or row["status"] not in ("regression", "improvement"):
+            continue
+        first = f"stored baseline said {row['status']} {row['effect']:+.1%}" if math.isfinite(row["effect"]) else ""
+        base_runs = str(row["baseline"]).split(":", 1)[-1]
+        sel = hist[(hist["run_id"] == base_runs) & (hist["model"] == row["model"]) & (hist["device"] == row["device"])]
+        shas = [s for s in dict.fromkeys(sel["model_sha256"]) if s]
+        base_file = H.model_file(history, shas[0]) if shas else None
+        if base_file is None:
+            comps.at[idx, "note"] = (f"decided by the stored baseline: its model (sha256 "
+                                     f"{shas[0][:12] if shas else '?'}) is not in the model store; {row['note']}")
+            continue
+        say(f"[{row['device']}] {row['model']}: {first}; confirming by a paired re-run of both models")
+        confirm_id = H.new_run_id()
+        cur_name, base_name = row["model"], f"{row['model']} (baseline)"
+        try:
+            frames, errors, interrupted = _in_threads(
+                {row["device"]: lambda: _measure(row["device"], inventory,
+                                                 [BenchModel(base_name, base_file), BenchModel(cur_name, paths[row["model"]])],
+                                                 _settings(suite, confirm_id), devices, say)}, devices, say)
+        except Exception as exc:  # noqa: BLE001 - the stored verdict stands, said so
+            frames, errors, interrupted = [], {row["device"]: str(exc)}, False
+        if interrupted:
+            raise Interrupted(f"interrupted during the confirmation re-run of {row['model']}")
+        if not frames:
+            comps.at[idx, "note"] = (f"decided by the stored baseline: the paired re-run failed "
+                                     f"({'; '.join(errors.values())})")
+            continue
+        import pandas as pd
+
+        frame = pd.concat(frames, ignore_index=True).assign(run_id=confirm_id)
+        try:
+            H.append_run(frame, history, kind="confirm", suite=suite.name, run_id=confirm_id)
+        except HistoryError as exc:
+            say(f"confirmation run not stored: {exc}")
+        cur, ref = paired_sessions(frame, cur_name, base_name, row["device"])
+        v = compare_paired(cur, ref, parse_threshold(thresholds["latency"], "latency"), alpha=alpha)
+        say(f"[{row['device']}] {row['model']}: paired re-run: {v.status} {v.effect:+.1%} "
+            f"[{v.ci_low:+.1%}, {v.ci_high:+.1%}]")
+        for col, val in (("status", v.status), ("method", "wilcoxon-signed-rank (paired re-run)"),
+                         ("effect", v.effect), ("ci_low", v.ci_low), ("ci_high", v.ci_high), ("p_value", v.p_value),
+                         ("current", v.current), ("baseline_value", v.baseline), ("n_current", v.n_current),
+                         ("n_baseline", v.n_baseline)):
+            comps.at[idx, col] = val
+        comps.at[idx, "note"] = f"decided by the paired re-run {confirm_id} ({v.note}); {first}"
+        if v.status != "regression":
+            comps.at[idx, "change_run"] = None
+    return comps
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (a scheduler stopping the job) behaves like Ctrl-C: stop, keep, exit 130."""
+    import signal
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+
