@@ -61,9 +61,13 @@ def test_report_json_tables(history: Path) -> None:
     regs = data["regressions"]
     assert {r["model"] for r in regs} == {"clf"} and len(regs) == 3          # runs 5, 6, 7 vs the accepted run 0
     assert regs[-1]["change_run"] == data["runs"][5]["run_id"]                # step located at run 5
-    comp = {r["model"]: r for r in data["compressed"]}
-    assert comp["clf_lr"]["accuracy_pct"] == 87.4 and comp["clf_lr"]["model_size_bytes"] == 3.1e5
-    assert comp["clf_lr"]["latency_median_ms"] == pytest.approx(3.0, rel=0.05)
+    # the compress run's host figures sit on the device rows: one row per model and device, no "host" row
+    assert sorted(latest) == [("pi4", "clf"), ("pi4", "clf_lr")]
+    assert latest[("pi4", "clf_lr")]["accuracy_pct"] == 87.4 and latest[("pi4", "clf_lr")]["model_size_bytes"] == 3.1e5
+    assert latest[("pi4", "clf_lr")]["latency_median_ms"] == pytest.approx(3.0, rel=0.05)
+    # one session per run: a speed-up with no interval, said so
+    assert latest[("pi4", "clf_lr")]["speedup_text"].endswith("[no interval: 1 session(s)]")
+    assert latest[("pi4", "clf_lr")]["speedup_vs"] == "clf"
     assert len(data["runs"]) == 9
     since = json.loads(subprocess.run([*EDGELR, "report", str(history), "--json", "--since", "2999-01-01"],
                                       capture_output=True, text=True, timeout=120).stdout)
@@ -89,8 +93,8 @@ def test_markdown_and_html_reports_render_in_headless_chromium(history: Path, tm
     assert proc.returncode == 0, proc.stderr
     text = md.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    # clf and clf_lr: latency + distribution each; memory + energy trend for pi4; the trade-off view
-    assert len(links) == 7
+    # clf and clf_lr: latency per run each; memory + energy trend for pi4; the trade-off view
+    assert len(links) == 5
     for link in links:
         w, h = _png_size((md.parent / link).read_bytes())
         assert w > 200 and h > 100
@@ -98,7 +102,7 @@ def test_markdown_and_html_reports_render_in_headless_chromium(history: Path, tm
 
     html = page.read_text()
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(uris) == 7 and "<script" not in html and "http" not in html.replace("http-equiv", "")
+    assert len(uris) == 5 and "<script" not in html and "http" not in html.replace("http-equiv", "")
     sizes = [_png_size(base64.b64decode(u)) for u in uris]
 
     if not Path(CHROMIUM).exists():
