@@ -508,7 +508,8 @@ def _md_table(df: "pd.DataFrame", keys: int = 2, max_rows: int = 500, width: int
 
 def _intro(data: dict[str, "pd.DataFrame"]) -> list[str]:
     n_changes = len(data["model_changes"])
-    lines = [f"{len(data['runs'])} runs in the history. Latency is summarised per session (one fresh process); "
+    n = len(data["runs"])
+    lines = [f"{n} run{'' if n == 1 else 's'} in the history. Latency is summarised per session (one fresh process); "
              f"a run's latency is the median of its session medians. Speed-ups are reference latency / model "
              f"latency with a 95 % interval when both models were measured in the same run on the same device."]
     if n_changes:
