@@ -7,7 +7,6 @@ Each step after training runs when its part of edgelr is installed in this versi
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +79,8 @@ def _say(msg: str) -> None:
 
 
 def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4",
-             max_accuracy_drop: float = 1.0, bench_runs: int = 50, compress_epochs: int = 3) -> DemoResult:
+             max_accuracy_drop: float = 1.0, bench_runs: int = 20, compress_epochs: int = 3,
+             bench_sessions: int = 10) -> DemoResult:
     """Train the example CNN, compress it for ``target`` within ``max_accuracy_drop`` points, benchmark
     original and compressed ``.tflite`` on the ``local`` device, and write the report.
 
@@ -109,16 +109,21 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
     result.steps["compress"] = {"budget_met": comp.budget_met, "message": comp.message,
                                 "reduction": s.get("reduction"), "outputs": outputs}
 
-    _say(f"[3/4] benchmarking baseline and compressed .tflite on this machine ({bench_runs} runs each)")
+    _say(f"[3/4] benchmarking baseline and compressed .tflite on this machine: {bench_sessions} interleaved "
+         f"sessions of {bench_runs} runs each")
     # Bench under the names compress recorded (<model>, <model>-compressed) so the report joins latency
-    # with accuracy, size and MACs.
-    bench_dir = out_dir / "bench"
-    bench_dir.mkdir(exist_ok=True)
-    named = {baseline_tflite: bench_dir / f"{model_path.stem}.tflite",
-             compressed_tflite: bench_dir / f"{model_path.stem}-compressed.tflite"}
-    for src, dst in named.items():
-        shutil.copyfile(src, dst)
-    bench = _bench_local(list(named.values()), bench_runs, history)
+    # with accuracy, size and MACs. Both are measured in one call: their sessions interleave.
+    from edgelr.bench.run import BenchModel
+
+    names = {baseline_tflite: model_path.stem, compressed_tflite: f"{model_path.stem}-compressed"}
+    bench, frame = _bench_local([BenchModel(n, p) for p, n in names.items()], bench_runs, bench_sessions, history)
+    from edgelr.report.stats import compare_paired, format_speedup, paired_sessions, parse_threshold, speedup
+
+    cur, ref = paired_sessions(frame, names[compressed_tflite], names[baseline_tflite])
+    verdict = compare_paired(cur, ref, parse_threshold("5%"))
+    s_mid, s_lo, s_hi = speedup(verdict)
+    result.steps["speedup"] = {"speedup": s_mid, "low": s_lo, "high": s_hi, "blocks": verdict.n_current,
+                               "text": format_speedup(verdict), "method": verdict.method}
 
     _say("[4/4] writing the report")
     from edgelr.report.render import write_report
@@ -128,7 +133,7 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
     result.steps["report"] = {"html": str(html), "md": str(md), "history": str(history)}
 
     def latency(path: Path, key: str) -> float:
-        return bench.get(named[path].stem, {}).get(key, float("nan"))
+        return bench.get(names[path], {}).get(key, float("nan"))
 
     for label, part, path in (("original", s["original"], baseline_tflite),
                               ("compressed", s["compressed"], compressed_tflite)):
@@ -140,24 +145,27 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
             "macs": part.get("macs"),
             "tflite_bytes": part.get("tflite_bytes"),
             "latency_median_ms": latency(path, "median_ms"),
+            "speedup": result.steps["speedup"]["text"] if label == "compressed" else "reference",
             "peak_memory_mb": latency(path, "peak_mb"),
         })
     result.steps["summary"] = result.rows
     return result
 
 
-def _bench_local(models: list[Path], runs: int, history: Path) -> dict[str, dict[str, Any]]:
-    """Benchmark ``models`` on the built-in ``local`` device; record the run in ``history``."""
+def _bench_local(models: list[Any], runs: int, sessions: int, history: Path) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Benchmark ``models`` interleaved on the built-in ``local`` device; record the run in ``history``.
+
+    Returns the summary row per model name and the results frame."""
     from device_agents.inventory import BUILTIN_LOCAL, open_transport
     from edgelr.bench.run import BenchSettings, benchmark
     from edgelr.bench.frame import summarize
     from edgelr.report.history import append_run
 
-    settings = BenchSettings(runs=runs, warmup=5, threads=1, cooldown_timeout_s=30.0)
+    settings = BenchSettings(runs=runs, sessions=sessions, warmup=5, threads=1, cooldown_timeout_s=30.0)
     transport = open_transport(BUILTIN_LOCAL)
     try:
         frame = benchmark(BUILTIN_LOCAL, transport, models, settings, progress=_say)
     finally:
         transport.close()
     append_run(frame, history, kind="bench")
-    return {row["model"]: row for row in summarize(frame)}
+    return {row["model"]: row for row in summarize(frame)}, frame

@@ -54,6 +54,8 @@ class RegressResult:
     accepted: bool = False
     auto_accepted: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: Per device: the noise floor that applies to this run (:func:`noise_floors`).
+    noise: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def regressions(self) -> "pd.DataFrame":
@@ -229,8 +231,8 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
         err_text = "; ".join(f"{d}: {e}" for d, e in errors.items()) or None
         if interrupted:
             if len(frame):
-                H.append_run(frame.assign(run_id=run_id), history, kind="regress", suite=suite.name,
-                             status="partial", run_id=run_id, error="interrupted by the user")
+                H.append_or_spool(frame.assign(run_id=run_id), history, kind="regress", suite=suite.name,
+                                  status="partial", run_id=run_id, error="interrupted by the user")
             else:
                 H.fail_run(history, run_id, "interrupted by the user")
             raise Interrupted(f"regress {suite.name}: interrupted; {len(frame)} measured row(s) stored in run "
@@ -241,14 +243,21 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
             raise DeviceError(f"regress {suite.name}: no device produced results ({err_text}); run {run_id} "
                               f"recorded as failed")
         frame = frame.assign(run_id=run_id)
-        H.append_run(frame, history, kind="regress", suite=suite.name, run_id=run_id,
-                     status="partial" if errors else "complete", error=err_text)
+        H.append_or_spool(frame, history, kind="regress", suite=suite.name, run_id=run_id,
+                          status="partial" if errors else "complete", error=err_text)
     except BaseException as exc:
-        status = H.runs(history).set_index("run_id")["status"].get(run_id) if H.store_path(history).exists() else None
-        if status == "started":
-            H.fail_run(history, run_id, f"{type(exc).__name__}: {exc}")
+        try:
+            status = H.runs(history).set_index("run_id")["status"].get(run_id)
+            if status == "started":
+                H.fail_run(history, run_id, f"{type(exc).__name__}: {exc}")
+        except HistoryError:
+            pass  # the history is what failed; exc says why
         raise
 
+    noise = noise_floors(frame, suite, history, run_id, alpha)
+    for dev, n in noise.items():
+        if n.get("warning"):
+            warnings.append(n["warning"])
     hist = H.load(history, kinds=["bench", "regress", "compress"])
     accepted = H.baselines(history)
     comps = compare_run(hist, accepted, run_id, suite.thresholds, baseline=baseline, alpha=alpha)
@@ -263,7 +272,67 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
     elif baseline == "last" and not (accepted["name"] == "accepted").any():
         H.mark_baseline(history, run_id, "accepted")
         auto = True
-    return RegressResult(run_id, history, comps, errors, accept, auto, warnings)
+    return RegressResult(run_id, history, comps, errors, accept, auto, warnings, noise)
+
+
+def noise_floors(frame: "pd.DataFrame", suite: "Suite", history: Path, run_id: str, alpha: float
+                 ) -> dict[str, dict[str, Any]]:
+    """Per device, the smallest latency change this suite's sessions can resolve, and a warning when the
+    suite's latency threshold is below it.
+
+    Two estimates of the sd of a paired block's log-ratio (what :func:`edgelr.report.stats.
+    min_detectable_change` takes): the A/A measurement of ``edgelr devices check NAME --noise`` when the
+    history has one (preferred: it is what the paired confirmation faces), else this run's spread of
+    session medians, pooled over its models, times sqrt(2) (two independent sessions; conservative,
+    since interleaving cancels the drift the two share). This run's estimate is stored either way
+    (source ``regress <run id>``), so the history tracks each device's noise over time.
+    """
+    import numpy as np
+
+    from edgelr.report import history as H
+    from edgelr.report.stats import min_detectable_change, parse_threshold, session_values
+
+    thr_text = next((v for k, v in suite.thresholds.items() if k in ("latency", "latency_median")), None)
+    thr = parse_threshold(thr_text, "latency") if thr_text is not None else None
+    out: dict[str, dict[str, Any]] = {}
+    if not len(frame):
+        return out
+    for device, part in frame.groupby("device"):
+        sq, n = [], 0
+        for _, g in part.groupby("model"):
+            v = session_values(g)["value"].to_numpy(dtype=float)
+            v = np.log(v[np.isfinite(v) & (v > 0)])
+            if v.size >= 3:
+                sq.append(float(v.var(ddof=1)))
+                n += v.size
+        if not sq:
+            continue
+        sd_session = math.sqrt(sum(sq) / len(sq))
+        sd_run = math.sqrt(2.0) * sd_session
+        mdc_run = min_detectable_change(sd_run, suite.sessions, alpha)
+        try:
+            H.record_noise(history, str(device), sd_log_ratio=sd_run, session_cv=sd_session, sessions=n,
+                           runs=suite.runs, alpha=alpha, min_detectable=mdc_run, source=f"regress {run_id}")
+        except HistoryError:
+            pass  # the run's rows are what matters; the estimate is reported below anyway
+        checked = H.noise_floor(history, str(device), source=H.NOISE_FROM_CHECK)
+        if checked and checked.get("sd_log_ratio") is not None and math.isfinite(checked["sd_log_ratio"]):
+            sd, source = float(checked["sd_log_ratio"]), f"`edgelr devices check {device} --noise` of {checked['measured_at'][:16]}"
+        else:
+            sd, source = sd_run, "this run's session spread (conservative; `edgelr devices check " \
+                                 f"{device} --noise` measures it directly)"
+        mdc = min_detectable_change(sd, suite.sessions, alpha)
+        entry: dict[str, Any] = {"session_cv": sd_session, "sd_log_ratio": sd, "sessions": suite.sessions,
+                                 "alpha": alpha, "min_detectable_change": mdc, "source": source}
+        if thr is not None and thr.kind == "rel" and thr.value < mdc:
+            need = next((k for k in range(suite.sessions + 1, 201)
+                         if min_detectable_change(sd, k, alpha) <= thr.value), None)
+            entry["warning"] = (f"{device}: the latency threshold {thr.text} is below what this device's noise "
+                                f"resolves at {suite.sessions} sessions (smallest detectable change "
+                                f"{'none' if not math.isfinite(mdc) else f'{mdc:.1%}'}, from {source}); "
+                                + (f"raise sessions to {need} or the threshold" if need else "raise the threshold"))
+        out[str(device)] = entry
+    return out
 
 
 def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", history: Path, inventory: str | None,

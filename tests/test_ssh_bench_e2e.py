@@ -51,6 +51,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _bench(model: Path, inv: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*EDGELR, "bench", str(model), "--device", "sshdev", "--inventory", str(inv), "--runs", "5",
+                           "--sessions", "1",
                            "--json", *extra], capture_output=True, text=True, timeout=240, env=env)
 
 

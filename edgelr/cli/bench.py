@@ -81,7 +81,7 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
     from edgelr.bench.frame import write_frame
     from edgelr.bench.lock import device_lock
     from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchSettings, benchmark
-    from edgelr.errors import DeviceError, Interrupted, UsageError
+    from edgelr.errors import DeviceError, HistoryError, Interrupted, UsageError
     from edgelr.report.history import default_history
 
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
@@ -106,7 +106,10 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
             partial = getattr(exc, "partial_frame", None)
             if partial is not None and len(partial):
                 _emit(partial, as_json, reference)
-                _record_history(partial, history, status="partial", error=str(exc), device=spec.name)
+                try:
+                    _record_history(partial, history, status="partial", error=str(exc), device=spec.name)
+                except HistoryError as hexc:
+                    info(f"edgelr: {hexc}")
             raise
         finally:
             transport.close()
@@ -216,7 +219,7 @@ def _record_history(frame: "pd.DataFrame", history: str | None = None, status: s
     """Append the run to the results history (nothing with ``--no-history``); says where on stderr."""
     if not history:
         return
-    from edgelr.report.history import append_run
+    from edgelr.report.history import append_or_spool
 
-    run_id = append_run(frame, history, kind="bench", status=status, error=error)
+    run_id = append_or_spool(frame, history, kind="bench", status=status, error=error)
     info(f"recorded run {run_id} in {history}")

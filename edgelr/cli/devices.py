@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from pathlib import Path
 from typing import Any
 
 import click
@@ -60,9 +61,21 @@ def list_devices(inventory: str | None, as_json: bool) -> None:
 @click.option("--inventory", type=click.Path(dir_okay=False), help=INVENTORY_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--trust-new-host", is_flag=True, help="SSH: accept and remember an unknown host key.")
-def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool) -> None:
+@click.option("--noise", is_flag=True, help="Also measure the device's between-session noise and the smallest "
+              "change a comparison at the default sessions can detect; stored in the history.")
+@click.option("--model", "noise_model", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Model for --noise [default: a small built-in CNN].")
+@click.option("--sessions", type=click.IntRange(min=4), default=20, show_default=True,
+              help="Interleaved blocks for --noise.")
+@click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
+              help="Where --noise stores its result [env: EDGELR_HISTORY; default: ~/.local/share/edgelr/history].")
+def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool, noise: bool,
+          noise_model: Path | None, sessions: int, history: str | None) -> None:
     """Check device NAME: reachable, OS/ABI, cores, governor, temperatures, power sensors, benchmark program.
 
+    With --noise, the same model is measured as two names in interleaved blocks of sessions: the spread
+    of the per-block log-ratios is the device's between-session noise, from which the smallest change a
+    comparison of the default K sessions detects (alpha 0.01, power 95 %) follows.
     Exits 1 when the device cannot benchmark (unreachable, no ai-edge-litert and no benchmark_binary...).
     """
     from device_agents.inventory import get_device, open_transport
@@ -81,12 +94,64 @@ def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool)
     except DeviceError as exc:
         report["problems"].append(str(exc))
     report["ready"] = report["reachable"] and not report["problems"]
+    if noise and report["ready"]:
+        report["noise"] = _noise(spec, overrides, noise_model, sessions, history)
     if as_json:
         echo_json(report)
     else:
         _print_report(report)
+        if "noise" in report:
+            _print_noise(report["noise"])
     if not report["ready"]:
         raise SystemExit(1)
+
+
+def _noise(spec: Any, overrides: dict[str, Any], model: Path | None, sessions: int, history: str | None
+           ) -> dict[str, Any]:
+    """Measure A/A interleaved blocks; return and store the noise floor."""
+    import importlib.resources
+    import math
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from device_agents.inventory import open_transport
+    from edgelr.bench.lock import device_lock
+    from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchModel, BenchSettings, benchmark
+    from edgelr.report import history as H
+    from edgelr.report.stats import DEFAULT_ALPHA, min_detectable_change, paired_sessions
+
+    src = model or Path(str(importlib.resources.files("edgelr") / "data" / "noise_probe.tflite"))
+    with tempfile.TemporaryDirectory(prefix="edgelr-noise-") as tmp:
+        copy = Path(tmp) / f"copy-{src.name}"
+        shutil.copyfile(src, copy)
+        models = [BenchModel("A", src), BenchModel("A (copy)", copy)]
+        settings = BenchSettings(sessions=sessions, runs=DEFAULT_RUNS)
+        info(f"measuring noise on {spec.name}: {sessions} blocks of 2 sessions of {src.name}")
+        with device_lock(spec.name, on_wait=info):
+            transport = open_transport(spec, **overrides)
+            try:
+                frame = benchmark(spec, transport, models, settings, progress=info)
+            finally:
+                transport.close()
+    b, a = paired_sessions(frame, "A (copy)", "A")
+    d = np.log(b) - np.log(a)
+    sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
+    med = np.concatenate([a, b])
+    cv = float(1.4826 * np.median(np.abs(med - np.median(med))) / np.median(med))
+    mdc = min_detectable_change(sd, DEFAULT_SESSIONS, DEFAULT_ALPHA)
+    out = {"sessions": int(d.size), "runs": DEFAULT_RUNS, "median_ms": float(np.median(med)), "session_cv": cv,
+           "sd_log_ratio": sd, "default_sessions": DEFAULT_SESSIONS, "alpha": DEFAULT_ALPHA,
+           "min_detectable_change": mdc}
+    hist = history or str(H.default_history())
+    try:
+        H.record_noise(hist, spec.name, sd_log_ratio=sd, session_cv=cv, sessions=int(d.size), runs=DEFAULT_RUNS,
+                       alpha=DEFAULT_ALPHA, min_detectable=mdc, source=H.NOISE_FROM_CHECK)
+        out["stored_in"] = str(H.store_path(hist))
+    except Exception as exc:  # noqa: BLE001 - the measurement is still printed
+        out["not_stored"] = str(exc)
+    return out
 
 
 def _probe(spec: Any, transport: Any, report: dict[str, Any]) -> None:
@@ -134,6 +199,18 @@ def _probe(spec: Any, transport: Any, report: dict[str, Any]) -> None:
     except BenchmarkError as exc:
         report["program"] = None
         report["problems"].append(str(exc))
+
+
+def _print_noise(n: dict[str, Any]) -> None:
+    click.echo(f"noise: session medians {n['median_ms']:.3f} ms, between-session CV {100 * n['session_cv']:.1f} %, "
+               f"sd of block log-ratios {n['sd_log_ratio']:.3f} over {n['sessions']} blocks")
+    mdc = n["min_detectable_change"]
+    click.echo(f"smallest change detectable at {n['default_sessions']} sessions (alpha {n['alpha']:g}, power 95 %): "
+               + (f"{100 * mdc:.1f} %" if mdc == mdc and mdc != float('inf') else "none (too few sessions)"))
+    if "stored_in" in n:
+        click.echo(f"stored in {n['stored_in']}")
+    elif "not_stored" in n:
+        click.echo(f"not stored: {n['not_stored']}")
 
 
 def _print_report(r: dict[str, Any]) -> None:

@@ -126,11 +126,16 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     if as_json:
         echo_json({"run_id": run_id, "suite": suite.name, "history": str(H.store_path(history)),
                    "baseline": baseline, "alpha": alpha, "accepted": accept or res.auto_accepted,
-                   "errors": errors, "regressions": int(len(regressions)),
+                   "errors": errors, "regressions": int(len(regressions)), "noise": res.noise,
                    "comparisons": comps.astype(object).where(comps.notna(), None).to_dict("records")})
     else:
         click.echo(table(_rows(comps), ["model", "device", "metric", "baseline", "baseline_value", "current",
                                         "change", "ci", "threshold", "p", "n", "status", "evidence"]))
+        for dev, n in res.noise.items():
+            mdc = n["min_detectable_change"]
+            click.echo(f"noise on {dev}: session CV {n['session_cv']:.1%}; smallest latency change detectable at "
+                       f"{n['sessions']} sessions (alpha {n['alpha']:g}, power 95 %): "
+                       f"{f'{mdc:.1%}' if math.isfinite(mdc) else 'none'} (from {n['source']})")
         thr_only = comps["method"].str.startswith("threshold-only") & ~comps["status"].isin(["not-measured"])
         for note in sorted(set(comps.loc[thr_only, "metric"])):
             info(f"note: {note} compared by threshold only (no sessions or too few); no p-value")

@@ -168,6 +168,82 @@ def model_file(history: str | os.PathLike[str], sha: str) -> Path | None:
     return p if p.is_file() else None
 
 
+#: ``source`` of a noise floor measured A/A by ``edgelr devices check NAME --noise``.
+NOISE_FROM_CHECK = "devices check --noise"
+
+_NOISE_TABLE = ("CREATE TABLE IF NOT EXISTS noise_floor (device TEXT NOT NULL, measured_at TEXT NOT NULL, "
+                "sd_log_ratio REAL, session_cv REAL, sessions INTEGER, runs INTEGER, alpha REAL, "
+                "min_detectable REAL, source TEXT)")
+
+
+def record_noise(history: str | os.PathLike[str], device: str, *, sd_log_ratio: float, session_cv: float,
+                 sessions: int, runs: int, alpha: float, min_detectable: float, source: str) -> None:
+    """Store a device's measured between-session noise.
+
+    ``source``: ``"devices check --noise"`` (an A/A interleaved measurement) or ``"regress <run id>"``
+    (estimated from the spread of one regress run's session medians, more conservative).
+    """
+    with _write_tx(history) as con:
+        con.execute(_NOISE_TABLE)
+        con.execute("INSERT INTO noise_floor VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (device, _now(), sd_log_ratio, session_cv, sessions, runs, alpha, min_detectable, source))
+
+
+def noise_floor(history: str | os.PathLike[str], device: str, source: str | None = None) -> dict[str, Any] | None:
+    """The latest stored noise measurement of ``device`` (from ``source`` when given), or None."""
+    path = store_path(history)
+    if not path.exists():
+        return None
+    with _reader(path) as con:
+        if "noise_floor" not in _tables(con):
+            return None
+        cur = con.execute("SELECT * FROM noise_floor WHERE device=? AND (? IS NULL OR source=?) "
+                          "ORDER BY measured_at DESC LIMIT 1", (device, source, source))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cur.description], row))
+
+
+def spool_dir() -> Path:
+    """Where rows go when the history cannot take them: ``$XDG_STATE_HOME/edgelr/spool``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edgelr" / "spool"
+
+
+def spool(frame: "pd.DataFrame", run_id: str | None = None) -> Path:
+    """Write a results frame that the history refused to a CSV spool file; return its path.
+
+    Tried in order: :func:`spool_dir`, then the system temp directory. The file holds the long frame
+    (:data:`edgelr.bench.frame.COLUMNS`); ``edgelr history import FILE`` is not there yet, but
+    :func:`append_run` takes ``pandas.read_csv(FILE)`` as it is.
+    """
+    import tempfile
+
+    name = f"{run_id or new_run_id()}.csv"
+    errors = []
+    for d in (spool_dir(), Path(tempfile.gettempdir()) / "edgelr-spool"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".{name}.part"
+            frame.to_csv(tmp, index=False)
+            os.replace(tmp, d / name)
+            return d / name
+        except OSError as exc:
+            errors.append(f"{d}: {exc.strerror or exc}")
+    raise HistoryError(f"could not write the spool file either ({'; '.join(errors)})")
+
+
+def append_or_spool(frame: "pd.DataFrame", history: str | os.PathLike[str], **kwargs: Any) -> str:
+    """:func:`append_run`; when the history cannot take the rows, spool them and raise one line that says
+    why (the real cause: read-only, disk full, damaged) and where the rows are."""
+    try:
+        return append_run(frame, history, **kwargs)
+    except HistoryError as exc:
+        if not len(frame):
+            raise
+        where = spool(frame, kwargs.get("run_id"))
+        raise HistoryError(f"{exc}; the {len(frame)} measured rows are kept in {where}") from exc
+
+
 def new_run_id() -> str:
     """A time-sortable run id: ``YYYYmmddTHHMMSSffffffZ-<8 hex>`` (UTC)."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
@@ -189,13 +265,19 @@ def _open(path: Path, *, write: bool) -> sqlite3.Connection:
         except OSError as exc:
             raise HistoryError(f"cannot create the history directory {path.parent}: {exc}") from exc
     try:
-        if write or os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        if write:
             con = sqlite3.connect(path, timeout=120.0, isolation_level=None)
-        else:
-            con = _memory_copy(path)
+        else:   # readers never write: read-only connection, or a copy where even that needs a write
+            try:
+                con = sqlite3.connect(f"file:{quote_uri(path)}?mode=ro", uri=True, timeout=120.0,
+                                      isolation_level=None)
+                con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                con = _memory_copy(path)
         con.execute("PRAGMA busy_timeout=120000")
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if write:
+            _check_integrity(con, path)
             _init_or_migrate(con, path)
         elif version != STORE_VERSION or _is_v0(con):
             if version > STORE_VERSION:
@@ -205,17 +287,116 @@ def _open(path: Path, *, write: bool) -> sqlite3.Connection:
             con = _memory_copy(path)
             _init_or_migrate(con, path)
     except sqlite3.DatabaseError as exc:
+        if any(k in str(exc) for k in _DAMAGED):
+            raise _damaged(path, exc) from exc
+        medium = _medium_problem(path) if write else None
+        if medium:
+            raise HistoryError(f"cannot write the history store {path}: {medium} (SQLite: {exc})") from exc
         raise HistoryError(f"cannot open the history store {path}: {exc} (is it an edgelr history "
                            f"SQLite file?)") from exc
     return con
 
 
+_DAMAGED = ("malformed", "not a database", "file is encrypted", "corrupt")
+
+
+def _damaged(path: Path, exc: BaseException) -> HistoryError:
+    """One line for a store SQLite cannot read: the cause without the SQL."""
+    cause = exc.__cause__ if exc.__cause__ is not None and not isinstance(exc, sqlite3.Error) else exc
+    text = str(cause).split(":")[-1].strip() if "Execution failed on sql" in str(cause) else str(cause)
+    if "not a database" in text:
+        return HistoryError(f"cannot open the history store {path}: {text} (is it an edgelr history SQLite "
+                            f"file?); nothing was written to it")
+    if any(k in text for k in _DAMAGED):
+        return HistoryError(f"history store {path} is damaged ({text}); nothing was written to it. Keep it for "
+                            f"recovery (`sqlite3 {path} .recover`) and pass another --history")
+    return HistoryError(f"reading the history store {path} failed: {text}")
+
+
+@contextmanager
+def _reader(history: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
+    """A read connection; a damaged or unreadable store raises one :class:`HistoryError` line."""
+    path = store_path(history)
+    con = _open(path, write=False)
+    try:
+        yield con
+    except (sqlite3.DatabaseError, OSError) as exc:
+        if isinstance(exc, OSError) and type(exc).__name__ != "DatabaseError":
+            raise
+        raise _damaged(path, exc) from exc
+    finally:
+        con.close()
+
+
 def _memory_copy(path: Path) -> sqlite3.Connection:
-    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=120.0)
+    """An in-memory copy of the store, read without writing anything beside it.
+
+    ``mode=ro`` still needs the ``-shm`` file of a WAL store, which SQLite cannot create on read-only
+    media (a mounted backup, a CD, a ``ro`` bind mount); there nobody can write either, so the file is
+    opened ``immutable`` instead.
+    """
+    uri = quote_uri(path)
     mem = sqlite3.connect(":memory:", isolation_level=None)
-    src.backup(mem)
-    src.close()
+    try:
+        src = sqlite3.connect(f"file:{uri}?mode=ro", uri=True, timeout=120.0)
+        try:
+            src.backup(mem)
+        finally:
+            src.close()
+    except sqlite3.OperationalError:
+        src = sqlite3.connect(f"file:{uri}?immutable=1", uri=True, timeout=120.0)
+        try:
+            src.backup(mem)
+        finally:
+            src.close()
     return mem
+
+
+def quote_uri(path: Path) -> str:
+    """``path`` escaped for an SQLite ``file:`` URI (``?`` and ``#`` and ``%`` in directory names)."""
+    from urllib.parse import quote
+
+    return quote(str(Path(path).absolute()), safe="/")
+
+
+def _medium_problem(path: Path) -> str | None:
+    """What about the file system keeps ``path`` from being written, or None.
+
+    SQLite reports a full disk while it maps its ``-shm`` file as "disk I/O error" and a read-only mount
+    as "unable to open database file"; this names the cause a user can act on.
+    """
+    d = path.parent if path.parent.exists() else Path(path.anchor or "/")
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "the file system holding it is mounted read-only"
+    free = st.f_bavail * st.f_frsize
+    if free < 256 * 1024:
+        return f"the disk holding it is full ({free // 1024} KiB free)"
+    if not os.access(d, os.W_OK) or path.exists() and not os.access(path, os.W_OK):
+        return "no write permission"
+    return None
+
+
+def _check_integrity(con: sqlite3.Connection, path: Path) -> None:
+    """Refuse to write into a damaged store (writing can spread the damage and hide it).
+
+    ``PRAGMA quick_check`` reads every page once (about 0.1 s per 10 MB here); it runs only when a
+    writer opens the store, not for every statement.
+    """
+    if path.stat().st_size == 0 if path.exists() else True:
+        return
+    try:
+        problems = [r[0] for r in con.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, exc) from exc
+    if problems != ["ok"]:
+        detail = "; ".join(" ".join(problems).split("\n"))[:200]
+        raise HistoryError(f"history store {path} is damaged (integrity check: {detail}); "
+                           f"nothing was written to it. Keep it for recovery (`sqlite3 {path} .recover`) and "
+                           f"pass another --history")
 
 
 def _tables(con: sqlite3.Connection) -> set[str]:
@@ -290,17 +471,27 @@ def _migrate_v0_to_v1(con: sqlite3.Connection) -> None:
 
 @contextmanager
 def _write_tx(history: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
-    con = _open(store_path(history), write=True)
+    path = store_path(history)
+    con = _open(path, write=True)
     try:
         con.execute("BEGIN IMMEDIATE")
         try:
             yield con
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            # SQLite rolls back by itself on SQLITE_FULL / IOERR; a second ROLLBACK would replace the real
+            # cause ("database or disk is full") with "cannot rollback - no transaction is active".
+            if con.in_transaction:
+                try:
+                    con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
     except sqlite3.DatabaseError as exc:
-        raise HistoryError(f"writing the history store {store_path(history)} failed: {exc}") from exc
+        if any(k in str(exc) for k in _DAMAGED):
+            raise _damaged(path, exc) from exc
+        medium = _medium_problem(path)
+        raise HistoryError(f"writing the history store {path} failed: {medium + ' (SQLite: ' + str(exc) + ')' if medium else exc}") from exc
     finally:
         con.close()
 
@@ -539,8 +730,7 @@ def load(history: str | os.PathLike[str], since: str | datetime | None = None, *
     """
     import pandas as pd
 
-    con = _open(store_path(history), write=False)
-    try:
+    with _reader(history) as con:
         where = ["r.status IN ('complete', 'partial'" + (", 'failed'" if include_failed else "") + ")"]
         args: list[Any] = []
         iso = parse_since(since)
@@ -558,8 +748,6 @@ def load(history: str | os.PathLike[str], since: str | datetime | None = None, *
                f"JOIN runs r ON r.run_id = x.run_id WHERE {' AND '.join(where)} "
                f"ORDER BY r.started_at, x.rowid")
         df = pd.read_sql_query(sql, con, params=args)
-    finally:
-        con.close()
     df["value"] = df["value"].astype(float)
     for c in ("repeat", "sample"):
         df[c] = df[c].fillna(-1 if c == "sample" else 0).astype(int)
@@ -577,13 +765,10 @@ def runs(history: str | os.PathLike[str]) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    con = _open(store_path(history), write=False)
-    try:
+    with _reader(history) as con:
         df = pd.read_sql_query("SELECT run_id, kind, suite, status, started_at, finished_at, host, pid, n_rows, "
                                "error FROM runs ORDER BY started_at, rowid", con)
         base = pd.read_sql_query("SELECT name, run_id FROM baselines ORDER BY accepted_at", con)
-    finally:
-        con.close()
     for i, row in df.iterrows():
         if _interrupted(row.to_dict()):
             df.at[i, "status"] = "failed"
@@ -613,11 +798,8 @@ def baselines(history: str | os.PathLike[str]) -> "pd.DataFrame":
     """Every acceptance, oldest first: name, run_id, accepted_at. The last row per name is current."""
     import pandas as pd
 
-    con = _open(store_path(history), write=False)
-    try:
+    with _reader(history) as con:
         return pd.read_sql_query("SELECT name, run_id, accepted_at FROM baselines ORDER BY accepted_at, rowid", con)
-    finally:
-        con.close()
 
 
 COMPARISON_COLUMNS = ["run_id", "baseline", "model", "device", "metric", "status", "method", "p_value",
@@ -641,8 +823,5 @@ def load_comparisons(history: str | os.PathLike[str]) -> "pd.DataFrame":
     """Stored regression verdicts, in the order they were recorded."""
     import pandas as pd
 
-    con = _open(store_path(history), write=False)
-    try:
+    with _reader(history) as con:
         return pd.read_sql_query(f"SELECT {', '.join(COMPARISON_COLUMNS)} FROM comparisons ORDER BY rowid", con)
-    finally:
-        con.close()

@@ -1,15 +1,23 @@
-"""Detection quality of edgelr's regression rule on simulated device noise.
+"""Detection quality of edgelr's latency comparisons on REAL sessions of this machine, plus a simulation.
 
-Model of a device: per-run latency log-normal with a coefficient of variation of 3% (10 ms median).
-A "5% slow-down" multiplies every current-side sample by 1.05. For each number of runs per side we draw
-1,000 independent baseline/current pairs with the slow-down (power = fraction flagged as a regression)
-and 1,000 pairs from the same distribution (false-alarm rate = fraction flagged), through
-:func:`edgelr.report.stats.compare_samples` with the defaults `edgelr regress` uses (DEFAULT_ALPHA,
-MIN_SAMPLES, threshold "5%", effect rule "ci"); the "point" effect rule is measured for comparison.
+Real part. Three float32 MLP ``.tflite`` files are built once with TensorFlow (in a subprocess):
+``A`` and ``A2`` (the same model, two files: an unchanged model) and ``B`` (one hidden layer widened, so
+truly slower; its real ratio is measured in the quiet interleaved run). They are measured on the
+``local`` device by :func:`edgelr.bench.run.benchmark` as ``--blocks`` interleaved blocks (each block:
+one fresh benchmark process per model, random order), once quiet and once beside the load generator
+(:func:`load_generator`: bursts of CPU spinning and of 64 MiB memory copies in 3 processes, alternating,
+bounded in time, stopping by itself). From the pool of blocks, ``--comparisons`` comparisons of K
+blocks (the default K of ``edgelr bench``/``regress``) are drawn without replacement inside each
+comparison and decided by :func:`edgelr.report.stats.compare_paired` at the 5 % threshold:
+A2 vs A gives the false-alarm rate, B vs A the power. Comparisons drawn from one pool share blocks,
+so they are not independent: the rates are resampling estimates from a 40+ block pool.
+The wall time of one regress comparison (K blocks of two models) is reported from the measured session
+times.
 
-Goals (issue 7): power >= 95% and false alarms <= 1% at 20 runs per side.
+Simulation part: session-level random effect (CV 3 % and 10 %) on top of within-session noise (CV 3 %),
+paired design, 1,000 trials, K = default: false alarms and power for a 10 % slow-down.
 
-Run:  .venv/bin/python tests/perf/bench_detection.py [--trials 1000] [--seed 0]
+Run:  .venv/bin/python tests/perf/bench_detection.py [--blocks 40] [--comparisons 400] [--no-load]
 Writes reports/detection.md and prints the same table.
 """
 
@@ -17,97 +25,167 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgelr.report.stats import DEFAULT_ALPHA, MIN_SAMPLES, compare_samples, parse_threshold
+from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchModel, BenchSettings, benchmark
+from edgelr.report.stats import DEFAULT_ALPHA, compare_paired, min_detectable_change, paired_sessions, parse_threshold
 
-CV = 0.03
-SLOWDOWN = 1.05
-POWER_GOAL = 0.95
-FA_GOAL = 0.01
+THRESHOLD = "5%"
+ROOT = Path(__file__).resolve().parents[2]
+
+_MAKE = """
+import sys
+from edgelr.tfcompat import tf, keras2
+k = keras2()
+k.utils.set_random_seed(0)
+def build(widths, path):
+    m = k.Sequential([k.layers.Input((512,), batch_size=1)] + [k.layers.Dense(w, activation="relu") for w in widths]
+                     + [k.layers.Dense(10)])
+    open(path, "wb").write(tf().lite.TFLiteConverter.from_keras_model(m).convert())
+build([1024, 1024, 1024], sys.argv[1])
+build([1024, 1024, 1024], sys.argv[2])
+build([1024, 1152, 1024], sys.argv[3])   # ~10 % more MACs
+"""
 
 
-def rates(n: int, trials: int, rng: np.random.Generator, rule: str, alpha: float,
-          slowdown: float = SLOWDOWN) -> tuple[float, float, float]:
-    """(power, false-alarm rate, false alarms of the U test alone) for ``n`` runs per side."""
-    sigma = math.sqrt(math.log1p(CV ** 2))
-    thr = parse_threshold("5%", "latency")
-    hits = alarms = u_alarms = 0
+def _burst_worker(until: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = np.ones(64 << 17)          # 64 MiB of float64
+    b = np.empty_like(a)
+    while time.time() < until:
+        phase_end = time.time() + float(rng.uniform(0.2, 1.5))
+        mode = rng.integers(0, 3)  # 0 idle, 1 CPU spin, 2 memory copy
+        while time.time() < min(phase_end, until):
+            if mode == 1:
+                x = 0
+                for i in range(20000):
+                    x += i * i
+            elif mode == 2:
+                np.copyto(b, a)
+            else:
+                time.sleep(0.05)
+
+
+def load_generator(seconds: float, procs: int = 3) -> list[mp.Process]:
+    """Start ``procs`` processes alternating idle / CPU / memory-bandwidth bursts for ``seconds`` (then they end)."""
+    until = time.time() + seconds
+    ps = [mp.Process(target=_burst_worker, args=(until, i), daemon=True) for i in range(procs)]
+    for p in ps:
+        p.start()
+    return ps
+
+
+def measure(models: list[BenchModel], blocks: int, load: bool, runs: int = DEFAULT_RUNS) -> "tuple[object, float]":
+    from device_agents.inventory import BUILTIN_LOCAL, open_transport
+
+    settings = BenchSettings(runs=runs, sessions=blocks, warmup=5, threads=1, cooldown_timeout_s=5.0,
+                             canary=False)
+    gens = load_generator(blocks * len(models) * 3.0 + 60) if load else []
+    t0 = time.monotonic()
+    tr = open_transport(BUILTIN_LOCAL)
+    try:
+        frame = benchmark(BUILTIN_LOCAL, tr, models, settings,
+                          progress=lambda m: print(m, file=sys.stderr) if "session" in m and " A:" in m else None)
+    finally:
+        tr.close()
+        for g in gens:
+            g.terminate()
+    return frame, time.monotonic() - t0
+
+
+def rates(frame: object, k: int, comparisons: int, rng: np.random.Generator) -> dict[str, float]:
+    thr = parse_threshold(THRESHOLD)
+    a2, a = paired_sessions(frame, "A2", "A")
+    b, a_b = paired_sessions(frame, "B", "A")
+    n = len(a)
+    fa = hit = 0
+    for _ in range(comparisons):
+        idx = rng.choice(n, size=k, replace=False)
+        fa += compare_paired(a2[idx], a[idx], thr).status == "regression"
+        hit += compare_paired(b[idx], a_b[idx], thr).status == "regression"
+    d = np.log(a2) - np.log(a)
+    whole_b = compare_paired(b, a_b, thr)
+    med = a
+    cv_sessions = 1.4826 * float(np.median(np.abs(med - np.median(med)))) / float(np.median(med))
+    return {"false_alarm": fa / comparisons, "power": hit / comparisons, "blocks": n, "sd_log_ratio": float(d.std(ddof=1)),
+            "session_cv": cv_sessions, "b_ratio": 1 + whole_b.effect, "b_low": 1 + whole_b.ci_low,
+            "b_high": 1 + whole_b.ci_high, "median_ms": float(np.median(a)),
+            "mdc": min_detectable_change(float(d.std(ddof=1)), k)}
+
+
+def simulate(k: int, trials: int, rng: np.random.Generator, cv_session: float, slowdown: float) -> tuple[float, float]:
+    thr = parse_threshold(THRESHOLD)
+    s_s = math.sqrt(math.log1p(cv_session ** 2))
+    s_w = math.sqrt(math.log1p(0.03 ** 2))
+    fa = hit = 0
     for _ in range(trials):
-        base = 10.0 * rng.lognormal(0.0, sigma, n)
-        slow = 10.0 * slowdown * rng.lognormal(0.0, sigma, n)
-        same = 10.0 * rng.lognormal(0.0, sigma, n)
-        hits += compare_samples(slow, base, thr, alpha=alpha, effect_rule=rule).status == "regression"
-        v = compare_samples(same, base, thr, alpha=alpha, effect_rule=rule)
-        alarms += v.status == "regression"
-        u_alarms += v.status != "improvement" and v.p_value < alpha
-    return hits / trials, alarms / trials, u_alarms / trials
+        drift = rng.normal(0, s_s, k)          # shared by both models of a block (interleaved)
+        def side(f: float) -> np.ndarray:
+            own = rng.normal(0, s_s / 2, k)    # the part of the session effect a model gets on its own
+            return np.array([np.median(10 * f * np.exp(drift[i] + own[i] + rng.normal(0, s_w, DEFAULT_RUNS)))
+                             for i in range(k)])
+        a = side(1.0)
+        fa += compare_paired(side(1.0), a, thr).status == "regression"
+        hit += compare_paired(side(slowdown), a, thr).status == "regression"
+    return fa / trials, hit / trials
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--blocks", type=int, default=40)
+    ap.add_argument("--comparisons", type=int, default=400)
     ap.add_argument("--trials", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "reports" / "detection.md"))
+    ap.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed inferences per session")
+    ap.add_argument("--no-load", action="store_true", help="skip the run under load")
+    ap.add_argument("--out", default=str(ROOT / "reports" / "detection.md"))
     args = ap.parse_args()
-    t0 = time.time()
-    ns = [MIN_SAMPLES, 10, 12, 14, 16, 18, 20, 25, 30]
-    lines = ["| rule | alpha | runs per side | power (5% slow-down) | false alarms | false alarms of U test alone "
-             "| meets both goals |",
-             "|---|---|---|---|---|---|---|"]
-    smallest: dict[tuple[str, float], int | None] = {}
-    at20: dict[tuple[str, float], tuple[float, float]] = {}
-    configs = [("ci", DEFAULT_ALPHA, ns), ("point", DEFAULT_ALPHA, [20]), ("ci", 0.05, [12, 20]), ("ci", 0.002, [20])]
-    for rule, alpha, n_list in configs:
-        smallest[(rule, alpha)] = None
-        for n in n_list:
-            rng = np.random.default_rng(args.seed + 1000 * n)
-            p, fa, ufa = rates(n, args.trials, rng, rule, alpha)
-            ok = p >= POWER_GOAL and fa <= FA_GOAL
-            if ok and smallest[(rule, alpha)] is None:
-                smallest[(rule, alpha)] = n
-            if n == 20:
-                at20[(rule, alpha)] = (p, fa)
-            default = " (default)" if (rule, alpha) == ("ci", DEFAULT_ALPHA) else ""
-            lines.append(f"| {rule}{default} | {alpha} | {n} | {p:.1%} | {fa:.1%} | {ufa:.1%} | {'yes' if ok else 'no'} |")
-            print(lines[-1], flush=True)
-    sub = []
-    for small in (1.02, 1.03):   # changes below the threshold: how often the default rule still flags them
-        q, _, _ = rates(20, args.trials, np.random.default_rng(args.seed + 7), "ci", DEFAULT_ALPHA, small)
-        sub.append(f"- {small - 1:.0%} slow-down (below the 5% threshold), 20 runs per side: flagged in {q:.1%}")
-        print(sub[-1], flush=True)
-    p20, fa20 = at20[("ci", DEFAULT_ALPHA)]
-    n_min = smallest[("ci", DEFAULT_ALPHA)]
-    summary = (f"Default rule (one-sided Mann-Whitney U, alpha={DEFAULT_ALPHA}, effect CI reaching 5%, "
-               f"min {MIN_SAMPLES} samples), 20 runs per side: power {p20:.1%} (goal >= {POWER_GOAL:.0%}), "
-               f"false alarms {fa20:.1%} (goal <= {FA_GOAL:.0%}). Smallest runs per side meeting both "
-               f"(of {ns}): {n_min}. Below {MIN_SAMPLES} runs edgelr does not test (threshold only).")
-    text = "\n".join([
-        "# Regression detection on simulated device noise",
+    rng = np.random.default_rng(0)
+    k = DEFAULT_SESSIONS
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"{n}.tflite" for n in ("A", "A2", "B")]
+        subprocess.run([sys.executable, "-c", _MAKE, *map(str, paths)], check=True, capture_output=True, timeout=600)
+        models = [BenchModel(p.stem, p) for p in paths]
+        results = {}
+        for load in ([False] if args.no_load else [False, True]):
+            frame, wall = measure(models, args.blocks, load, args.runs)
+            r = rates(frame, k, args.comparisons, rng)
+            r["wall_per_comparison_s"] = wall / args.blocks * k * 2 / 3   # K blocks of 2 models
+            results["with load" if load else "quiet"] = r
+    sim = {cv: simulate(k, args.trials, rng, cv, 1.10) for cv in (0.03, 0.10)}
+    load1 = os.getloadavg()[0]
+    lines = [
+        "# Detection of latency changes on real sessions (tests/perf/bench_detection.py)",
         "",
-        f"Per-run latency log-normal, CV {CV:.0%}; slow-down x{SLOWDOWN}; {args.trials} comparisons per cell "
-        f"and side (seed {args.seed}); threshold \"5%\". Produced by `.venv/bin/python tests/perf/bench_detection.py` "
-        f"in {time.time() - t0:.0f} s.",
+        f"Machine: 2 cores, shared; load average at the end {load1:.2f}. Local device, LiteRT runner, 1 thread, "
+        f"{args.runs} runs per session, K = {k} interleaved blocks per comparison, threshold {THRESHOLD}, "
+        f"alpha {DEFAULT_ALPHA}, paired Wilcoxon signed-rank + Hodges-Lehmann interval (edgelr.report.stats).",
+        f"Pool: {args.blocks} blocks of (A, A2, B) sessions per condition; {args.comparisons} comparisons of {k} "
+        "blocks drawn from the pool (resampling estimate; comparisons share blocks).",
         "",
-        summary,
-        "",
-        "Rules: `ci` = regression when p < alpha and the upper end of the 95% Hodges-Lehmann interval of the "
-        "ratio reaches the threshold (edgelr's default); `point` = p < alpha and the point estimate reaches it.",
-        "",
-        *lines,
-        "",
-        "Changes smaller than the threshold (the grey zone the effect gate trades off):",
-        "",
-        *sub,
-        "",
-    ])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        "| condition | A median ms | between-session CV | sd of block log-ratio A2/A | min. detectable (K) | "
+        "false alarms A2 vs A | B/A ratio (all blocks) [95 %] | power B vs A | wall s per comparison |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['median_ms']:.3f} | {100 * r['session_cv']:.1f} % | {r['sd_log_ratio']:.3f} | "
+                     f"{100 * r['mdc']:.1f} % | {100 * r['false_alarm']:.1f} % | {r['b_ratio']:.3f} "
+                     f"[{r['b_low']:.3f}, {r['b_high']:.3f}] | {100 * r['power']:.1f} % | "
+                     f"{r['wall_per_comparison_s']:.1f} |")
+    lines += ["", f"Simulation ({args.trials} trials, K = {k}, within-session CV 3 %, shared drift + own session "
+              "effect, 10 % slow-down):", "", "| session CV | false alarms | power (10 %) |", "|---|---|---|"]
+    for cv, (fa, pw) in sim.items():
+        lines.append(f"| {100 * cv:.0f} % | {100 * fa:.1f} % | {100 * pw:.1f} % |")
+    text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
-    print(summary)
-    print(f"wrote {args.out}")
+    print(text)
 
 
 if __name__ == "__main__":
