@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agents.probes import ENERGY_PROBES, EnergyProbe, EnergyReading
+from device_agents.procs import leftover_messages, push_wrapper, wrap_command, wrapper_options
 from device_agents.transport import RunResult, Transport
 from edgelr.bench.harness import Harness, ProgramInfo, register_harness
 from edgelr.bench.harness import HarnessOutput as BenchHarnessOutput
@@ -633,13 +634,16 @@ class AndroidHarness(Harness):
             t.push(resolve_binary_local(self.device.benchmark_binary_local, abi), binary, timeout=timeout,
                    mode=0o755)
         t.push(harness_path(), f"{workdir}/{HARNESS_NAME}", timeout=timeout, mode=0o755)
+        push_wrapper(t, workdir, timeout)
+        messages = leftover_messages(t, self.device.name, workdir, timeout)
         sha = t.run(f"test -x {_q(binary)} && sha256sum {_q(binary)}", timeout=timeout).stdout.split()
         if not sha:
             raise BenchmarkError(f"benchmark_binary {binary} is missing or not executable on device "
                                  f"'{self.device.name}'; push LiteRT's benchmark_model for {abi} there (or set "
                                  f"benchmark_binary_local to have edgelr push it)")
         return ProgramInfo(self.tool, f"benchmark_model sha256:{sha[0][:12]} ({abi}); harness.sh v1",
-                           [binary], taskset=True, notes=[])
+                           [binary], taskset=True, notes=[], messages=messages,
+                           wrapper_options=wrapper_options(t, workdir))
 
     def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
                 affinity_mask: str, poll_s: float, workdir: str) -> str:
@@ -648,7 +652,9 @@ class AndroidHarness(Harness):
         if affinity_mask:
             argv += ["--mask", affinity_mask]
         flags = _benchmark_flags(model, runs, warmup, threads, [f"--use_xnnpack={str(use_xnnpack).lower()}"])
-        return shlex.join([*argv, "--", *flags])
+        # under edgelr's wrapper (no sampling of its own: harness.sh samples the binary): its own process
+        # group and a pid file, stopped on adbd's SIGHUP when the host goes away, found by the next run
+        return wrap_command(workdir, prog.wrapper_options, 0, [*argv, "--", *flags])
 
     def parse(self, prog: ProgramInfo, result: RunResult) -> BenchHarnessOutput:
         if result.exit_code != 0:

@@ -11,6 +11,11 @@ Safety and liveness rules this module keeps:
   connection when it passes (paramiko alone hangs > 88 s in ``sftp.put`` on a blackholed link), and
   the caller gets :class:`edgelr.errors.DeviceError` within the deadline, never a hang.
 * No secrets in messages or logs: key *paths* may be named, never key material or passphrases.
+* Nothing is left running: a command's stdin stays open while the host waits and carries a newline
+  every ``heartbeat`` s (:attr:`Transport.heartbeat_s`), so the benchmark wrapper
+  (:mod:`device_agents.procs`) stops the benchmark when the host dies or the link goes silent. A command
+  cut off by a lost link is stopped when the transport reconnects; one cut off by a timeout or Ctrl-C is
+  stopped at once (its process group: TERM, then KILL).
 """
 
 from __future__ import annotations
@@ -126,6 +131,9 @@ class SSHTransport(Transport):
         SSH client config file; default ``~/.ssh/config`` when it exists.
     use_agent
         Also offer ssh-agent keys.
+    heartbeat
+        Seconds between the newlines written to a running command's stdin (0: none, stdin only ends with
+        the connection). The benchmark wrapper stops the benchmark after 5 heartbeats of silence.
     **extra
         Other inventory keys (python, workdir, ...) are accepted and kept in :attr:`extra`.
     """
@@ -145,6 +153,7 @@ class SSHTransport(Transport):
         keepalive: float = 5.0,
         ssh_config: str | os.PathLike[str] | None = None,
         use_agent: bool = True,
+        heartbeat: float = 2.0,
         **extra: Any,
     ) -> None:
         if not host:
@@ -155,6 +164,7 @@ class SSHTransport(Transport):
         self.connect_timeout = float(connect_timeout)
         self.keepalive = float(keepalive)
         self.use_agent = bool(use_agent)
+        self.heartbeat_s = max(0.0, float(heartbeat))
         self.extra = extra
         home = Path(os.path.expanduser("~"))
         cfg_path = Path(ssh_config).expanduser() if ssh_config else home / ".ssh" / "config"
@@ -169,6 +179,8 @@ class SSHTransport(Transport):
             self.port: int = int(port or cfg.get("port", 22))  # None/0: not set
         except ValueError as exc:
             raise DeviceError(f"device {self.device!r}: port must be an integer, got {port!r}") from exc
+        if not 1 <= self.port <= 65535:
+            raise DeviceError(f"device {self.device!r}: port {self.port} is out of range; expected 1-65535")
         self.user: str = str(user or cfg.get("user") or getpass.getuser())
         if key:
             self.keys: list[str] = [str(Path(key).expanduser())]
@@ -189,6 +201,7 @@ class SSHTransport(Transport):
         self._lock = threading.Lock()
         self._op_deadline = float("inf")  # monotonic end of the current operation (set by _deadline)
         self._op_timeout = self.connect_timeout  # its timeout in s, for messages
+        self._lost: set[int] = set()  # remote process groups of commands cut off by a lost link
 
     # ------------------------------------------------------------------ connection and deadlines
     def __repr__(self) -> str:
@@ -365,13 +378,45 @@ class SSHTransport(Transport):
                 f"SSH login as {self.where} (device {self.device!r}) was refused for {keys}{agent}; check the "
                 "user and that the public key is in the device's ~/.ssh/authorized_keys"
             ) from None
+        except paramiko.SSHException as exc:
+            # the banner timeout surfaces as "Error reading SSH protocol banner", or, when connect's own
+            # timeout ends first, as a later "No existing session": the remote version never arrived
+            ptransport = client.get_transport()
+            if "banner" not in str(exc).lower() and (ptransport is None or ptransport.remote_version):
+                raise
+            raise DeviceError(
+                f"device {self.device!r} ({self.hostname}:{self.port}): no SSH banner within {limit:g} s; the "
+                "port accepts connections but does not speak SSH (wrong port, or a sshd that hangs)"
+            ) from None
         transport = client.get_transport()
         assert transport is not None
         if self.keepalive > 0:
             transport.set_keepalive(max(1, int(self.keepalive)))
         self.stats.connects += 1
         log.debug("connected to %s (%s)", self.device, self.where)
+        if self._lost:
+            try:
+                self._stop_lost(client)
+            except (OSError, EOFError, paramiko.SSHException) as exc:  # best effort; the run goes on
+                log.info("device %s: could not stop commands of the lost connection: %s", self.device, exc)
         return client
+
+    def _stop_lost(self, client: paramiko.SSHClient) -> None:
+        """Stop the process groups of commands an earlier connection lost (still running if sshd has not
+        noticed yet); only groups whose leader still is an edgelr command (its command line says so)."""
+        pids, self._lost = sorted(self._lost), set()
+        transport = client.get_transport()
+        assert transport is not None
+        line = "; ".join(
+            f"grep -q edgelr /proc/{p}/cmdline 2>/dev/null && kill -TERM -- -{p} 2>/dev/null" for p in pids
+        ) + "; exit 0"
+        chan = transport.open_session(timeout=KILL_GRACE_S)
+        try:
+            chan.exec_command(line)
+            _drain(chan, time.monotonic() + KILL_GRACE_S)
+        finally:
+            chan.close()
+        log.info("device %s: stopped %d command(s) cut off by the lost connection", self.device, len(pids))
 
     def _file_holding(self, name: str) -> Path:
         """The known_hosts file that has an entry for ``name`` (for the ssh-keygen -R hint)."""
@@ -427,9 +472,23 @@ class SSHTransport(Transport):
             transport = client.get_transport()
             assert transport is not None
             chan = transport.open_session(timeout=max(0.1, timeout - (time.monotonic() - t0)))
+            err_box: list[bytes] = []
             try:
                 chan.exec_command(remote)
-                code, out, err = _drain(chan, t0 + timeout)
+                code, out, err = _drain(chan, t0 + timeout, self.heartbeat_s, collect=err_box)
+            except (OSError, EOFError, paramiko.SSHException):
+                pid = _pid_from(b"".join(err_box))
+                if pid is not None:
+                    self._lost.add(pid)  # stopped when the transport reconnects
+                raise
+            except BaseException:  # Ctrl-C: stop the remote command now (bounded by KILL_GRACE_S)
+                pid = _pid_from(b"".join(err_box))
+                if pid is not None:
+                    try:
+                        self._kill_group(client, pid)
+                    except (OSError, EOFError, paramiko.SSHException):
+                        self._lost.add(pid)
+                raise
             finally:
                 chan.close()
             if code is None:
@@ -464,8 +523,12 @@ class SSHTransport(Transport):
         deadline = time.monotonic() + KILL_GRACE_S
         chan = transport.open_session(timeout=KILL_GRACE_S)
         try:
+            # TERM first: the benchmark wrapper's trap then stops its program (in its own group); KILL
+            # what is left after up to 0.6 s
             chan.exec_command(
-                f"kill -TERM -- -{pid} 2>/dev/null || exit 0; sleep 0.2; kill -KILL -- -{pid} 2>/dev/null; exit 0"
+                f"kill -TERM -- -{pid} 2>/dev/null || exit 0; i=0; while [ $i -lt 6 ] && "
+                f"kill -0 -- -{pid} 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; "
+                f"kill -KILL -- -{pid} 2>/dev/null; exit 0"
             )
             code, _, _ = _drain(chan, deadline)
         finally:
@@ -636,14 +699,18 @@ class _RawResult(RunResult):
     stdout_bytes: bytes = b""
 
 
-def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, bytes]:
+def _drain(chan: paramiko.Channel, deadline: float, heartbeat_s: float = 0.0,
+           collect: list[bytes] | None = None) -> tuple[int | None, bytes, bytes]:
     """Read stdout and stderr until the command exits and both streams end, or ``deadline`` passes.
 
     Draining while waiting matters: ``recv_exit_status`` alone can hang when the remote blocks on a
-    full pipe. Returns ``(exit_code, stdout, stderr)``; exit_code None when the deadline passed.
+    full pipe. With ``heartbeat_s`` > 0 a newline goes to the command's stdin every ``heartbeat_s`` s.
+    ``collect`` (a list) receives stderr as it arrives, for a caller that needs it after an exception.
+    Returns ``(exit_code, stdout, stderr)``; exit_code None when the deadline passed.
     """
     out: list[bytes] = []
-    err: list[bytes] = []
+    err: list[bytes] = [] if collect is None else collect
+    next_beat = time.monotonic() + heartbeat_s if heartbeat_s > 0 else float("inf")
     while True:
         busy = False
         while chan.recv_ready():
@@ -659,9 +726,17 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[int | None, bytes, 
             if code == -1:  # no exit-status request came: the link died, or an exit-signal (paramiko drops those)
                 _raise_if_link_lost(chan)
             return code, b"".join(out), b"".join(err)
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        left = deadline - now
         if left <= 0:
             return None, b"".join(out), b"".join(err)
+        if now >= next_beat:
+            next_beat = now + heartbeat_s
+            if chan.send_ready() and not chan.closed:
+                try:
+                    chan.send(b"\n")
+                except (OSError, paramiko.SSHException):
+                    pass  # the link is going: the next receive reports it
         if busy:
             continue
         if chan.eof_received:  # output ended: wake as soon as the exit status arrives

@@ -3,11 +3,20 @@
 A transport runs commands and moves files, each with a deadline the agent enforces itself: a dead or
 blackholed link raises :class:`edgelr.errors.DeviceError` within ``timeout`` seconds, never hangs.
 Transports are registered by name in :data:`TRANSPORTS` (``register``); adding a transport is adding one
-module.
+module. The inventory checks a device's ``[options]`` table against the options a transport declares
+(:meth:`Transport.declared_options`: its constructor's keyword parameters).
+
+**Host liveness on stdin.** A transport whose :attr:`Transport.heartbeat_s` is not None keeps a running
+command's stdin open while the host waits for it, and the stdin ends when the host goes away (process
+killed, even with ``kill -9``; link lost; :meth:`Transport.close`); with ``heartbeat_s > 0`` it also
+writes one newline every ``heartbeat_s`` seconds, so a command can tell a blackholed link from a slow
+host. edgelr's on-device wrapper (:mod:`device_agents.procs`) uses this to stop the benchmark when the
+host is gone.
 """
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -37,6 +46,16 @@ class Transport(ABC):
     """Run commands and move files on one device."""
 
     name: str = "abstract"
+    #: None: a command's stdin carries nothing; 0: it stays open while the host waits and ends when the
+    #: host goes away; > 0: also one newline every ``heartbeat_s`` seconds (see the module docstring).
+    heartbeat_s: float | None = None
+
+    @classmethod
+    def declared_options(cls) -> list[str]:
+        """The option names this transport's constructor takes (its named keyword parameters), sorted."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in params if p.name != "self"
+                      and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
     @abstractmethod
     def run(self, cmd: Command, timeout: float, env: dict[str, str] | None = None) -> RunResult:
@@ -52,7 +71,7 @@ class Transport(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Release the connection; safe to call twice."""
+        """Stop what this transport still runs on the device, release the connection; safe to call twice."""
 
     def __enter__(self) -> "Transport":
         return self

@@ -3,7 +3,9 @@
 The orchestration (:mod:`edgelr.bench.run`) is transport- and OS-agnostic; everything that depends on
 the device's OS or the benchmark tool sits behind :class:`Harness`:
 
-* ``prepare``: push the program (and a small POSIX-sh wrapper), find its version;
+* ``prepare``: push the program (and a small POSIX-sh wrapper), stop benchmarks an earlier run left
+  running in the workdir (:func:`device_agents.procs.stop_leftovers`; said in ``ProgramInfo.messages``),
+  find the program's version;
 * ``command``: the shell line that runs one model with threads/runs/warm-up and CPU affinity;
 * ``parse``: the program's output -> :class:`~edgelr.bench.parse.BenchOutput` plus the peak RSS.
 
@@ -31,37 +33,17 @@ from pathlib import Path
 from typing import Callable
 
 from device_agents.inventory import DeviceSpec
+from device_agents.procs import RUNWRAP_SH, WRAPPER_NAME, leftover_messages, push_wrapper, wrap_command
+from device_agents.procs import wrapper_options
 from device_agents.transport import RunResult, Transport
 from edgelr.bench.parse import BenchOutput, parse_benchmark_output
 from edgelr.errors import BenchmarkError, DeviceError
 
-MEMWRAP_NAME = "edgelr_memwrap.sh"
+MEMWRAP_NAME = WRAPPER_NAME
+#: The on-device wrapper (POSIX sh): runs the program in its own process group with a pid file, stops it
+#: when the host goes away, samples its VmHWM (see :mod:`device_agents.procs`).
+MEMWRAP_SH = RUNWRAP_SH
 
-# POSIX sh only (dash, busybox, toybox/mksh): run "$@" in the background and sample its VmHWM (kB)
-# from /proc while it runs; VmHWM is gone once the process exits, so the last sample before exit counts.
-MEMWRAP_SH = r"""#!/bin/sh
-# edgelr memwrap: run a program and sample its peak resident set size (VmHWM) while it runs.
-# usage: sh edgelr_memwrap.sh INTERVAL_S PROGRAM [ARGS...]
-# prints EDGELR_VMHWM_KB=<kB> on stderr after the program ends; exits with the program's status.
-interval=$1
-shift
-"$@" &
-pid=$!
-peak=0
-while :; do
-  s=$(cat "/proc/$pid/status" 2>/dev/null) || break
-  case "$s" in
-    *"(zombie)"*|"") break ;;
-  esac
-  v=$(printf '%s\n' "$s" | sed -n 's/^VmHWM:[^0-9]*\([0-9][0-9]*\).*/\1/p')
-  if [ -n "$v" ] && [ "$v" -gt "$peak" ]; then peak=$v; fi
-  sleep "$interval"
-done
-wait "$pid"
-rc=$?
-echo "EDGELR_VMHWM_KB=$peak" >&2
-exit $rc
-"""
 
 def runner_path() -> Path:
     """``device_agents/runner.py`` of this installation (shipped as package data)."""
@@ -72,6 +54,8 @@ def runner_path() -> Path:
 
 
 _VMHWM = re.compile(r"^EDGELR_VMHWM_KB=(\d+)\s*$", re.M)
+# the wrapper's shell could not fork (dash: "Cannot fork", busybox/mksh: "can't fork"): a process limit hit
+_FORK_FAILED = re.compile(rf"^.*{re.escape(WRAPPER_NAME)}.*(?:[Cc]annot fork|can't fork|fork failed).*$", re.M)
 
 
 @dataclass
@@ -82,7 +66,9 @@ class ProgramInfo:
     version: str
     argv: list[str]            # how to start it, without model flags (e.g. [python3, /tmp/edgelr/runner.py])
     taskset: bool = False      # the device has taskset
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # go into the rows' notes
+    messages: list[str] = field(default_factory=list)  # for the progress output (leftovers stopped...)
+    wrapper_options: list[str] = field(default_factory=list)  # device_agents.procs.wrapper_options
 
 
 @dataclass
@@ -190,16 +176,25 @@ class LinuxHarness(Harness):
 
     tool = "benchmark_model"
 
-    def _prepare_common(self, t: Transport, workdir: str, timeout: float) -> bool:
-        push_text(t, MEMWRAP_SH, f"{workdir}/{MEMWRAP_NAME}", timeout)
+    def _prepare_common(self, t: Transport, workdir: str, timeout: float, prog: ProgramInfo) -> ProgramInfo:
+        """Push the wrapper, stop leftovers; fill ``prog``'s taskset, messages and wrapper options."""
+        push_wrapper(t, workdir, timeout)
+        prog.messages += leftover_messages(t, self.device.name, workdir, timeout)
+        prog.wrapper_options = wrapper_options(t, workdir)
         res = t.run("command -v taskset >/dev/null 2>&1 && echo yes", timeout=timeout)
-        return res.stdout.strip() == "yes"
+        prog.taskset = res.stdout.strip() == "yes"
+        return prog
 
     def _wrap(self, prog: ProgramInfo, argv: list[str], affinity_mask: str, poll_s: float, workdir: str) -> str:
         pinned = (["taskset", affinity_mask] if affinity_mask and prog.taskset else []) + argv
-        return shlex.join(["sh", f"{workdir}/{MEMWRAP_NAME}", f"{poll_s:g}", *pinned])
+        return wrap_command(workdir, prog.wrapper_options, poll_s, pinned)
 
     def parse(self, prog: ProgramInfo, result: RunResult) -> HarnessOutput:
+        fork = _FORK_FAILED.search(result.stderr)
+        if result.exit_code != 0 and fork:
+            raise BenchmarkError(f"{prog.tool}: the device ran out of processes while it ran (the benchmark "
+                                 f"wrapper could not fork: {fork.group(0).strip()}); too many threads? lower "
+                                 f"--threads or check the device's process limit")
         m = _VMHWM.search(result.stderr)
         stderr = _VMHWM.sub("", result.stderr)
         bench = parse_benchmark_output(result.stdout, stderr, result.exit_code, program=prog.tool)
@@ -217,10 +212,10 @@ class RunnerHarness(LinuxHarness):
     tool = "litert_runner"
 
     def prepare(self, t: Transport, workdir: str, timeout: float) -> ProgramInfo:
-        taskset = self._prepare_common(t, workdir, timeout)
         remote = f"{workdir}/runner.py"
-        sent = t.push(runner_path(), remote, timeout=timeout, mode=0o755)
         argv = [self.device.python, remote]
+        prog = self._prepare_common(t, workdir, timeout, ProgramInfo(self.tool, "", argv))
+        sent = t.push(runner_path(), remote, timeout=timeout, mode=0o755)
         # Starting python + ai-edge-litert just for --version costs ~0.25 s per call: keep the answer on the
         # device, keyed by interpreter, and ask again only when runner.py changed. (The run's own JSON
         # record carries the live runtime version, which takes precedence in the results.)
@@ -228,7 +223,8 @@ class RunnerHarness(LinuxHarness):
         if not sent:
             cached = t.run(shlex.join(["cat", cache]), timeout=timeout)
             if cached.exit_code == 0 and cached.stdout.strip():
-                return ProgramInfo(self.tool, cached.stdout.strip(), argv, taskset)
+                prog.version = cached.stdout.strip()
+                return prog
         res = t.run(shlex.join([*argv, "--version"]), timeout=timeout)
         if res.exit_code != 0:
             detail = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
@@ -241,7 +237,8 @@ class RunnerHarness(LinuxHarness):
                                  f"(exit {res.exit_code}: {detail}); install python3 or set python = \"...\" "
                                  f"in the inventory")
         t.run(f"printf '%s\\n' {shlex.quote(res.stdout.strip())} > {shlex.quote(cache)}", timeout=timeout)
-        return ProgramInfo(self.tool, res.stdout.strip(), argv, taskset)
+        prog.version = res.stdout.strip()
+        return prog
 
     def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
                 affinity_mask: str, poll_s: float, workdir: str) -> str:
@@ -257,8 +254,9 @@ class BenchmarkModelHarness(LinuxHarness):
     tool = "benchmark_model"
 
     def prepare(self, t: Transport, workdir: str, timeout: float) -> ProgramInfo:
-        taskset = self._prepare_common(t, workdir, timeout)
         binary = self.device.benchmark_binary
+        prog = self._prepare_common(t, workdir, timeout, ProgramInfo(self.tool, f"benchmark_model at {binary}",
+                                                                     [binary]))
         if self.device.benchmark_binary_local:
             local = Path(self.device.benchmark_binary_local).expanduser()
             if not local.is_file():
@@ -270,7 +268,7 @@ class BenchmarkModelHarness(LinuxHarness):
             raise BenchmarkError(f"benchmark_binary {binary} is missing or not executable on device "
                                  f"'{self.device.name}'; copy a LiteRT benchmark_model there and chmod +x it")
         # benchmark_model has no --version; its STARTING! banner carries none either. Record the path.
-        return ProgramInfo(self.tool, f"benchmark_model at {binary}", [binary], taskset)
+        return prog
 
     def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
                 affinity_mask: str, poll_s: float, workdir: str) -> str:

@@ -208,6 +208,8 @@ def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, pr
     timeout = device.connect_timeout * 6
     check_run(transport, f"mkdir -p {shlex.quote(workdir)}/models", timeout, f"creating workdir {workdir}")
     prog = harness.prepare(transport, workdir, timeout=max(timeout, 120.0))
+    for message in prog.messages:  # e.g. a leftover benchmark of an earlier run was stopped
+        progress(message)
     progress(f"device {device.name}: {prog.tool} ({prog.version})")
     if mask and not prog.taskset:
         prog.notes.append(f"affinity mask {mask} not applied: no taskset on the device")
