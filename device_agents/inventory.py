@@ -25,7 +25,9 @@ trust_new_host``; adb: ``serial adb_host adb_port``; ``benchmark_binary`` (path 
 ``benchmark_model``; empty = edgelr's runner.py), ``benchmark_binary_local`` (a local file edgelr pushes
 to ``benchmark_binary``), ``python`` (device interpreter for runner.py), ``workdir``, ``affinity_mask``
 (hex, overrides the target's), ``shell`` (local only), ``connect_timeout``, ``command_timeout`` (s),
-``description``; a sub-table ``[devices.NAME.options]`` is passed to the transport's constructor as is.
+``description``; a sub-table ``[devices.NAME.options]`` is passed to the transport's constructor: its
+keys must be options the transport declares (its constructor's keyword parameters, e.g. ssh's
+``keepalive``, ``heartbeat``, ``use_agent``), with values of the option's type.
 
 The file is found at ``--inventory FILE``, else ``$EDGELR_INVENTORY``, else
 ``$XDG_CONFIG_HOME/edgelr/inventory.toml`` (``~/.config/...``). A device ``local`` (this machine,
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 import sys
 import tomllib
@@ -152,10 +155,16 @@ def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
     for key, value in values.items():
         if _TYPES.get(key) is None and key != "affinity_mask" and not isinstance(value, str):
             raise InventoryError(f"device '{name}' in {source}: {key}={value!r}; expected a string")
+    for key in ("port", "adb_port"):
+        if key in values and not 1 <= values[key] <= 65535:
+            raise InventoryError(f"device '{name}' in {source}: {key}={values[key]!r} is not a TCP port; expected "
+                                 f"1-65535" + (" (or leave it out: ~/.ssh/config's Port, else 22)" if key == "port" else ""))
     transport = values.get("transport", "")
     if transport not in KNOWN_TRANSPORTS and transport not in TRANSPORTS:
         raise InventoryError(f"device '{name}' in {source}: transport={transport!r}; expected one of "
                              f"{sorted(set(KNOWN_TRANSPORTS) | set(TRANSPORTS))}")
+    if values.get("options"):
+        _check_options(name, source, transport, values["options"])
     if transport == "ssh" and not values.get("host"):
         raise InventoryError(f"device '{name}' in {source} uses transport 'ssh' but sets no host; "
                              f"add host = \"ADDRESS\"")
@@ -171,6 +180,39 @@ def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
             raise InventoryError(f"device '{name}' in {source}: affinity_mask={mask!r}; expected a hex CPU "
                                  f"mask such as 'f0'") from None
     return DeviceSpec(name=name, source=source, **values)
+
+
+def _transport_class(name: str) -> Any:
+    """The registered transport class ``name``, importing ``device_agents.<name>`` on first use."""
+    if name not in TRANSPORTS:
+        importlib.import_module(f"device_agents.{name}")
+    return TRANSPORTS[name]
+
+
+def _check_options(name: str, source: str, transport: str, options: dict[str, Any]) -> None:
+    """``[devices.NAME.options]`` keys must be options ``transport`` declares, of the option's type."""
+    try:
+        cls = _transport_class(transport)
+    except (ImportError, KeyError):
+        return  # open_transport says why the transport is not available
+    known = cls.declared_options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InventoryError(f"device '{name}' in {source}: [devices.{name}.options] has unknown key(s) "
+                             f"{', '.join(unknown)}; the '{transport}' transport takes: {', '.join(known)}")
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+    for key, value in options.items():
+        default = defaults.get(key, inspect.Parameter.empty)
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, expected = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise InventoryError(f"device '{name}' in {source}: options.{key}={value!r}; expected {expected}")
 
 
 def load_inventory(path: str | os.PathLike[str] | None = None) -> dict[str, DeviceSpec]:

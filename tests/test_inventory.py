@@ -116,3 +116,53 @@ def test_open_transport_local_and_missing_module(tmp_path: Path, monkeypatch: py
     spec = inv.load_inventory(write(tmp_path, '[devices.s]\ntransport = "serialx"\n'))["s"]
     with pytest.raises(InventoryError, match=r"no device_agents/serialx.py yet"):
         inv.open_transport(spec)
+
+
+@pytest.mark.parametrize("field,value", [("port", 99999), ("port", 0), ("adb_port", 70000)])
+def test_port_outside_1_to_65535_is_rejected(tmp_path: Path, field: str, value: int) -> None:
+    transport = "adb" if field == "adb_port" else "ssh"
+    p = write(tmp_path, f'[devices.x]\ntransport = "{transport}"\nhost = "h"\n{field} = {value}\n')
+    with pytest.raises(InventoryError) as info:
+        inv.load_inventory(p)
+    assert f"device 'x' in {p}: {field}={value} is not a TCP port; expected 1-65535" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_option_names_the_key_and_the_transports_declared_options(tmp_path: Path) -> None:
+    from device_agents.ssh import SSHTransport
+
+    p = write(tmp_path, '[devices.x]\ntransport = "ssh"\nhost = "h"\n[devices.x.options]\nkeepalive = 3\n'
+                        'heartbeet = 1\n')
+    with pytest.raises(InventoryError) as info:
+        inv.load_inventory(p)
+    known = SSHTransport.declared_options()
+    assert "heartbeat" in known and "keepalive" in known and "extra" not in known and "self" not in known
+    assert str(info.value) == (f"device 'x' in {p}: [devices.x.options] has unknown key(s) heartbeet; the 'ssh' "
+                               f"transport takes: {', '.join(known)}")
+    # another transport declares other options: local takes only its shell
+    p = write(tmp_path, '[devices.y]\ntransport = "local"\n[devices.y.options]\nkeepalive = 3\n')
+    with pytest.raises(InventoryError, match=r"unknown key\(s\) keepalive; the 'local' transport takes: shell$"):
+        inv.load_inventory(p)
+
+
+def test_option_of_the_wrong_type_is_rejected_and_declared_options_pass(tmp_path: Path) -> None:
+    p = write(tmp_path, '[devices.x]\ntransport = "ssh"\nhost = "h"\n[devices.x.options]\nheartbeat = "often"\n')
+    with pytest.raises(InventoryError, match=r"options.heartbeat='often'; expected a number$"):
+        inv.load_inventory(p)
+    p = write(tmp_path, '[devices.x]\ntransport = "ssh"\nhost = "h"\n[devices.x.options]\nheartbeat = 0.5\n'
+                        'use_agent = false\n')
+    t = inv.open_transport(inv.load_inventory(p)["x"])
+    assert (t.heartbeat_s, t.use_agent) == (0.5, False)
+
+
+def test_cli_reports_a_bad_port_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    p = write(tmp_path, '[devices.x]\ntransport = "ssh"\nhost = "h"\nport = 99999\n')
+    model = Path(__file__).parent / "fixtures" / "android" / "tiny_mlp.tflite"
+    res = subprocess.run([sys.executable, "-m", "edgelr.cli.main", "bench", str(model), "--device", "x",
+                          "--inventory", str(p)], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "port=99999 is not a TCP port; expected 1-65535" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr

@@ -311,3 +311,28 @@ def test_hashed_known_hosts_entries_written_by_ssh_keygen_are_honoured(sshd_serv
     subprocess.run(["ssh-keygen", "-H", "-f", str(bad)], check=True, capture_output=True)
     with pytest.raises(HostKeyError, match="CHANGED"):
         SSHTransport(**sshd_server.transport_kwargs(known_hosts=str(bad), trust_new_host=True)).run(["true"], timeout=10)
+
+
+@pytest.mark.timeout(30)
+def test_port_that_never_speaks_ssh_says_no_banner(tmp_path: Path) -> None:
+    """A TCP port that accepts but never writes (a hung sshd, a wrong service) is named as such, in time."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        t = SSHTransport(host="127.0.0.1", port=port, user="u", device="mute", connect_timeout=1.5,
+                         known_hosts=str(tmp_path / "kh"), use_agent=False)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError) as info:
+            t.run(["mkdir", "-p", "/tmp/x"], timeout=10)
+        assert time.monotonic() - t0 < 5
+    msg = str(info.value)
+    assert msg == (f"device 'mute' (127.0.0.1:{port}): no SSH banner within 1.5 s; the port accepts connections "
+                   "but does not speak SSH (wrong port, or a sshd that hangs)")
+
+
+def test_port_out_of_range_is_refused() -> None:
+    with pytest.raises(DeviceError, match=r"port 99999 is out of range; expected 1-65535"):
+        SSHTransport(host="127.0.0.1", port=99999, user="u", device="d")
