@@ -156,14 +156,69 @@ _PREFIXES = [
 
 def strip_prefix(line: str) -> tuple[str, bool]:
     """``line`` without its log prefix(es), and whether it was an error line."""
+    text, sev = _split_severity(line)
+    return text, sev == "error"
+
+
+def _split_severity(line: str) -> tuple[str, str]:
+    """``line`` without its log prefix(es) and its severity: ``error``, ``log`` (INFO, WARNING, VERBOSE,
+    logcat V/D/I/W) or ``""`` (no prefix: a bare line, as older builds and crashing programs print)."""
     text = line.rstrip("\r\n")
-    is_err = False
+    sev = ""
     for rx in _PREFIXES:  # a logcat line may also carry "ERROR: " after the tag
         m = rx.match(text)
         if m:
-            is_err = is_err or m.group("sev") in ("E", "F", "ERROR")
+            sev = "error" if sev == "error" or m.group("sev") in ("E", "F", "ERROR") else "log"
             text = text[m.end():]
-    return text, is_err
+    return text, sev
+
+
+# lines that say nothing about why a program failed
+_NOT_A_REASON = re.compile(r"^(?:Benchmarking failed\.?|EDGELR_VMHWM_KB=\d+|EDGELR_RESULT_JSON .*)$")
+
+
+def failure_reason(stdout: str, stderr: str, exit_code: int) -> str:
+    """The line that says why a benchmark program failed, for a one-line error message.
+
+    The last ``ERROR``-level line (either stream); else the last bare (unprefixed) line of stderr, such
+    as a shell's ``Segmentation fault`` or a Python exception; never an ``INFO``/``WARNING`` log line (a
+    crashing XNNPACK still logs ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` last); else
+    the signal that ended the program (exit code 128+N as shells report it, or -N). "" when nothing
+    tells.
+    """
+    errors: list[str] = []
+    bare: list[str] = []
+    for stream, lines in (("out", stdout.splitlines()), ("err", stderr.splitlines())):
+        for line in lines:
+            text, sev = _split_severity(line)
+            text = text.strip()
+            if not text or _NOT_A_REASON.match(text):
+                continue
+            if sev == "error":
+                errors.append(text)
+            elif sev == "" and stream == "err":
+                bare.append(text)
+    if errors:
+        return errors[-1][:300]
+    if bare:
+        return bare[-1][:300]
+    return _signal_text(exit_code)
+
+
+def _signal_text(exit_code: int) -> str:
+    import signal  # noqa: PLC0415
+
+    num = -exit_code if exit_code < 0 else exit_code - 128 if 128 < exit_code < 128 + 65 else 0
+    if not num:
+        return ""
+    try:
+        name = signal.Signals(num).name
+    except ValueError:
+        name = f"signal {num}"
+    what = {"SIGSEGV": " (the program crashed)", "SIGKILL": " (killed, e.g. out of memory)",
+            "SIGABRT": " (the program aborted)", "SIGBUS": " (the program crashed)",
+            "SIGTERM": " (stopped)"}.get(name, "")
+    return f"killed by {name}{what}"
 
 
 # --- benchmark_model families ------------------------------------------------------------------------
@@ -385,11 +440,12 @@ def parse_benchmark_output(stdout: str, stderr: str = "", exit_code: int = 0,
     if out.unconsumed_flags:
         raise BenchmarkError(f"{program} did not understand flag(s) '{out.unconsumed_flags}' (it reported "
                              f"'Unconsumed cmdline flags' and would run with defaults); fix the flag names")
-    detail = f": {out.errors[-1]}" if out.errors else ""
+    reason = failure_reason(stdout, stderr, exit_code)
+    detail = f": {reason}" if reason else ""
     if out.failed:
         raise BenchmarkError(f"{program} reported 'Benchmarking failed.'{detail}")
     if exit_code != 0:
-        tail = detail or (": " + _last_line(raw) if raw.strip() else " without output")
+        tail = detail or ("" if raw.strip() else " without output")
         raise BenchmarkError(f"{program} exited with code {exit_code}{tail}")
     if not math.isfinite(out.latency_avg_ms):
         raise BenchmarkError(f"{program} printed no inference timing that edgelr recognises "
