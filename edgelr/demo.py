@@ -111,11 +111,12 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
 
     _say(f"[3/4] benchmarking baseline and compressed .tflite on this machine: {bench_sessions} interleaved "
          f"sessions of {bench_runs} runs each")
-    # Bench under the names compress recorded (<model>, <model>-compressed) so the report joins latency
+    # Bench under the names compress recorded (<model>, <model> (baseline)) so the report joins latency
     # with accuracy, size and MACs. Both are measured in one call: their sessions interleave.
     from edgelr.bench.run import BenchModel
+    from edgelr.compress.names import recorded_name
 
-    names = {baseline_tflite: model_path.stem, compressed_tflite: f"{model_path.stem}-compressed"}
+    names = {p: recorded_name(p) or p.name for p in (baseline_tflite, compressed_tflite)}
     bench, frame = _bench_local([BenchModel(n, p) for p, n in names.items()], bench_runs, bench_sessions, history)
     from edgelr.report.stats import compare_paired, format_speedup, paired_sessions, parse_threshold, speedup
 

@@ -238,8 +238,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
             raise Interrupted(f"regress {suite.name}: interrupted; {len(frame)} measured row(s) stored in run "
                               f"{run_id} as partial")
         if not len(frame):
-            H.append_run(frame, history, kind="regress", suite=suite.name, status="failed", run_id=run_id,
-                         error=err_text or "no results")
+            H.fail_run(history, run_id, err_text or "no results")
             raise DeviceError(f"regress {suite.name}: no device produced results ({err_text}); run {run_id} "
                               f"recorded as failed")
         frame = frame.assign(run_id=run_id)

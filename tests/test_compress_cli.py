@@ -70,9 +70,16 @@ def compressed(cnn_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def test_cli_writes_every_output(compressed: tuple[Path, int, dict]) -> None:
     out, code, summary = compressed
     assert code == 0
-    for name in ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md"):
+    for name in ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md",
+                 "names.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not (out / "search.csv").exists()  # no budget, no search
+    # bench picks up the names compress recorded: the model's name, not the file stem "model"
+    from edgelr.cli.bench import named_models
+
+    stem = summary["model"]
+    got = named_models([str(out / "model.tflite"), str(out / "baseline.tflite"), f"mine={out / 'model.tflite'}"])
+    assert [m.name for m in got] == [stem, f"{stem} (baseline)", "mine"] and stem != "model"
     assert summary["outputs"]["model.tflite"] == str(out / "model.tflite")
     assert summary["compressed"]["tflite_bytes"] == (out / "model.tflite").stat().st_size
     assert summary["original"]["tflite_bytes"] == (out / "baseline.tflite").stat().st_size

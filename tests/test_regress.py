@@ -181,6 +181,31 @@ def test_device_down_is_an_error_for_that_device_others_stored(models: tuple[Pat
     assert set(H.load(hist)["device"]) == {"local"}
 
 
+@pytest.mark.timeout(120)
+def test_every_device_failing_is_one_line_with_each_devices_own_error(models: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:    # ports nobody listens on
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    inv = tmp_path / "inv.toml"
+    inv.write_text("".join(f'[devices.down{i}]\ntransport = "ssh"\nhost = "127.0.0.1"\nport = {p}\nuser = "root"\n'
+                           f'connect_timeout = 3.0\n' for i, p in enumerate(ports)))
+    suite = _suite(tmp_path / "s", ["down0", "down1"], runs=10)
+    _put_model(suite.parent, models[0])
+    proc = _regress(suite, _env(tmp_path), "--inventory", str(inv))
+    assert proc.returncode == 1, proc.stderr[-1500:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("edgelr:")]
+    assert len(errors) == 1 and "internal error" not in errors[0] and "Traceback" not in proc.stderr
+    assert "no device produced results" in errors[0] and "down0" in errors[0] and "down1" in errors[0]
+    assert str(ports[0]) in errors[0] and str(ports[1]) in errors[0]   # each device's own error, not a summary
+    r = H.runs(suite.parent / "reports" / "history")
+    assert r["status"].tolist() == ["failed"] and str(ports[0]) in r["error"].item() and str(ports[1]) in r["error"].item()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_regress_killed_mid_write_leaves_complete_runs_only(models: tuple[Path, Path], tmp_path: Path) -> None:

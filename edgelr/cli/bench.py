@@ -124,10 +124,10 @@ def named_models(args: "tuple[str, ...] | list[str]", names: "tuple[str, ...] | 
     """``NAME=path`` / ``path`` arguments and ``--name`` values -> BenchModels.
 
     A name comes from ``NAME=`` first, then ``--name`` (in order), then the name ``edgelr compress``
-    recorded beside its outputs (``edgelr-names.json`` or ``summary.json`` in the model's folder), then
-    the file stem.
+    recorded beside its outputs (``names.json``, :mod:`edgelr.compress.names`), then the file stem.
     """
     from edgelr.bench.run import BenchModel
+    from edgelr.compress.names import recorded_name
     from edgelr.errors import UsageError
 
     if names and len(names) != len(args):
@@ -141,30 +141,6 @@ def named_models(args: "tuple[str, ...] | list[str]", names: "tuple[str, ...] | 
         name = name or (names[i] if names else "") or recorded_name(p) or p.stem
         out.append(BenchModel(name, p))
     return out
-
-
-def recorded_name(path: Path) -> str | None:
-    """The name ``edgelr compress`` gave ``path`` (its output folder's ``summary.json``), if any."""
-    import json
-
-    summary = path.parent / "summary.json"
-    if not summary.is_file():
-        return None
-    try:
-        doc = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return None
-    names = doc.get("names") if isinstance(doc, dict) else None
-    if isinstance(names, dict) and isinstance(names.get(path.name), str):
-        return names[path.name]
-    model = doc.get("model") or doc.get("input") if isinstance(doc, dict) else None
-    if isinstance(model, str) and model:
-        stem = Path(model).stem
-        if path.name == "model.tflite":
-            return stem
-        if path.name == "baseline.tflite":
-            return f"{stem} (baseline)"
-    return None
 
 
 def comparisons(frame: "pd.DataFrame", reference: str | None = None) -> list[dict[str, Any]]:

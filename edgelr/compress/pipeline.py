@@ -9,6 +9,8 @@ renamed into place at the end, so a failed run never leaves half a directory):
 - ``report.json``      everything measured (see :class:`CompressResult`)
 - ``layers.csv``       one row per original layer: method, ranks, params and MACs before/after, QAT
 - ``summary.md``       a short human summary
+- ``names.json``       the model names of the two ``.tflite`` files (``<model>``, ``<model> (baseline)``),
+  read by ``edgelr bench`` (:mod:`edgelr.compress.names`)
 - ``search.csv`` / ``search.png``  candidates of the accuracy-aware rank search (``max_accuracy_drop``)
 
 Both ``.tflite`` files go through :func:`edgelr.compress.convert.convert` with the same settings, so they
@@ -33,6 +35,7 @@ from edgelr.compress.plan_options import PlanOptions, resolve_plan_options
 
 import numpy as np
 
+from edgelr.compress.names import NAMES_FILE, output_names
 from edgelr.compress.convert import ConversionResult, check_quantization, convert
 from edgelr.compress.distill import DistillConfig, DistillResult, distill, teacher_outputs
 from edgelr.compress.evaluate import Task, detect_task, drop, predict, score
@@ -40,7 +43,8 @@ from edgelr.compress.validate import XNNPACK_METHOD, TfliteValidation, run_tflit
 from edgelr.errors import EdgelrError, UsageError
 from edgelr.rewrite.cost import model_cost
 
-OUTPUT_FILES = ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md")
+OUTPUT_FILES = ("model.tflite", "model.keras", "baseline.tflite", "report.json", "layers.csv", "summary.md",
+                NAMES_FILE)
 
 
 @dataclass
@@ -630,6 +634,7 @@ def _write_outputs(out: Path, result: CompressResult, search_info: dict[str, Any
         result.report["layers"] = json.loads(result.layers.to_json(orient="records"))
         (tmp / "report.json").write_text(json.dumps(_jsonable(result.report), indent=2))
         (tmp / "summary.md").write_text(summary_markdown(result))
+        (tmp / NAMES_FILE).write_text(json.dumps(output_names(result.summary["model"]), indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -666,7 +671,8 @@ def _append_history(history: str, result: CompressResult, name: str, target: str
 
     s = result.summary
     rows: list[dict[str, Any]] = []
-    for model_name, part in ((name, s["original"]), (f"{name}-compressed", s["compressed"])):
+    names = output_names(name)
+    for model_name, part in ((names["baseline.tflite"], s["original"]), (names["model.tflite"], s["compressed"])):
         values = [("model_size", part["tflite_bytes"], "bytes"), ("params", part["params"], "count"),
                   ("macs", part["macs"], "count")]
         if s["metric"] == "accuracy" and part["tflite_score"] is not None:

@@ -651,6 +651,8 @@ def _check_kind(kind: str) -> None:
 
 def _rows(frame: "pd.DataFrame", run_id: str) -> list[tuple[Any, ...]]:
     n = len(frame)
+    if n == 0:
+        return []
     cols: list[list[Any]] = []
     now = _now()
     for c in COLUMNS:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgelr.compress.names import BASELINE_SUFFIX
 from edgelr.report.stats import compare_paired, paired_sessions, parse_threshold, session_values, speedup
 
 if TYPE_CHECKING:
@@ -156,8 +157,11 @@ def model_changes(frame: "pd.DataFrame") -> "pd.DataFrame":
 def reference_of(model: str, candidates: "set[str] | list[str]") -> str | None:
     """The model ``model`` is a variant of: the longest other name ``R`` with ``model == R + sep + ...``.
 
-    ``net-compressed`` -> ``net``; ``clf_lr`` -> ``clf``; None when no candidate prefixes it.
+    ``net`` -> ``net (baseline)`` (compress's names, :mod:`edgelr.compress.names`); ``net-compressed`` ->
+    ``net``; ``clf_lr`` -> ``clf``; None when no candidate prefixes it.
     """
+    if f"{model}{BASELINE_SUFFIX}" in candidates:   # compress's outputs: net vs "net (baseline)"
+        return f"{model}{BASELINE_SUFFIX}"
     best = None
     for r in candidates:
         if r != model and len(model) > len(r) + 1 and model.startswith(r) and model[len(r)] in REFERENCE_SEPARATORS:
