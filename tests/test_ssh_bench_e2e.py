@@ -77,7 +77,7 @@ def test_edgelr_bench_over_ssh_with_real_litert(sshd_server: SshdServer, tiny_tf
     # the model really went through SFTP into the device's workdir, byte for byte
     on_device = list((workdir / "models").glob("*tiny.tflite"))
     assert len(on_device) == 1 and on_device[0].read_bytes() == tiny_tflite.read_bytes()
-    assert "tiny.tflite: pushed" in proc.stderr
+    assert "tiny: pushed" in proc.stderr
 
     again = _bench(tiny_tflite, inv, env)
     assert again.returncode == 0, again.stderr[-3000:]
