@@ -81,7 +81,7 @@ def test_edgelr_bench_over_ssh_with_real_litert(sshd_server: SshdServer, tiny_tf
 
     again = _bench(tiny_tflite, inv, env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "tiny.tflite: already on the device" in again.stderr  # sha256 matched: not sent again
+    assert "tiny: already on the device" in again.stderr  # sha256 matched: not sent again
 
 
 @pytest.mark.slow

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchModel, BenchSettings, benchmark
-from edgelr.report.stats import DEFAULT_ALPHA, compare_paired, min_detectable_change, paired_sessions, parse_threshold
+from edgelr.report.stats import (DEFAULT_ALPHA, MIN_SESSIONS, compare_paired, compare_samples, min_detectable_change,
+                                 paired_sessions, parse_threshold)
 
 THRESHOLD = "5%"
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,10 +108,19 @@ def rates(frame: object, k: int, comparisons: int, rng: np.random.Generator) -> 
     b, a_b = paired_sessions(frame, "B", "A")
     n = len(a)
     fa = hit = 0
+    pipe = {"fa": 0, "hit": 0, "fa_stage1": 0, "hit_stage1": 0, "m": 0}
     for _ in range(comparisons):
         idx = rng.choice(n, size=k, replace=False)
         fa += compare_paired(a2[idx], a[idx], thr).status == "regression"
         hit += compare_paired(b[idx], a_b[idx], thr).status == "regression"
+        if n >= 3 * k:   # the whole regress decision: stored baseline (other blocks), then the paired re-run
+            pipe["m"] += 1
+            base, cur, confirm = np.split(rng.permutation(n)[:3 * k], 3)
+            for key, x, y_conf, x_conf in (("fa", a2, a, a2), ("hit", b, a_b, b)):
+                first = compare_samples(x[cur], a[base], thr, alpha=DEFAULT_ALPHA, min_samples=MIN_SESSIONS)
+                if first.status == "regression":
+                    pipe[f"{key}_stage1"] += 1
+                    pipe[key] += compare_paired(x_conf[confirm], y_conf[confirm], thr).status == "regression"
     d = np.log(a2) - np.log(a)
     whole_b = compare_paired(b, a_b, thr)
     med = a
@@ -118,7 +128,11 @@ def rates(frame: object, k: int, comparisons: int, rng: np.random.Generator) -> 
     return {"false_alarm": fa / comparisons, "power": hit / comparisons, "blocks": n, "sd_log_ratio": float(d.std(ddof=1)),
             "session_cv": cv_sessions, "b_ratio": 1 + whole_b.effect, "b_low": 1 + whole_b.ci_low,
             "b_high": 1 + whole_b.ci_high, "median_ms": float(np.median(a)),
-            "mdc": min_detectable_change(float(d.std(ddof=1)), k)}
+            "mdc": min_detectable_change(float(d.std(ddof=1)), k),
+            "pipe_fa": pipe["fa"] / pipe["m"] if pipe["m"] else math.nan,
+            "pipe_power": pipe["hit"] / pipe["m"] if pipe["m"] else math.nan,
+            "stage1_fa": pipe["fa_stage1"] / pipe["m"] if pipe["m"] else math.nan,
+            "stage1_power": pipe["hit_stage1"] / pipe["m"] if pipe["m"] else math.nan}
 
 
 def simulate(k: int, trials: int, rng: np.random.Generator, cv_session: float, slowdown: float) -> tuple[float, float]:
@@ -179,6 +193,15 @@ def main() -> None:
                      f"{100 * r['mdc']:.1f} % | {100 * r['false_alarm']:.1f} % | {r['b_ratio']:.3f} "
                      f"[{r['b_low']:.3f}, {r['b_high']:.3f}] | {100 * r['power']:.1f} % | "
                      f"{r['wall_per_comparison_s']:.1f} |")
+    lines += ["", f"The whole regress decision (blocks permitting, 3K per draw): stage 1 compares K sessions of the "
+              f"current model with K sessions of A from other blocks (the stored baseline; Mann-Whitney U on session "
+              f"medians), stage 2 (only when stage 1 flags) is the paired re-run on K further blocks. A regression is "
+              f"reported when both flag.", "",
+              "| condition | stage 1 flags A2 | false alarms (both) | stage 1 flags B | power B (both) |",
+              "|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {100 * r['stage1_fa']:.1f} % | {100 * r['pipe_fa']:.1f} % | "
+                     f"{100 * r['stage1_power']:.1f} % | {100 * r['pipe_power']:.1f} % |")
     lines += ["", f"Simulation ({args.trials} trials, K = {k}, within-session CV 3 %, shared drift + own session "
               "effect, 10 % slow-down):", "", "| session CV | false alarms | power (10 %) |", "|---|---|---|"]
     for cv, (fa, pw) in sim.items():
