@@ -261,7 +261,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
     accepted = H.baselines(history)
     comps = compare_run(hist, accepted, run_id, suite.thresholds, baseline=baseline, alpha=alpha)
     if confirm:
-        comps = _confirm(comps, hist, suite, history, inventory, alpha, devices, tell)
+        comps = _confirm(comps, hist, suite, history, inventory, alpha, devices, tell, noise)
     H.record_comparisons(history, comps)
     auto = False
     if accept_as:
@@ -334,8 +334,38 @@ def noise_floors(frame: "pd.DataFrame", suite: "Suite", history: Path, run_id: s
     return out
 
 
+def suggests_change(row: Any, threshold: Any) -> bool:
+    """Whether a comparison with the stored baseline is worth a paired re-run.
+
+    Runs at different times share no drift and session effects, so the stored comparison is weak
+    evidence both ways: besides a flagged regression or improvement, a point estimate at least half the
+    (relative) threshold away from 1 is re-measured too. The paired re-run decides at ``alpha``, so
+    re-running more often costs time, not false alarms (``tests/perf/bench_detection.py``).
+    """
+    if row["status"] in ("regression", "improvement"):
+        return True
+    effect = row["effect"]
+    return (row["status"] == "ok" and str(row["method"]).startswith("mann-whitney") and threshold.kind == "rel"
+            and effect is not None and math.isfinite(effect) and abs(effect) >= threshold.value / 2)
+
+
+def confirm_blocks(noise: dict[str, Any] | None, threshold: Any, suite: "Suite", alpha: float) -> int:
+    """Blocks for a paired re-run: the fewest (>= ``suite.sessions``) at which the device's noise resolves
+    the threshold with 95 % power, at most ``suite.confirm_sessions`` (as Pinpoint adds repeats)."""
+    from edgelr.report.stats import min_detectable_change
+
+    sd = (noise or {}).get("sd_log_ratio")
+    if sd is None or not math.isfinite(sd) or threshold.kind != "rel":
+        return suite.sessions
+    for k in range(suite.sessions, suite.confirm_sessions + 1):
+        if min_detectable_change(sd, k, alpha) <= threshold.value:
+            return k
+    return suite.confirm_sessions
+
+
 def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", history: Path, inventory: str | None,
-             alpha: float, devices: _Devices, say: Progress) -> "pd.DataFrame":
+             alpha: float, devices: _Devices, say: Progress,
+             noise: dict[str, dict[str, Any]] | None = None) -> "pd.DataFrame":
     """Re-measure the baseline's model beside the current one, interleaved, where a change is suggested."""
     from edgelr.bench.run import BenchModel
     from edgelr.report import history as H
@@ -345,9 +375,14 @@ def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", histor
     thresholds = {metric_of(k): v for k, v in suite.thresholds.items()}
     paths = {m.name: m.path for m in suite.models}
     for idx, row in comps.iterrows():
-        if row["metric"] != "latency" or row["status"] not in ("regression", "improvement"):
+        if row["metric"] != "latency" or "latency" not in thresholds:
             continue
-        first = f"stored baseline said {row['status']} {row['effect']:+.1%}" if math.isfinite(row["effect"]) else ""
+        thr = parse_threshold(thresholds["latency"], "latency")
+        if not suggests_change(row, thr):
+            continue
+        first = (f"stored baseline said {row['status']} {row['effect']:+.1%}" if math.isfinite(row["effect"])
+                 else "")
+        blocks = confirm_blocks((noise or {}).get(row["device"]), thr, suite, alpha)
         base_runs = str(row["baseline"]).split(":", 1)[-1]
         sel = hist[(hist["run_id"] == base_runs) & (hist["model"] == row["model"]) & (hist["device"] == row["device"])]
         shas = [s for s in dict.fromkeys(sel["model_sha256"]) if s]
@@ -356,14 +391,15 @@ def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", histor
             comps.at[idx, "note"] = (f"decided by the stored baseline: its model (sha256 "
                                      f"{shas[0][:12] if shas else '?'}) is not in the model store; {row['note']}")
             continue
-        say(f"[{row['device']}] {row['model']}: {first}; confirming by a paired re-run of both models")
+        say(f"[{row['device']}] {row['model']}: {first}; confirming by a paired re-run of both models "
+            f"({blocks} interleaved blocks)")
         confirm_id = H.new_run_id()
         cur_name, base_name = row["model"], f"{row['model']} (baseline)"
         try:
             frames, errors, interrupted = _in_threads(
                 {row["device"]: lambda: _measure(row["device"], inventory,
                                                  [BenchModel(base_name, base_file), BenchModel(cur_name, paths[row["model"]])],
-                                                 _settings(suite, confirm_id), devices, say)}, devices, say)
+                                                 _settings(suite, confirm_id, blocks), devices, say)}, devices, say)
         except Exception as exc:  # noqa: BLE001 - the stored verdict stands, said so
             frames, errors, interrupted = [], {row["device"]: str(exc)}, False
         if interrupted:
@@ -380,7 +416,7 @@ def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", histor
         except HistoryError as exc:
             say(f"confirmation run not stored: {exc}")
         cur, ref = paired_sessions(frame, cur_name, base_name, row["device"])
-        v = compare_paired(cur, ref, parse_threshold(thresholds["latency"], "latency"), alpha=alpha)
+        v = compare_paired(cur, ref, thr, alpha=alpha)
         say(f"[{row['device']}] {row['model']}: paired re-run: {v.status} {v.effect:+.1%} "
             f"[{v.ci_low:+.1%}, {v.ci_high:+.1%}]")
         for col, val in (("status", v.status), ("method", "wilcoxon-signed-rank (paired re-run)"),

@@ -23,8 +23,10 @@ Minimal suite::
 
 Optional ``[suite]`` keys: ``sessions`` (10; ``repeat`` is its old name), ``max_time`` (s per device,
 none), ``warmup`` (1), ``threads`` (target's), ``cooldown_c`` (45), ``baseline`` ("last"), ``alpha``
-(0.01), ``confirm`` (true: a suggested change is re-measured interleaved with the stored baseline model). Relative paths (models, history) are resolved against the suite
-file's folder.
+(0.01), ``confirm`` (true: a suggested change is re-measured interleaved with the stored baseline model),
+``confirm_sessions`` (40: the most blocks a confirmation re-run may use; it uses as many as the device's
+noise needs to resolve the latency threshold, at least ``sessions``). Relative paths (models, history) are
+resolved against the suite file's folder.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Suite:
     sessions: int = 10
     max_time: float | None = None
     confirm: bool = True
+    confirm_sessions: int = 40
     threads: int | None = None
     cooldown_c: float = 45.0
     baseline: str = "last"
@@ -89,7 +92,8 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     head = doc.get("suite")
     if not isinstance(head, dict):
         raise _bad(p, "no [suite] table; add [suite] with name, runs and history")
-    known = {"name", "runs", "history", "warmup", "repeat", "sessions", "max_time", "confirm", "threads",
+    known = {"name", "runs", "history", "warmup", "repeat", "sessions", "max_time", "confirm", "confirm_sessions",
+             "threads",
              "cooldown_c", "baseline", "alpha"}
     unknown = sorted(set(head) - known)
     if unknown:
@@ -102,7 +106,7 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
         raise _bad(p, "both sessions and repeat given; repeat is the old name of sessions: keep sessions")
     if "repeat" in head:
         head = {**head, "sessions": head["repeat"]}
-    for key, default, low in (("runs", 20, 1), ("warmup", 1, 0), ("sessions", 10, 1)):
+    for key, default, low in (("runs", 20, 1), ("warmup", 1, 0), ("sessions", 10, 1), ("confirm_sessions", 40, 1)):
         v = head.get(key, default)
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise _bad(p, f"[suite] {key}={v!r}; expected an integer >= {low}")
@@ -179,6 +183,7 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     return Suite(name=name, path=p, history=history, models=models, devices=devices, thresholds=thresholds,
                  runs=ints["runs"], warmup=ints["warmup"], sessions=ints["sessions"], threads=threads,
                  max_time=float(max_time) if max_time is not None else None, confirm=confirm,
+                 confirm_sessions=max(ints["confirm_sessions"], ints["sessions"]),
                  cooldown_c=float(cooldown), baseline=baseline, alpha=float(alpha))
 
 

@@ -35,11 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from types import SimpleNamespace
+
 from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchModel, BenchSettings, benchmark
 from edgelr.report.stats import (DEFAULT_ALPHA, MIN_SESSIONS, compare_paired, compare_samples, min_detectable_change,
                                  paired_sessions, parse_threshold)
 
+from edgelr.regress import confirm_blocks, suggests_change
+
 THRESHOLD = "5%"
+CONFIRM_SESSIONS = 40   # the suite default
 ROOT = Path(__file__).resolve().parents[2]
 
 _MAKE = """
@@ -108,19 +113,27 @@ def rates(frame: object, k: int, comparisons: int, rng: np.random.Generator) -> 
     b, a_b = paired_sessions(frame, "B", "A")
     n = len(a)
     fa = hit = 0
-    pipe = {"fa": 0, "hit": 0, "fa_stage1": 0, "hit_stage1": 0, "m": 0}
+    pipe: dict = {"fa": 0, "hit": 0, "fa_stage1": 0, "hit_stage1": 0, "m": 0, "blocks": []}
+    suite = SimpleNamespace(sessions=k, confirm_sessions=CONFIRM_SESSIONS)
     for _ in range(comparisons):
         idx = rng.choice(n, size=k, replace=False)
         fa += compare_paired(a2[idx], a[idx], thr).status == "regression"
         hit += compare_paired(b[idx], a_b[idx], thr).status == "regression"
         if n >= 3 * k:   # the whole regress decision: stored baseline (other blocks), then the paired re-run
             pipe["m"] += 1
-            base, cur, confirm = np.split(rng.permutation(n)[:3 * k], 3)
+            order = rng.permutation(n)
+            base, cur, rest = order[:k], order[k:2 * k], order[2 * k:]
             for key, x, y_conf, x_conf in (("fa", a2, a, a2), ("hit", b, a_b, b)):
                 first = compare_samples(x[cur], a[base], thr, alpha=DEFAULT_ALPHA, min_samples=MIN_SESSIONS)
-                if first.status == "regression":
-                    pipe[f"{key}_stage1"] += 1
-                    pipe[key] += compare_paired(x_conf[confirm], y_conf[confirm], thr).status == "regression"
+                if suggests_change(first.as_dict(), thr):
+                    # the run's own noise estimate, as regress.noise_floors makes it
+                    sd_run = math.sqrt(2.0) * float(np.sqrt((np.log(x[cur]).var(ddof=1) + np.log(a[base]).var(ddof=1)) / 2))
+                    blocks = min(confirm_blocks({"sd_log_ratio": sd_run}, thr, suite, DEFAULT_ALPHA), len(rest))
+                    pipe["blocks"].append(blocks)
+                    conf = rest[:blocks]
+                    v = compare_paired(x_conf[conf], y_conf[conf], thr)
+                    pipe[f"{key}_stage1"] += first.status == "regression" or first.effect > 0
+                    pipe[key] += v.status == "regression"
     d = np.log(a2) - np.log(a)
     whole_b = compare_paired(b, a_b, thr)
     med = a
@@ -132,7 +145,9 @@ def rates(frame: object, k: int, comparisons: int, rng: np.random.Generator) -> 
             "pipe_fa": pipe["fa"] / pipe["m"] if pipe["m"] else math.nan,
             "pipe_power": pipe["hit"] / pipe["m"] if pipe["m"] else math.nan,
             "stage1_fa": pipe["fa_stage1"] / pipe["m"] if pipe["m"] else math.nan,
-            "stage1_power": pipe["hit_stage1"] / pipe["m"] if pipe["m"] else math.nan}
+            "stage1_power": pipe["hit_stage1"] / pipe["m"] if pipe["m"] else math.nan,
+            "confirm_blocks": float(np.median(pipe["blocks"])) if pipe["blocks"] else math.nan,
+            "confirm_rate": len(pipe["blocks"]) / (2 * pipe["m"]) if pipe["m"] else math.nan}
 
 
 def simulate(k: int, trials: int, rng: np.random.Generator, cv_session: float, slowdown: float) -> tuple[float, float]:
@@ -193,14 +208,17 @@ def main() -> None:
                      f"{100 * r['mdc']:.1f} % | {100 * r['false_alarm']:.1f} % | {r['b_ratio']:.3f} "
                      f"[{r['b_low']:.3f}, {r['b_high']:.3f}] | {100 * r['power']:.1f} % | "
                      f"{r['wall_per_comparison_s']:.1f} |")
-    lines += ["", f"The whole regress decision (blocks permitting, 3K per draw): stage 1 compares K sessions of the "
-              f"current model with K sessions of A from other blocks (the stored baseline; Mann-Whitney U on session "
-              f"medians), stage 2 (only when stage 1 flags) is the paired re-run on K further blocks. A regression is "
-              f"reported when both flag.", "",
-              "| condition | stage 1 flags A2 | false alarms (both) | stage 1 flags B | power B (both) |",
-              "|---|---|---|---|---|"]
+    lines += ["", f"The whole regress decision (edgelr.regress): stage 1 compares K sessions of the current model "
+              f"with K sessions of A from other blocks (the stored baseline; Mann-Whitney U on session medians); when "
+              f"it suggests a change (`suggests_change`: flagged, or the point estimate at least half the threshold "
+              f"away), stage 2 is the paired re-run on further blocks, as many as the run's noise estimate needs for "
+              f"the threshold (`confirm_blocks`, K to {CONFIRM_SESSIONS}, bounded by the pool), and decides.", "",
+              "| condition | re-runs per comparison | median re-run blocks | stage 1 points worse, A2 | false alarms | "
+              "stage 1 points worse, B | power B |",
+              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {100 * r['stage1_fa']:.1f} % | {100 * r['pipe_fa']:.1f} % | "
+        lines.append(f"| {name} | {100 * r['confirm_rate']:.0f} % | {r['confirm_blocks']:.0f} | "
+                     f"{100 * r['stage1_fa']:.1f} % | {100 * r['pipe_fa']:.1f} % | "
                      f"{100 * r['stage1_power']:.1f} % | {100 * r['pipe_power']:.1f} % |")
     lines += ["", f"Simulation ({args.trials} trials, K = {k}, within-session CV 3 %, shared drift + own session "
               "effect, 10 % slow-down):", "", "| session CV | false alarms | power (10 %) |", "|---|---|---|"]
