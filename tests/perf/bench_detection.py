@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed inferences per session")
     ap.add_argument("--no-load", action="store_true", help="skip the run under load")
     ap.add_argument("--out", default=str(ROOT / "reports" / "detection.md"))
+    ap.add_argument("--save-sessions", help="append the session medians (model, block, value) to this CSV")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     k = DEFAULT_SESSIONS
@@ -185,6 +186,10 @@ def main() -> None:
         results = {}
         for load in ([False] if args.no_load else [False, True]):
             frame, wall = measure(models, args.blocks, load, args.runs)
+            if args.save_sessions:
+                sessions = frame[frame["metric"] == "latency_median"][["model", "repeat", "value", "timestamp"]]
+                sessions.assign(condition="load" if load else "quiet").to_csv(
+                    args.save_sessions, mode="a", index=False, header=not Path(args.save_sessions).exists())
             r = rates(frame, k, args.comparisons, rng)
             r["wall_per_comparison_s"] = wall / args.blocks * k * 2 / 3   # K blocks of 2 models
             results["with load" if load else "quiet"] = r
