@@ -133,9 +133,11 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
                                         "change", "ci", "threshold", "p", "n", "status", "evidence"]))
         for dev, n in res.noise.items():
             mdc = n["min_detectable_change"]
-            click.echo(f"noise on {dev}: session CV {n['session_cv']:.1%}; smallest latency change detectable at "
-                       f"{n['sessions']} sessions (alpha {n['alpha']:g}, power 95 %): "
-                       f"{f'{mdc:.1%}' if math.isfinite(mdc) else 'none'} (from {n['source']})")
+            conf = n.get("min_detectable_change_confirmed")
+            click.echo(f"noise on {dev}: session CV {n['session_cv']:.1%}; smallest latency change detectable "
+                       f"(alpha {n['alpha']:g}, power 95 %): {_pct(mdc)} at {n['sessions']} sessions"
+                       + (f", {_pct(conf)} with a {n['confirm_blocks']}-block paired re-run" if conf is not None else "")
+                       + f" (noise from {n['source']})")
         thr_only = comps["method"].str.startswith("threshold-only") & ~comps["status"].isin(["not-measured"])
         for note in sorted(set(comps.loc[thr_only, "metric"])):
             info(f"note: {note} compared by threshold only (no sessions or too few); no p-value")
@@ -155,6 +157,10 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     if errors:
         raise DeviceError(f"regress {suite.name}: {len(errors)} device(s) failed ({'; '.join(f'{d}: {e}' for d, e in errors.items())}); "
                           f"results of the others stored in run {run_id}")
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}" if math.isfinite(x) else "none"
 
 
 def _change(r: Any) -> str:
