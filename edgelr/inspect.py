@@ -25,8 +25,7 @@ def layer_rows(model: Any, prefix: str = "") -> list[dict[str, Any]]:
 
     Each row: layer, kind, output_shape, params, macs (per example), methods (low-rank methods that apply).
     """
-    from edgelr.rewrite.cost import layer_cost
-    from edgelr.rewrite.registry import applicable_methods
+    from edgelr.rewrite import applicable_methods, layer_cost
 
     rows: list[dict[str, Any]] = []
     for layer in model.layers:

@@ -7,8 +7,11 @@ from typing import Any
 import click
 
 from edgelr.cli._common import echo_json, info, table
+from edgelr.rewrite import methods
+from edgelr.rewrite.model import ALLOCATIONS
 
-METHOD_CHOICES = ["auto", "svd", "svd-recurrent", "tucker2", "cp", "spatial-svd"]
+METHOD_CHOICES = ["auto", *methods()]
+"""``--method``: ``auto`` (each layer's preferred rewriter) or any registered method."""
 QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 
 
@@ -28,7 +31,7 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--min-efficiency", type=float, default=None,
               help="Leave a layer as is when its estimated speed-up is below this share of its MAC reduction "
                    "(output-bound layers; e.g. 0.8). Default: off.")
-@click.option("--allocate", type=click.Choice(["layer", "latency"]), default="layer", show_default=True,
+@click.option("--allocate", type=click.Choice(list(ALLOCATIONS)), default="layer", show_default=True,
               help="layer: each layer meets the rank policy on its own. latency: the policy only sets the total "
                    "params and weight loss; ranks are re-chosen model-wide for the least estimated latency.")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")

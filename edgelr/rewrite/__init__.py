@@ -6,6 +6,7 @@ Public API:
 - :func:`plan_factorization` / :func:`build_factorized`: decompose each layer once, then materialize at
   any ranks (accuracy-aware rank search).
 - :func:`layer_cost` ``(layer) -> (params, macs)`` and :func:`applicable_methods` ``(layer) -> list[str]``.
+- :func:`register_rewriter`: how a layer rewriter joins (see :mod:`edgelr.rewrite.registry`).
 
 Importing this package does not import TensorFlow.
 """
@@ -26,10 +27,13 @@ from edgelr.rewrite.model import (
     rebuild_with,
     walk_layers,
 )
-from edgelr.rewrite.registry import METHODS, applicable_methods, get_rewriter, rewriters
+from edgelr.rewrite.registry import applicable_methods, get_rewriter, methods, register_rewriter, rewriters
+
+# The rewriters edgelr ships. This line is the one place rewriter modules are imported, so their
+# @register_rewriter decorators run exactly here: adding a rewriter is one module plus its name below.
+from edgelr.rewrite import conv, dense, embedding, recurrent, separable  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "METHODS",
     "REPORT_COLUMNS",
     "FactorizationPlan",
     "LayerPlan",
@@ -40,9 +44,11 @@ __all__ = [
     "get_rewriter",
     "layer_cost",
     "layer_kind",
+    "methods",
     "model_cost",
     "plan_factorization",
     "rebuild_with",
+    "register_rewriter",
     "rewriters",
     "walk_layers",
 ]
@@ -70,8 +76,8 @@ def factorize_model(
     model : tf_keras.Model
         Built Sequential or Functional model; never modified.
     method : str, optional
-        ``auto`` | ``svd`` | ``svd-recurrent`` | ``tucker2`` | ``cp`` | ``spatial-svd``; default the target's
-        method, else ``auto``.
+        ``auto`` or a registered method (:func:`methods`: ``svd``, ``svd-recurrent``, ``tucker2``, ``cp``,
+        ``spatial-svd``); default the target's method, else ``auto``.
     rank_policy : str, optional
         ``vbmf`` | ``energy:F`` | ``params:F`` | ``macs:F`` | ``rank:N``; default the target's, else ``vbmf``.
     target : str or edgelr.targets.Target, optional

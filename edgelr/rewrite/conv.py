@@ -24,7 +24,9 @@ import numpy as np
 
 from edgelr.errors import FactorizeError
 from edgelr.rewrite.cost import io_shapes, layer_cost
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register
+from edgelr.rewrite.registry import (
+    Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register_rewriter,
+)
 from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter, tail_share
 
 
@@ -83,11 +85,11 @@ def _linear_part(layer: Any, name: str, **overrides: Any) -> dict[str, Any]:
                           bias_regularizer=None, bias_constraint=None, **overrides)
 
 
+@register_rewriter("svd", priority=0)  # below tucker2 on Conv1D with k > 1
 class ConvSVD(SingleSVDRewriter):
     """1x1 Conv2D, or Conv1D of any width: conv ``C_in -> R`` (original kernel) then 1x1 ``R -> C_out``."""
 
-    kind = "conv"
-    method = "svd"
+    layers = ("Conv1D", "Conv2D (channels_last, groups=1)")
 
     def supports(self, layer: Any) -> bool:
         if _is_plain_conv(layer, "Conv1D"):
@@ -146,11 +148,11 @@ class TuckerState:
     cache: dict[tuple[Ranks, bool], Any] = field(default_factory=dict)
 
 
+@register_rewriter("tucker2", priority=30)  # the preferred method for k x k convs
 class ConvTucker2(Rewriter):
     """k x k Conv2D or Conv1D (k > 1) -> 1x1, core k x k, 1x1 (Tucker-2)."""
 
-    kind = "conv"
-    method = "tucker2"
+    layers = ("Conv1D", "Conv2D (channels_last, groups=1)")
 
     def supports(self, layer: Any) -> bool:
         if not (_is_plain_conv(layer, "Conv2D") or _is_plain_conv(layer, "Conv1D")):
@@ -311,11 +313,11 @@ def _cp_layout(layer: Any) -> _CPLayout:
     return _CPLayout(pad, "valid", (1, 1), (sh, sw), rows * wp, rows * (wp - (kw - 1) * dw))
 
 
+@register_rewriter("cp", priority=20)
 class ConvCP(Rewriter):
     """k x k Conv2D -> 1x1, depthwise kh x 1, depthwise 1 x kw, 1x1 (CP); see :class:`_CPLayout` for strides."""
 
-    kind = "conv"
-    method = "cp"
+    layers = ("Conv2D (channels_last, groups=1)",)
 
     def supports(self, layer: Any) -> bool:
         if not _is_kxk_conv2d(layer):
@@ -403,11 +405,11 @@ class ConvCP(Rewriter):
         return Rewrite(chain, (r,), *self.cost(layer, (r,)), float(res.rel_error))
 
 
+@register_rewriter("spatial-svd", priority=10)
 class ConvSpatialSVD(SingleSVDRewriter):
     """k x k Conv2D -> kh x 1 conv ``C_in -> R`` then 1 x kw conv ``R -> C_out`` (spatial SVD)."""
 
-    kind = "conv"
-    method = "spatial-svd"
+    layers = ("Conv2D (channels_last, groups=1)",)
 
     def supports(self, layer: Any) -> bool:
         return _is_kxk_conv2d(layer)
@@ -449,8 +451,3 @@ class ConvSpatialSVD(SingleSVDRewriter):
                  NewLayer(horizontal, [res.horizontal.astype(np.float32)] + _bias(layer))]
         return Rewrite(chain, ranks, *self.cost(layer, ranks), float(res.rel_error))
 
-
-register(ConvTucker2())
-register(ConvCP())
-register(ConvSpatialSVD())
-register(ConvSVD())

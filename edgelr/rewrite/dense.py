@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, derived_config, register
+from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, derived_config, register_rewriter
 from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
@@ -25,11 +25,11 @@ def _rows(layer: Any) -> int:
     return int(np.prod([1 if d is None else d for d in in_shape[1:-1]], dtype=np.int64))
 
 
+@register_rewriter("svd")
 class DenseSVD(SingleSVDRewriter):
     """Dense or TimeDistributed(Dense) -> two Dense layers (truncated SVD of the kernel)."""
 
-    kind = "dense"
-    method = "svd"
+    layers = ("Dense", "TimeDistributed(Dense)")
 
     def supports(self, layer: Any) -> bool:
         name = type(layer).__name__
@@ -77,5 +77,3 @@ class DenseSVD(SingleSVDRewriter):
         params, macs = self.cost(layer, ranks)
         return Rewrite(chain, ranks, params, macs, svd.rel_error)
 
-
-register(DenseSVD())

@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, derived_config, register
+from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, derived_config, register_rewriter
 from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
+@register_rewriter("svd")
 class EmbeddingSVD(SingleSVDRewriter):
-    kind = "embedding"
-    method = "svd"
+    """Embedding -> a narrower Embedding and a Dense projection (truncated SVD of the table)."""
+
+    layers = ("Embedding",)
 
     def supports(self, layer: Any) -> bool:
         return type(layer).__name__ == "Embedding"
@@ -55,5 +57,3 @@ class EmbeddingSVD(SingleSVDRewriter):
         chain = [NewLayer(table, [svd.left]), NewLayer(proj, [svd.right])]
         return Rewrite(chain, ranks, *self.cost(layer, ranks), svd.rel_error)
 
-
-register(EmbeddingSVD())

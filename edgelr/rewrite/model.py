@@ -26,13 +26,14 @@ from typing import Any, Iterator, Mapping
 
 from edgelr.errors import FactorizeError
 from edgelr.rewrite.cost import latency_estimate, layer_cost, output_cost_for
-from edgelr.rewrite.registry import METHODS, Cost, Ranks, Rewrite, Rewriter, applicable_methods, get_rewriter
+from edgelr.rewrite.registry import (
+    Cost, Ranks, Rewrite, Rewriter, applicable_methods, fallback_of, get_rewriter, methods, supported_layers,
+)
 
 REPORT_COLUMNS = ["layer", "kind", "method", "policy", "ranks", "params_before", "params_after", "macs_before",
                   "macs_after", "est_speedup", "rel_error", "skipped", "reason"]
 DEFAULT_RANK_FLOOR = 8
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
-_FALLBACK = {"svd-recurrent": ("svd-recurrent", "svd")}
 ALLOCATIONS = ("layer", "latency")
 
 
@@ -311,9 +312,10 @@ def plan_factorization(
     model : tf_keras.Model
         Built Sequential or Functional model (read only).
     method : str, optional
-        ``auto`` (each layer's preferred method) or one of ``svd``, ``svd-recurrent``, ``tucker2``, ``cp``,
-        ``spatial-svd``; layers the method does not apply to are left as is (``svd-recurrent`` falls back to
-        ``svd`` for non-recurrent layers). Default: the target's method, else ``auto``.
+        ``auto`` (each layer's preferred method) or a registered method (:func:`edgelr.rewrite.methods`:
+        ``svd``, ``svd-recurrent``, ``tucker2``, ``cp``, ``spatial-svd``); layers the method does not apply to
+        are left as is, or get its fallback method (``svd-recurrent`` falls back to ``svd`` for
+        non-recurrent layers). Default: the target's method, else ``auto``.
     rank_policy : str or RankPolicy, optional
         ``vbmf``, ``energy:F``, ``params:F``, ``macs:F`` or ``rank:N``. Default: the target's, else ``vbmf``.
     target : str or edgelr.targets.Target, optional
@@ -371,8 +373,8 @@ def plan_factorization(
     _check_model(model)
     tgt = _resolve_target(target)
     method = method if method is not None else (tgt.method if tgt is not None else "auto")
-    if method not in ("auto",) + METHODS:
-        raise FactorizeError(f"method: got {method!r}; expected one of {['auto', *METHODS]}")
+    if method != "auto" and method not in methods():
+        raise FactorizeError(f"method: got {method!r}; expected one of {['auto', *methods()]}")
     policy_spec = rank_policy if rank_policy is not None else (tgt.rank_policy if tgt is not None else "vbmf")
     policy = parse_rank_policy(policy_spec) if isinstance(policy_spec, str) else policy_spec
     overrides = _layer_policies(layer_policies)
@@ -398,18 +400,17 @@ def plan_factorization(
                 if not applicable_methods(layer):
                     raise FactorizeError(
                         f"layer '{path}' ({layer_kind(layer)}) named in include cannot be factorized; supported: "
-                        f"Dense, TimeDistributed(Dense), Conv1D, Conv2D, SeparableConv2D, Embedding, LSTM, GRU "
-                        f"(channels_last, groups=1)")
+                        f"{', '.join(supported_layers())}")
 
     plans: dict[str, LayerPlan] = {}
     todo: list[LayerPlan] = []
     for path, layer in all_layers:
-        methods = applicable_methods(layer)
-        if not methods:
+        applicable = applicable_methods(layer)
+        if not applicable:
             continue
         rewriter = None
-        for m in _FALLBACK.get(method, (method,)):
-            rewriter = get_rewriter(layer, m)
+        for m in (method, fallback_of(method)):
+            rewriter = get_rewriter(layer, m) if m else None
             if rewriter is not None:
                 break
         lp = LayerPlan(path, layer, layer_kind(layer), rewriter.method if rewriter else "", rewriter,
@@ -420,7 +421,7 @@ def plan_factorization(
         elif skips and _matches(path, layer.name, skips):
             lp.skipped, lp.reason = True, "matched by skip"
         elif rewriter is None:
-            lp.skipped, lp.reason = True, f"method {method} does not apply; applicable: {', '.join(methods)}"
+            lp.skipped, lp.reason = True, f"method {method} does not apply; applicable: {', '.join(applicable)}"
         else:
             todo.append(lp)
     for pattern, _ in overrides:

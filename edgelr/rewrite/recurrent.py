@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes, layer_cost
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register
+from edgelr.rewrite.registry import (
+    Cost, NewLayer, Ranks, Rewrite, Rewriter, child_name, derived_config, register_rewriter,
+)
 from edgelr.rewrite.svdmatrix import MatrixSVD, select_matrix_rank_for
 
 _GATES = {"LSTM": 4, "GRU": 3}
@@ -47,11 +49,11 @@ class RecurrentState:
     recurrent: MatrixSVD | None
 
 
+@register_rewriter("svd", priority=10)  # preferred over svd-recurrent: TFLite keeps its fused op
 class RecurrentInputSVD(Rewriter):
     """LSTM/GRU: low-rank input projection in front of the stock recurrent layer."""
 
-    kind = "recurrent"
-    method = "svd"
+    layers = ("LSTM", "GRU")
 
     def supports(self, layer: Any) -> bool:
         return type(layer).__name__ in _GATES
@@ -90,11 +92,11 @@ class RecurrentInputSVD(Rewriter):
         return Rewrite(chain, ranks, *self.cost(layer, ranks), svd.rel_error)
 
 
+@register_rewriter("svd-recurrent", priority=0, fallback="svd")
 class RecurrentLowRank(Rewriter):
     """LSTM/GRU: low-rank input projection and low-rank recurrent kernel (custom registered cell)."""
 
-    kind = "recurrent"
-    method = "svd-recurrent"
+    layers = ("LSTM", "GRU")
 
     def supports(self, layer: Any) -> bool:
         name = type(layer).__name__
@@ -182,6 +184,3 @@ class RecurrentLowRank(Rewriter):
         rel_error = float(np.sqrt(err2 / total)) if total > 0 else 0.0
         return Rewrite(chain, ranks, *self.cost(layer, ranks), rel_error)
 
-
-register(RecurrentInputSVD())
-register(RecurrentLowRank())

@@ -1,15 +1,36 @@
 """The registry of layer rewriters: which low-rank methods apply to a layer, and who rewrites it.
 
-A rewriter (one per layer kind and method, in its own module) answers :meth:`Rewriter.supports` and turns
-one layer plus a decomposition at given ranks into a chain of stock Keras layers and their weights.
-Adding a layer kind is adding one module that calls :func:`register`.
+A rewriter (one per layer kind and method) answers :meth:`Rewriter.supports` and turns one layer plus a
+decomposition at given ranks into a chain of stock Keras layers and their weights.
+
+Adding a rewriter is one new module and one import line:
+
+1. ``edgelr/rewrite/<kind>.py`` with a :class:`Rewriter` subclass under :func:`register_rewriter`::
+
+       @register_rewriter("svd", priority=0)
+       class DepthwiseSVD(SingleSVDRewriter):
+           layers = ("DepthwiseConv2D",)     # named in messages ("supported: ...")
+
+           def supports(self, layer): ...
+
+2. its name on the import line of ``edgelr/rewrite/__init__.py``, the one place rewriter modules are
+   imported (registration happens there, never as a side effect of another import).
+
+Everything else reads the registry: the ``--method`` choices of ``edgelr compress`` (:func:`methods`),
+``edgelr inspect``'s method column and ``method="auto"`` (:func:`applicable_methods`,
+:func:`get_rewriter`), the method check and messages of :func:`edgelr.rewrite.plan_factorization`
+(:func:`methods`, :func:`supported_layers`, :func:`fallback_of`).
+
+``priority`` matters only where rewriters support the same layer: the higher one is preferred (listed first
+by :func:`applicable_methods`, taken by ``auto``). The built-in ones that overlap: k x k Conv2D
+``tucker2`` 30 > ``cp`` 20 > ``spatial-svd`` 10; Conv1D ``tucker2`` 30 > ``svd`` 0; LSTM/GRU ``svd`` 10 >
+``svd-recurrent`` 0. Equal priorities keep the import order.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -17,11 +38,6 @@ from edgelr.errors import FactorizeError
 
 Ranks = tuple[int, ...]
 Cost = tuple[int, int]
-
-METHODS = ("svd", "svd-recurrent", "tucker2", "cp", "spatial-svd")
-"""Every method name a rewriter may register (``auto`` picks the first applicable one per layer)."""
-
-_MODULES = ("dense", "conv", "separable", "embedding", "recurrent")
 
 
 @dataclass
@@ -58,13 +74,17 @@ class Rewrite:
 class Rewriter:
     """Base class: one (layer kind, method) pair.
 
-    Subclasses set ``kind`` and ``method`` and implement every method below. ``decompose`` is called once
-    per layer; ``materialize`` may be called many times on its result with different ranks (rank search),
-    so it must be cheap where the math allows (SVD truncation, HOSVD core truncation).
+    Subclasses set ``layers`` and implement every method below; :func:`register_rewriter` sets ``method``,
+    ``priority`` and ``fallback``. ``decompose`` is called once per layer; ``materialize`` may be called many
+    times on its result with different ranks (rank search), so it must be cheap where the math allows (SVD
+    truncation, HOSVD core truncation).
     """
 
-    kind: str = ""
+    layers: tuple[str, ...] = ()
+    """The layers this rewriter takes, as messages name them (``("Dense", "TimeDistributed(Dense)")``)."""
     method: str = ""
+    priority: int = 0
+    fallback: str | None = None
 
     def supports(self, layer: Any) -> bool:
         """True when this rewriter can rewrite ``layer`` (cheap: looks at type and config only)."""
@@ -122,29 +142,54 @@ class Rewriter:
 
 
 _REGISTRY: list[Rewriter] = []
-_LOADED = False
+_R = TypeVar("_R", bound=type[Rewriter])
 
 
-def register(rewriter: Rewriter) -> Rewriter:
-    """Add a rewriter to the registry (modules call this at import time)."""
-    if rewriter.method not in METHODS:
-        raise ValueError(f"rewriter method {rewriter.method!r} is not one of {METHODS}")
-    _REGISTRY.append(rewriter)
-    return rewriter
+def register_rewriter(method: str, *, priority: int = 0, fallback: str | None = None) -> Callable[[_R], _R]:
+    """Class decorator: register one instance of the decorated :class:`Rewriter` under ``method``.
 
+    Parameters
+    ----------
+    method : str
+        The method name users pass (``--method``); several rewriters (one per layer kind) may share it.
+    priority : int
+        Among the rewriters that support the same layer, the higher is preferred (``auto``); see the
+        module docstring.
+    fallback : str, optional
+        A method tried for the layers ``method`` does not apply to (``svd-recurrent`` -> ``svd``).
+    """
+    if not isinstance(method, str) or not method or method == "auto":
+        raise ValueError(f"register_rewriter: got method {method!r}; expected a non-empty name other than 'auto'")
 
-def _load() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        for name in _MODULES:
-            importlib.import_module(f"edgelr.rewrite.{name}")
+    def deco(cls: _R) -> _R:
+        if not cls.layers:
+            raise ValueError(f"rewriter {cls.__name__} names no layers; set layers = ('Dense', ...)")
+        cls.method, cls.priority, cls.fallback = method, int(priority), fallback
+        _REGISTRY.append(cls())
+        _REGISTRY.sort(key=lambda r: -r.priority)  # stable: equal priorities keep the import order
+        return cls
+
+    return deco
 
 
 def rewriters() -> list[Rewriter]:
-    """All registered rewriters, in preference order."""
-    _load()
+    """All registered rewriters, preferred first."""
     return list(_REGISTRY)
+
+
+def methods() -> tuple[str, ...]:
+    """Every registered method name once, preferred first (``auto``, which picks per layer, is not one)."""
+    return tuple(dict.fromkeys(r.method for r in _REGISTRY))
+
+
+def supported_layers() -> list[str]:
+    """The layers some rewriter takes, as messages name them, sorted."""
+    return sorted({name for r in _REGISTRY for name in r.layers})
+
+
+def fallback_of(method: str) -> str | None:
+    """The method tried for layers ``method`` does not apply to, or None."""
+    return next((r.fallback for r in _REGISTRY if r.method == method and r.fallback), None)
 
 
 def applicable_methods(layer: Any) -> list[str]:

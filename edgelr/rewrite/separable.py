@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 
 from edgelr.rewrite.cost import io_shapes
-from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, register
+from edgelr.rewrite.registry import Cost, NewLayer, Ranks, Rewrite, child_name, register_rewriter
 from edgelr.rewrite.svdmatrix import MatrixSVD, SingleSVDRewriter
 
 
+@register_rewriter("svd")
 class SeparablePointwiseSVD(SingleSVDRewriter):
-    kind = "separable_conv2d"
-    method = "svd"
+    """SeparableConv2D -> the depthwise part and two 1x1 convs (truncated SVD of the pointwise kernel)."""
+
+    layers = ("SeparableConv2D",)
 
     def supports(self, layer: Any) -> bool:
         return type(layer).__name__ == "SeparableConv2D" and layer.data_format == "channels_last"
@@ -79,5 +81,3 @@ class SeparablePointwiseSVD(SingleSVDRewriter):
                  NewLayer(second, [svd.right.reshape(1, 1, r, c_out)] + bias)]
         return Rewrite(chain, ranks, *self.cost(layer, ranks), svd.rel_error)
 
-
-register(SeparablePointwiseSVD())
