@@ -4,7 +4,7 @@
 # Runs LiteRT's benchmark_model pinned to the big cores and samples, while it runs, the process's
 # VmHWM/VmRSS (/proc/PID/status, kB), the battery's current_now/voltage_now/temp, and reads the ODPM
 # energy counters and `dumpsys thermalservice` before and after. Prints blocks the host parses
-# (device_agents/android.py: parse_harness_output):
+# (edgelr/bench/harnesses/android.py: parse_harness_output):
 #
 #   EDGELR-BLOCK-BEGIN <name> ... EDGELR-BLOCK-END   thermal_before/after, odpm_before/after,
 #                                                     bench_stdout, bench_stderr, samples

@@ -17,14 +17,16 @@ operation has a timeout taken from one overall deadline per call, so a dead link
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shlex
 import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
-from device_agents.transport import Command, RunResult, Transport, register, to_shell
+from device_agents.files import sha256_file
+from device_agents.transport import TRANSPORTS, Command, RunResult, Transport, to_shell
 from edgelr.errors import DeviceError
 
 DEFAULT_ADB_HOST = "127.0.0.1"
@@ -54,10 +56,6 @@ class _Deadline:
             raise DeviceError(f"{self.what} did not finish within {self.timeout:g} s; "
                               f"check the device and the adb link, or raise the timeout")
         return left
-
-
-def _quote_remote(path: str) -> str:
-    return "'" + path.replace("'", "'\\''") + "'"
 
 
 class AdbConnection:
@@ -154,7 +152,7 @@ def parse_devices(text: str) -> dict[str, str]:
     return out
 
 
-@register("adb")
+@TRANSPORTS.register("adb")
 class ADBTransport(Transport):
     """Run commands and move files on one Android device through the adb server.
 
@@ -172,7 +170,16 @@ class ADBTransport(Transport):
         (``connect_timeout`` is the inventory's name for it).
     """
 
-    name = "adb"
+    default_os = "android"
+
+    @classmethod
+    def inventory_kwargs(cls, spec: Any) -> dict[str, Any]:
+        return {"serial": spec.serial, "adb_host": spec.adb_host, "adb_port": spec.adb_port,
+                "connect_timeout": spec.connect_timeout}
+
+    @classmethod
+    def address(cls, spec: Any) -> str:
+        return spec.serial or f"{spec.adb_host}:{spec.adb_port}"
 
     def __init__(self, serial: str | None = None, adb_host: str | None = None, adb_port: int | None = None,
                  connect: bool = True, ready_timeout: float | None = None, connect_timeout: float = 10.0,
@@ -266,7 +273,7 @@ class ADBTransport(Transport):
         """
         line = to_shell(cmd)
         if env:
-            line = "export " + " ".join(f"{k}={_quote_remote(v)}" for k, v in env.items()) + "; " + to_shell(cmd)
+            line = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; " + to_shell(cmd)
         start = time.monotonic()
         deadline = _Deadline(timeout, f"adb shell on {self.serial or 'the device'}: {line[:80]!r}")
         conn = self._service(f"shell,v2,raw:{line}", deadline)
@@ -301,18 +308,10 @@ class ADBTransport(Transport):
         return RunResult(exit_code=exit_code, stdout=out.decode(errors="replace"),
                          stderr=err.decode(errors="replace"), duration_s=time.monotonic() - start)
 
-    def check(self, cmd: Command, timeout: float) -> str:
-        """Run ``cmd``; stdout on exit 0, else :class:`DeviceError` with the status and stderr."""
-        res = self.run(cmd, timeout)
-        if res.exit_code != 0:
-            raise DeviceError(f"'{to_shell(cmd)[:80]}' failed on {self.serial} with exit status "
-                              f"{res.exit_code}: {res.stderr.strip()[:200] or res.stdout.strip()[:200]}")
-        return res.stdout
-
     # -- files -----------------------------------------------------------------------------------
     def remote_sha256(self, remote: str, timeout: float) -> str | None:
         """sha256 hex of a device file, or None when it does not exist (or no sha256sum there)."""
-        res = self.run(f"sha256sum {_quote_remote(remote)} 2>/dev/null", timeout)
+        res = self.run(f"sha256sum {shlex.quote(remote)} 2>/dev/null", timeout)
         if res.exit_code != 0 or not res.stdout.strip():
             return None
         return res.stdout.split()[0].lower()
@@ -339,9 +338,9 @@ class ADBTransport(Transport):
         if not local.is_file():
             raise DeviceError(f"cannot push {local}: not a file; pass an existing local file")
         deadline = _Deadline(timeout, f"adb push {local.name} -> {remote}")
-        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        digest = sha256_file(local)
         if self.remote_sha256(remote, deadline.remaining()) == digest:
-            self.run(f"chmod {mode:o} {_quote_remote(remote)}", deadline.remaining())
+            self.run(f"chmod {mode:o} {shlex.quote(remote)}", deadline.remaining())
             return False
         conn = self._service("sync:", deadline)
         try:
@@ -400,7 +399,3 @@ class ADBTransport(Transport):
         """Nothing is held open between calls (one socket per call); safe to call twice."""
         self._closed = True
 
-
-# Importing the adb transport makes the Android benchmark harness and energy probes available to
-# edgelr.bench.run (registries: edgelr.bench.harness.HARNESSES, device_agents.probes.ENERGY_PROBES).
-import device_agents.android  # noqa: E402,F401

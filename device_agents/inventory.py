@@ -19,8 +19,9 @@ Example ``~/.config/edgelr/inventory.toml``::
     serial = "33141FDH2000AB"
     benchmark_binary = "/data/local/tmp/android_aarch64_benchmark_model"
 
-Fields (all optional but ``transport``): ``transport`` (local | ssh | adb), ``target`` (profile, default
-``host``), ``os`` (linux | android; adb implies android); ssh: ``host port user key known_hosts
+Fields (all optional but ``transport``): ``transport`` (a registered transport: local | ssh | adb, see
+:mod:`device_agents.builtin`), ``target`` (profile, default ``host``), ``os`` (linux | android; default
+the transport's, android for adb); ssh: ``host port user key known_hosts
 trust_new_host``; adb: ``serial adb_host adb_port``; ``benchmark_binary`` (path on the device of LiteRT's
 ``benchmark_model``; empty = edgelr's runner.py), ``benchmark_binary_local`` (a local file edgelr pushes
 to ``benchmark_binary``), ``python`` (device interpreter for runner.py), ``workdir``, ``affinity_mask``
@@ -37,7 +38,6 @@ target ``host``, run with this Python) is always available unless the file defin
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import os
 import sys
@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_agents.transport import TRANSPORTS, Transport
+from device_agents.builtin import TRANSPORTS
+from device_agents.transport import Transport
 from edgelr.errors import InventoryError
 
-KNOWN_TRANSPORTS = ("local", "ssh", "adb")
 DEFAULT_WORKDIR = {"linux": "/tmp/edgelr", "android": "/data/local/tmp/edgelr"}
 
 
@@ -96,18 +96,9 @@ class DeviceSpec:
         return self.workdir or DEFAULT_WORKDIR.get(self.os, "/tmp/edgelr")
 
     def transport_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments passed to the transport's constructor."""
-        if self.transport == "ssh":
-            kw: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "key": self.key,
-                                  "known_hosts": self.known_hosts, "trust_new_host": self.trust_new_host,
-                                  "connect_timeout": self.connect_timeout, "device": self.name}
-        elif self.transport == "adb":
-            kw = {"serial": self.serial, "adb_host": self.adb_host, "adb_port": self.adb_port,
-                  "connect_timeout": self.connect_timeout}
-        else:
-            kw = {"shell": self.shell}
-        kw.update(self.options)
-        return kw
+        """Keyword arguments passed to the transport's constructor: the fields the registered transport
+        takes (:meth:`~device_agents.transport.Transport.inventory_kwargs`), then ``options``."""
+        return {**TRANSPORTS[self.transport].inventory_kwargs(self), **self.options}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,15 +151,17 @@ def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
             raise InventoryError(f"device '{name}' in {source}: {key}={values[key]!r} is not a TCP port; expected "
                                  f"1-65535" + (" (or leave it out: ~/.ssh/config's Port, else 22)" if key == "port" else ""))
     transport = values.get("transport", "")
-    if transport not in KNOWN_TRANSPORTS and transport not in TRANSPORTS:
+    if transport not in TRANSPORTS:
         raise InventoryError(f"device '{name}' in {source}: transport={transport!r}; expected one of "
-                             f"{sorted(set(KNOWN_TRANSPORTS) | set(TRANSPORTS))}")
+                             f"{sorted(TRANSPORTS)}")
     if values.get("options"):
         _check_options(name, source, transport, values["options"])
-    if transport == "ssh" and not values.get("host"):
-        raise InventoryError(f"device '{name}' in {source} uses transport 'ssh' but sets no host; "
-                             f"add host = \"ADDRESS\"")
-    values.setdefault("os", "android" if transport == "adb" else "linux")
+    cls = TRANSPORTS[transport]
+    for key, example in cls.required_fields.items():
+        if not values.get(key):
+            raise InventoryError(f"device '{name}' in {source} uses transport '{transport}' but sets no {key}; "
+                                 f"add {key} = \"{example}\"")
+    values.setdefault("os", cls.default_os)
     mask = values.get("affinity_mask")
     if mask is not None:
         if not isinstance(mask, str):
@@ -182,19 +175,9 @@ def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
     return DeviceSpec(name=name, source=source, **values)
 
 
-def _transport_class(name: str) -> Any:
-    """The registered transport class ``name``, importing ``device_agents.<name>`` on first use."""
-    if name not in TRANSPORTS:
-        importlib.import_module(f"device_agents.{name}")
-    return TRANSPORTS[name]
-
-
 def _check_options(name: str, source: str, transport: str, options: dict[str, Any]) -> None:
     """``[devices.NAME.options]`` keys must be options ``transport`` declares, of the option's type."""
-    try:
-        cls = _transport_class(transport)
-    except (ImportError, KeyError):
-        return  # open_transport says why the transport is not available
+    cls = TRANSPORTS[transport]
     known = cls.declared_options()
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -257,23 +240,15 @@ def get_device(name: str, path: str | os.PathLike[str] | None = None) -> DeviceS
 
 
 def open_transport(spec: DeviceSpec, **overrides: Any) -> Transport:
-    """Open the transport ``spec.transport`` names, importing ``device_agents.<name>`` on first use.
+    """Open the registered transport ``spec.transport`` names.
 
     ``overrides`` replace constructor arguments (e.g. ``trust_new_host=True`` from the CLI).
     """
     name = spec.transport
     if name not in TRANSPORTS:
-        try:
-            importlib.import_module(f"device_agents.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"device_agents.{name}":
-                raise InventoryError(f"the '{name}' transport needs the Python module '{exc.name}', which is "
-                                     f"not installed; install it (pip install {exc.name})") from None
-            raise InventoryError(f"device '{spec.name}' uses transport '{name}', but this edgelr has no "
-                                 f"device_agents/{name}.py yet; use a device with transport 'local'"
-                                 + (" or 'ssh'" if name != "ssh" else "")) from None
-    if name not in TRANSPORTS:
-        raise InventoryError(f"device_agents/{name}.py does not register a transport named '{name}' "
-                             f"(use @register('{name}'))")
+        raise InventoryError(f"device '{spec.name}' uses transport '{name}', but this edgelr has no "
+                             f"device_agents/{name}.py yet (transports: {', '.join(TRANSPORTS)}); add one that "
+                             f"registers it (@TRANSPORTS.register('{name}')) and import it in "
+                             f"device_agents/builtin.py, or use one of these")
     kwargs = {**spec.transport_kwargs(), **overrides}
     return TRANSPORTS[name](**kwargs)

@@ -12,7 +12,6 @@ matches.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -21,21 +20,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from device_agents.transport import Command, RunResult, Transport, register, to_shell
+from device_agents.files import sha256_file
+from device_agents.transport import TRANSPORTS, Command, RunResult, Transport, to_shell
 from edgelr.errors import DeviceError
 
 
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@register("local")
+@TRANSPORTS.register("local")
 class LocalTransport(Transport):
     """Run commands and copy files on this machine.
 
@@ -47,8 +39,15 @@ class LocalTransport(Transport):
         Other inventory fields (``host``, ``user``...) are accepted and ignored.
     """
 
-    name = "local"
     heartbeat_s = 0.0
+
+    @classmethod
+    def inventory_kwargs(cls, spec: Any) -> dict[str, Any]:
+        return {"shell": spec.shell}
+
+    @classmethod
+    def address(cls, spec: Any) -> str:
+        return "this machine"
 
     def __init__(self, shell: str = "/bin/sh", **_: object) -> None:
         self.shell = shell

@@ -3,11 +3,19 @@
 Every reader runs shell commands through a :class:`~device_agents.transport.Transport` (so the same
 code works locally and over ssh/adb) and hands the text to a pure parser (``parse_*``), which the tests
 check against files in the exact formats of REFERENCE.md section 4 (``tests/fixtures/sensors/``).
-Paths take a ``root`` prefix (default ``""``, the real ``/sys``), so a fixture tree can stand in for
-``/sys`` in tests.
+Paths take a ``root`` prefix (default ``""``, the real ``/sys``; :func:`rooted_path`), so a fixture
+tree can stand in for ``/sys`` in tests.
 
-Energy comes from one of :data:`ENERGY_PROBES` (x86 RAPL counter, INA2xx hwmon power, Raspberry Pi 5
-PMIC ADCs), read before and after a benchmark. A device without a sensor gets NaN with the reason in
+Two registries (:mod:`device_agents.registry`) hold the sensor families:
+
+* :data:`THERMAL_PROBES` - temperature sources, all read in one round trip by :func:`read_temperatures`
+  (sysfs thermal zones, ``vcgencmd measure_temp``);
+* :data:`ENERGY_PROBES` - energy/power sensors, tried in priority order by :func:`find_energy_meter`
+  (x86 RAPL counter, INA2xx hwmon power, Raspberry Pi 5 PMIC ADCs here; Pixel ODPM and the Android
+  battery in :mod:`device_agents.android`), read before and after a benchmark.
+
+A new sensor is one ``@ENERGY_PROBES.register(name, priority=...)`` (or ``THERMAL_PROBES``) class in a
+module imported by :mod:`device_agents.builtin`. A device without a sensor gets NaN with the reason in
 ``note``; no figure is ever estimated from a model.
 """
 
@@ -21,6 +29,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
 
+from device_agents.registry import Registry
 from device_agents.transport import Transport
 
 NAN = float("nan")
@@ -32,8 +41,8 @@ def _run(t: Transport, cmd: str, timeout: float = PROBE_TIMEOUT_S) -> str:
     return t.run(cmd, timeout=timeout).stdout
 
 
-def _q(root: str, path: str) -> str:
-    """Shell-quoted ``root + path`` with globs left unquoted after the quoted prefix."""
+def rooted_path(root: str, path: str) -> str:
+    """``root + path`` as one shell word: ``root`` quoted, ``path`` left as is so its globs expand."""
     return shlex.quote(root) + path if root else path
 
 
@@ -71,39 +80,78 @@ def parse_zone_listing(text: str) -> dict[str, float]:
     return temps
 
 
-def parse_dumpsys_thermal(text: str) -> dict[str, float]:
-    """``dumpsys thermalservice`` -> {name: degrees C} from the ``Current temperatures from HAL:`` block.
+class Probe(ABC):
+    """One sensor family on a device; ``root`` prefixes its ``/sys`` paths, ``vcgencmd`` names that tool."""
 
-    The ``Cached temperatures:`` block is stale and ignored.
-    """
-    temps: dict[str, float] = {}
-    in_block = False
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("Current temperatures from HAL"):
-            in_block = True
-            continue
-        if in_block:
-            m = re.search(r"Temperature\{mValue=(-?[\d.]+(?:[eE][-+]?\d+)?), mType=(-?\d+), mName=([^,]*),", stripped)
-            if m:
-                temps[m.group(3)] = float(m.group(1))
-            elif stripped and not stripped.startswith("Temperature{"):
-                in_block = False
-    return temps
+    name: str = "abstract"  # set by the registry's decorator
+
+    def __init__(self, root: str = "", vcgencmd: str = "vcgencmd") -> None:
+        self.root = root
+        self.vcgencmd = vcgencmd
+
+    @abstractmethod
+    def command(self) -> str:
+        """Shell command printing the raw reading (nothing when the device lacks the sensor)."""
+
+
+class ThermalProbe(Probe):
+    """A temperature source: ``parse`` turns its output into {name: degrees C} ({} when absent)."""
+
+    @abstractmethod
+    def parse(self, text: str) -> dict[str, float]:
+        """Raw text -> {name: degrees C}; {} when the device lacks the source."""
+
+
+#: Temperature sources by name, all read by :func:`read_temperatures` (in priority order).
+THERMAL_PROBES: Registry[type[ThermalProbe]] = Registry("thermal probe", name_attr="name")
+
+
+@THERMAL_PROBES.register("thermal_zones", priority=20)
+class ThermalZonesProbe(ThermalProbe):
+    """Every readable ``/sys/class/thermal/thermal_zone*`` -> {``zoneN:type``: C} (see :func:`parse_zone_listing`)."""
+
+    def command(self) -> str:
+        zones = rooted_path(self.root, "/sys/class/thermal/thermal_zone*")
+        return (f'for z in {zones}; do [ -r "$z/temp" ] || continue; '
+                f'printf "%s|%s|%s\\n" "${{z##*/}}" "$(cat "$z/type" 2>/dev/null)" "$(cat "$z/temp" 2>/dev/null)"; '
+                f"done")
+
+    def parse(self, text: str) -> dict[str, float]:
+        return parse_zone_listing(text)
+
+
+@THERMAL_PROBES.register("vcgencmd", priority=10)
+class VcgencmdTempProbe(ThermalProbe):
+    """Raspberry Pi ``vcgencmd measure_temp`` -> {``vcgencmd``: C}."""
+
+    def command(self) -> str:
+        v = shlex.quote(self.vcgencmd)
+        return f"if command -v {v} >/dev/null 2>&1; then {v} measure_temp; fi"
+
+    def parse(self, text: str) -> dict[str, float]:
+        try:
+            return {"vcgencmd": parse_vcgencmd_temp(text)}
+        except ValueError:
+            return {}
+
+
+_SECTION = "##edgelr-probe "
 
 
 def read_temperatures(t: Transport, root: str = "", vcgencmd: str = "vcgencmd") -> dict[str, float]:
-    """All readable thermal zones (and ``vcgencmd measure_temp`` when present), degrees C; {} when none."""
-    zones = _q(root, "/sys/class/thermal/thermal_zone*")
-    cmd = (f'for z in {zones}; do [ -r "$z/temp" ] || continue; '
-           f'printf "%s|%s|%s\\n" "${{z##*/}}" "$(cat "$z/type" 2>/dev/null)" "$(cat "$z/temp" 2>/dev/null)"; done; '
-           f"if command -v {shlex.quote(vcgencmd)} >/dev/null 2>&1; then {shlex.quote(vcgencmd)} measure_temp; fi")
-    text = _run(t, cmd)
-    temps = parse_zone_listing(text)
-    try:
-        temps["vcgencmd"] = parse_vcgencmd_temp(text)
-    except ValueError:
-        pass
+    """Every :data:`THERMAL_PROBES` source in one round trip, merged into {name: degrees C}; {} when none."""
+    sources = [cls(root=root, vcgencmd=vcgencmd) for cls in THERMAL_PROBES.values()]
+    script = "; ".join(f"echo '{_SECTION}{i}'; {p.command()}" for i, p in enumerate(sources))
+    parts: dict[int, list[str]] = {}
+    current: list[str] | None = None
+    for line in _run(t, script).splitlines():
+        if line.startswith(_SECTION) and line[len(_SECTION):].isdigit():
+            current = parts.setdefault(int(line[len(_SECTION):]), [])
+        elif current is not None:
+            current.append(line)
+    temps: dict[str, float] = {}
+    for i, probe in enumerate(sources):
+        temps.update(probe.parse("\n".join(parts.get(i, []))))
     return temps
 
 
@@ -182,8 +230,8 @@ class CpuInfo:
 
 def read_cpu(t: Transport, root: str = "") -> CpuInfo:
     """Cores online (``/sys/devices/system/cpu/online``, else ``nproc``) and per-CPU governors."""
-    online = _q(root, "/sys/devices/system/cpu/online")
-    govs = _q(root, "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor")
+    online = rooted_path(root, "/sys/devices/system/cpu/online")
+    govs = rooted_path(root, "/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_governor")
     text = _run(t, f"echo \"online=$(cat {online} 2>/dev/null)\"; echo \"nproc=$(nproc 2>/dev/null)\"; "
                    f"for g in {govs}; do [ -r \"$g\" ] && echo \"gov=$g=$(cat \"$g\")\"; done")
     cores = 0
@@ -283,19 +331,10 @@ def parse_hwmon_power(name: str, power_uw: str = "", curr_ma: str = "", in_mv: s
     raise ValueError(f"hwmon device {name!r} has neither power1_input nor curr1_input and in1_input")
 
 
-class EnergyProbe(ABC):
-    """One energy/power sensor family; ``detect`` says whether the device has it."""
+class EnergyProbe(Probe):
+    """One energy/power sensor family; :meth:`read` raises ValueError when the device lacks it."""
 
-    name: str = "abstract"
     kind: str = "power"  # "energy": cumulative counter; "power": instantaneous
-
-    def __init__(self, root: str = "", vcgencmd: str = "vcgencmd") -> None:
-        self.root = root
-        self.vcgencmd = vcgencmd
-
-    @abstractmethod
-    def command(self) -> str:
-        """Shell command printing the raw reading."""
 
     @abstractmethod
     def parse(self, text: str, t_s: float) -> EnergyReading:
@@ -307,14 +346,18 @@ class EnergyProbe(ABC):
         return self.parse(text, now)
 
 
+#: Energy/power sensors by name, tried in priority order (higher first) by :func:`find_energy_meter`.
+ENERGY_PROBES: Registry[type[EnergyProbe]] = Registry("energy probe", name_attr="name")
+
+
+@ENERGY_PROBES.register("rapl", priority=50)
 class RaplProbe(EnergyProbe):
     """x86 RAPL package counter ``/sys/class/powercap/intel-rapl:0/energy_uj`` (often root only)."""
 
-    name = "rapl"
     kind = "energy"
 
     def command(self) -> str:
-        d = _q(self.root, "/sys/class/powercap/intel-rapl:0")
+        d = rooted_path(self.root, "/sys/class/powercap/intel-rapl:0")
         return f'echo "energy_uj=$(cat {d}/energy_uj 2>&1)"; echo "max=$(cat {d}/max_energy_range_uj 2>/dev/null)"'
 
     def parse(self, text: str, t_s: float) -> EnergyReading:
@@ -333,13 +376,12 @@ class RaplProbe(EnergyProbe):
                              max_range_uj=float(mx.group(1)) if mx else NAN, raw=text)
 
 
+@ENERGY_PROBES.register("ina2xx", priority=40)
 class Ina2xxProbe(EnergyProbe):
     """INA219/INA226/INA3221... through hwmon (``/sys/class/hwmon/hwmon*/name`` starting with ``ina``)."""
 
-    name = "ina2xx"
-
     def command(self) -> str:
-        h = _q(self.root, "/sys/class/hwmon/hwmon*")
+        h = rooted_path(self.root, "/sys/class/hwmon/hwmon*")
         return (f'for d in {h}; do n=$(cat "$d/name" 2>/dev/null); case "$n" in ina*) '
                 f'printf "%s|%s|%s|%s\\n" "$n" "$(cat "$d/power1_input" 2>/dev/null)" '
                 f'"$(cat "$d/curr1_input" 2>/dev/null)" "$(cat "$d/in1_input" 2>/dev/null)"; break;; esac; done')
@@ -352,10 +394,9 @@ class Ina2xxProbe(EnergyProbe):
         raise ValueError("no INA2xx hwmon device")
 
 
+@ENERGY_PROBES.register("pi5_pmic", priority=30)
 class PmicProbe(EnergyProbe):
     """Raspberry Pi 5 PMIC ADCs via ``vcgencmd pmic_read_adc``."""
-
-    name = "pi5_pmic"
 
     def command(self) -> str:
         v = shlex.quote(self.vcgencmd)
@@ -366,9 +407,6 @@ class PmicProbe(EnergyProbe):
             raise ValueError("no vcgencmd pmic_read_adc (a Raspberry Pi 5 only sensor)")
         total, _ = parse_pmic_read_adc(text)
         return EnergyReading(self.name, t_s, power_w=total, raw=text)
-
-
-ENERGY_PROBES: list[type[EnergyProbe]] = [RaplProbe, Ina2xxProbe, PmicProbe]
 
 
 @dataclass
@@ -394,9 +432,9 @@ class EnergyMeter:
 
 
 def find_energy_meter(t: Transport, root: str = "", vcgencmd: str = "vcgencmd") -> EnergyMeter:
-    """Try :data:`ENERGY_PROBES` in order; the first that reads is used."""
+    """Try :data:`ENERGY_PROBES` in priority order; the first that reads is used."""
     reasons = []
-    for cls in ENERGY_PROBES:
+    for cls in ENERGY_PROBES.values():
         probe = cls(root=root, vcgencmd=vcgencmd)
         try:
             probe.read(t)

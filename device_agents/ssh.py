@@ -39,7 +39,8 @@ from typing import Any, BinaryIO, Iterator
 
 import paramiko
 
-from device_agents.transport import Command, RunResult, Transport, register, to_shell
+from device_agents.files import sha256_cached
+from device_agents.transport import TRANSPORTS, Command, RunResult, Transport, to_shell
 from edgelr.errors import DeviceError, HostKeyError
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-@register("ssh")
+@TRANSPORTS.register("ssh")
 class SSHTransport(Transport):
     """Run commands and move files on one device over SSH; one reused connection per object.
 
@@ -138,7 +139,17 @@ class SSHTransport(Transport):
         Other inventory keys (python, workdir, ...) are accepted and kept in :attr:`extra`.
     """
 
-    name = "ssh"
+    required_fields = {"host": "ADDRESS"}
+
+    @classmethod
+    def inventory_kwargs(cls, spec: Any) -> dict[str, Any]:
+        return {"host": spec.host, "port": spec.port, "user": spec.user, "key": spec.key,
+                "known_hosts": spec.known_hosts, "trust_new_host": spec.trust_new_host,
+                "connect_timeout": spec.connect_timeout, "device": spec.name}
+
+    @classmethod
+    def address(cls, spec: Any) -> str:
+        return f"{spec.user + '@' if spec.user else ''}{spec.host}:{spec.port or 22}"
 
     def __init__(
         self,
@@ -608,7 +619,7 @@ class SSHTransport(Transport):
         what = f"push of {local} to {remote}"
         t0 = time.monotonic()
         with open(local, "rb") as f, self._deadline(timeout, what):
-            digest, size = _sha256_file(f)
+            digest, size = sha256_cached(f)
             parent = posixpath.dirname(path)
             res = self._run_inner(_sha_command(path, mkdir=parent), t0 + timeout)
             if res.exit_code != 0:
@@ -784,29 +795,6 @@ def _try_remove(sftp: paramiko.SFTPClient, path: str) -> None:
         sftp.remove(path)
     except (OSError, paramiko.SSHException):
         pass
-
-
-_SHA_CACHE: dict[tuple[int, int, int, int], str] = {}
-
-
-def _sha256_file(f: BinaryIO) -> tuple[str, int]:
-    """(sha256 hex, size in bytes) of an open file; cached by (device, inode, size, mtime_ns).
-
-    Leaves ``f`` at offset 0. The cache spares re-hashing a model every time it is benchmarked.
-    """
-    st = os.fstat(f.fileno())
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    hexdigest = _SHA_CACHE.get(key)
-    if hexdigest is None:
-        h = hashlib.sha256()
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-        f.seek(0)
-        hexdigest = h.hexdigest()
-        if len(_SHA_CACHE) > 256:
-            _SHA_CACHE.clear()
-        _SHA_CACHE[key] = hexdigest
-    return hexdigest, st.st_size
 
 
 def _remote_path(remote: str) -> str:

@@ -2,9 +2,11 @@
 
 A transport runs commands and moves files, each with a deadline the agent enforces itself: a dead or
 blackholed link raises :class:`edgelr.errors.DeviceError` within ``timeout`` seconds, never hangs.
-Transports are registered by name in :data:`TRANSPORTS` (``register``); adding a transport is adding one
-module. The inventory checks a device's ``[options]`` table against the options a transport declares
-(:meth:`Transport.declared_options`: its constructor's keyword parameters).
+Transports are registered by name in :data:`TRANSPORTS` (``@TRANSPORTS.register("name")``, see
+:mod:`device_agents.registry`); adding a transport is one module plus one import line in
+:mod:`device_agents.builtin`. The inventory accepts exactly the registered names and checks a device's
+``[options]`` table against the options a transport declares (:meth:`Transport.declared_options`: its
+constructor's keyword parameters).
 
 **Host liveness on stdin.** A transport whose :attr:`Transport.heartbeat_s` is not None keeps a running
 command's stdin open while the host waits for it, and the stdin ends when the host goes away (process
@@ -21,7 +23,9 @@ import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from device_agents.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,11 @@ def to_shell(cmd: Command) -> str:
 class Transport(ABC):
     """Run commands and move files on one device."""
 
-    name: str = "abstract"
+    name: str = "abstract"          # set by TRANSPORTS.register
+    #: The ``os`` of a device reached through this transport when the inventory does not say.
+    default_os: str = "linux"
+    #: Inventory fields a device of this transport must set: {field: example value for the message}.
+    required_fields: dict[str, str] = {}
     #: None: a command's stdin carries nothing; 0: it stays open while the host waits and ends when the
     #: host goes away; > 0: also one newline every ``heartbeat_s`` seconds (see the module docstring).
     heartbeat_s: float | None = None
@@ -56,6 +64,17 @@ class Transport(ABC):
         params = inspect.signature(cls.__init__).parameters.values()
         return sorted(p.name for p in params if p.name != "self"
                       and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+    @classmethod
+    def inventory_kwargs(cls, spec: Any) -> dict[str, Any]:
+        """Constructor keywords this transport takes from an inventory entry's own fields (``spec``: a
+        :class:`~device_agents.inventory.DeviceSpec`); the entry's ``[options]`` table comes on top."""
+        return {}
+
+    @classmethod
+    def address(cls, spec: Any) -> str:
+        """Where an inventory entry's device is, for ``edgelr devices list`` (``pi@192.168.1.40:22``)."""
+        return "-"
 
     @abstractmethod
     def run(self, cmd: Command, timeout: float, env: dict[str, str] | None = None) -> RunResult:
@@ -80,14 +99,6 @@ class Transport(ABC):
         self.close()
 
 
-TRANSPORTS: dict[str, Callable[..., Transport]] = {}
-
-
-def register(name: str) -> Callable[[Callable[..., Transport]], Callable[..., Transport]]:
-    """Class decorator: make a transport available under ``transport = "<name>"`` in the inventory."""
-
-    def deco(cls: Callable[..., Transport]) -> Callable[..., Transport]:
-        TRANSPORTS[name] = cls
-        return cls
-
-    return deco
+#: Transport classes by inventory name (``transport = "<name>"``); filled by the modules that
+#: :mod:`device_agents.builtin` imports.
+TRANSPORTS: Registry[type[Transport]] = Registry("transport", name_attr="name")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from device_agents.adb import ADBTransport
-from device_agents.android import run_android_benchmark
+from edgelr.bench.harnesses.android import run_android_benchmark
 from edgelr.errors import BenchmarkError
 from tests.adb_standin import AdbServer, Faults, adb_server, make_device  # noqa: F401  (fixtures)
 from tests.fake_benchmark_model import write_launcher

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from device_agents.android import _assemble, harness_path, parse_harness_output, parse_odpm, parse_thermalservice
+from device_agents.android import parse_odpm, parse_thermalservice
+from edgelr.bench.harnesses.android import _assemble, harness_path, parse_harness_output
 from edgelr.bench.parse import parse_benchmark_output
 from tests.adb_standin import AdbdStandin
 from tests.fake_benchmark_model import write_launcher

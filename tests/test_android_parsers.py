@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from device_agents.android import (
-    HarnessRecord, _assemble, normalise_battery, odpm_power, parse_enabled_rails, parse_getprop,
-    parse_harness_output, parse_odpm, parse_thermalservice,
+    normalise_battery, odpm_power, parse_enabled_rails, parse_getprop, parse_odpm, parse_thermalservice,
 )
+from edgelr.bench.harnesses.android import HarnessRecord, _assemble, parse_harness_output
 from edgelr.bench.parse import parse_benchmark_output
 from edgelr.errors import BenchmarkError
 

@@ -13,7 +13,9 @@ import pytest
 
 from device_agents.inventory import DeviceSpec
 from device_agents.local import LocalTransport
-from edgelr.bench.harness import MEMWRAP_SH, RunnerHarness, select_harness
+from device_agents.procs import RUNWRAP_SH
+from edgelr.bench.harnesses import select_harness
+from edgelr.bench.harnesses.linux import LitertRunnerHarness
 from edgelr.bench.run import BenchSettings, benchmark
 from edgelr.errors import BenchmarkError, DeviceError
 
@@ -142,7 +144,7 @@ def test_missing_benchmark_binary_and_unknown_harness(tmp_path: Path) -> None:
         benchmark(spec, LocalTransport(), [model(tmp_path)], BenchSettings(canary=False))
     with pytest.raises(BenchmarkError, match="needs a 'plan9/runner' harness"):
         select_harness(DeviceSpec(name="p", os="plan9"))
-    assert isinstance(select_harness(DeviceSpec(name="l")), RunnerHarness)
+    assert isinstance(select_harness(DeviceSpec(name="l")), LitertRunnerHarness)
 
 
 def test_device_python_without_litert_says_how_to_install(tmp_path: Path) -> None:
@@ -160,7 +162,7 @@ def test_memwrap_is_posix_sh_and_samples_vmhwm(tmp_path: Path, shell: list[str])
     if not shutil.which(shell[0]):
         pytest.skip(f"{shell[0]} not installed (make test installs it)")
     wrap = tmp_path / "memwrap.sh"
-    wrap.write_text(MEMWRAP_SH)
+    wrap.write_text(RUNWRAP_SH)
     # a program that grows to ~40 MB, holds it, and exits 5
     prog = ["python3", "-c", "import time; b = bytearray(40 * 1024 * 1024); time.sleep(0.5); print('done'); raise SystemExit(5)"]
     res = subprocess.run([*shell, str(wrap), "0.05", *prog], capture_output=True, text=True, timeout=30)
@@ -175,7 +177,8 @@ def test_memwrap_is_posix_sh_and_samples_vmhwm(tmp_path: Path, shell: list[str])
 @pytest.mark.timeout(60)
 def test_harness_rows_override_and_extend_the_generic_ones(tmp_path: Path, sysroot: Path) -> None:
     """The seam the Android harness uses: extra["override_rows"] replace aggregates, extra["extra_rows"] add."""
-    from edgelr.bench.harness import HARNESSES, BenchmarkModelHarness, register_harness
+    from edgelr.bench.harnesses import HARNESSES
+    from edgelr.bench.harnesses.linux import BenchmarkModelHarness
 
     class PhoneLike(BenchmarkModelHarness):
         def parse(self, prog, result):  # type: ignore[no-untyped-def]
@@ -187,7 +190,7 @@ def test_harness_rows_override_and_extend_the_generic_ones(tmp_path: Path, sysro
         def temperatures(self, t, root="", vcgencmd="vcgencmd"):  # type: ignore[no-untyped-def]
             return {"CPU0": 41.0}  # e.g. from dumpsys, instead of the sysfs tree (52 C)
 
-    register_harness("testos/benchmark_model")(PhoneLike)
+    HARNESSES.register("testos/benchmark_model")(PhoneLike)
     try:
         script = fake_benchmark_model(tmp_path, sysroot, sleep_s=0.05)
         spec = DeviceSpec(name="phone", transport="local", os="testos", target="host",

@@ -107,15 +107,38 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         inv.load_inventory(tmp_path / "nope.toml")
 
 
-def test_open_transport_local_and_missing_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_transport_local_and_missing_module() -> None:
     t = inv.open_transport(inv.get_device("local"))
     assert isinstance(t, LocalTransport)
     assert t.run("echo hi", timeout=10).stdout == "hi\n"
-    # a transport whose module does not exist yet gives a clear error, not a traceback
-    monkeypatch.setattr(inv, "KNOWN_TRANSPORTS", (*inv.KNOWN_TRANSPORTS, "serialx"))
-    spec = inv.load_inventory(write(tmp_path, '[devices.s]\ntransport = "serialx"\n'))["s"]
+    # a transport that is not registered gives a clear error, not a traceback
+    spec = inv.DeviceSpec(name="s", transport="serialx")
     with pytest.raises(InventoryError, match=r"no device_agents/serialx.py yet"):
         inv.open_transport(spec)
+
+
+def test_a_registered_transport_is_accepted_by_the_inventory(tmp_path: Path) -> None:
+    """Validation reads the transport registry: registering a transport is all the inventory needs."""
+    from device_agents.transport import TRANSPORTS
+
+    class SerialTransport(LocalTransport):
+        default_os = "android"
+
+        def __init__(self, baud: int = 115200, **kw: object) -> None:
+            super().__init__(**kw)  # type: ignore[arg-type]
+            self.baud = baud
+
+    p = write(tmp_path, '[devices.s]\ntransport = "serialx"\n[devices.s.options]\nbaud = 9600\n')
+    with pytest.raises(InventoryError, match=r"transport='serialx'; expected one of"):
+        inv.load_inventory(p)
+    TRANSPORTS.register("serialx")(SerialTransport)
+    try:
+        spec = inv.load_inventory(p)["s"]
+        assert (spec.transport, spec.os) == ("serialx", "android")
+        t = inv.open_transport(spec)
+        assert isinstance(t, SerialTransport) and t.baud == 9600 and t.name == "serialx"
+    finally:
+        TRANSPORTS.pop("serialx")
 
 
 @pytest.mark.parametrize("field,value", [("port", 99999), ("port", 0), ("adb_port", 70000)])

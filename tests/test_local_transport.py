@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from device_agents.local import LocalTransport, sha256_file
+from device_agents.files import sha256_file
+from device_agents.local import LocalTransport
 from device_agents.transport import TRANSPORTS
 from edgelr.errors import DeviceError
 

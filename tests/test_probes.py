@@ -71,7 +71,9 @@ def test_proc_status_and_time_v() -> None:
 
 
 def test_dumpsys_thermal_reads_the_hal_block_not_the_cache() -> None:
-    temps = probes.parse_dumpsys_thermal(read("dumpsys_thermalservice.txt"))
+    from device_agents.android import parse_thermalservice
+
+    temps = parse_thermalservice(read("dumpsys_thermalservice.txt")).by_name()
     assert temps == {"CPU0": 62.5, "CPU1": 60.25, "battery": 34.1, "skin": 38.9}
 
 
@@ -101,6 +103,22 @@ def test_read_temperatures_skips_unreadable_zones(t: LocalTransport) -> None:
     assert probes.max_temperature(temps) == 52.0
     assert probes.read_temperatures(t, root=str(FIX / "sysfs_none"), vcgencmd="edgelr-test-no-vcgencmd") == {}
     assert math.isnan(probes.max_temperature({}))
+
+
+def test_a_registered_thermal_probe_is_read_in_the_same_round_trip(t: LocalTransport) -> None:
+    class FixedProbe(probes.ThermalProbe):
+        def command(self) -> str:
+            return "echo 41500"
+
+        def parse(self, text: str) -> dict[str, float]:
+            return {"fixed": probes.parse_millidegrees(text)} if text.strip() else {}
+
+    probes.THERMAL_PROBES.register("fixed", priority=0)(FixedProbe)
+    try:
+        temps = probes.read_temperatures(t, root=str(FIX / "sysfs_x86"), vcgencmd="edgelr-test-no-vcgencmd")
+    finally:
+        probes.THERMAL_PROBES.pop("fixed")
+    assert temps == {"zone0:acpitz": 27.8, "zone1:x86_pkg_temp": 52.0, "fixed": 41.5}
 
 
 def test_vcgencmd_readers_with_a_stand_in_vcgencmd(t: LocalTransport, tmp_path: Path) -> None:

@@ -1,1 +1,2 @@
-"""Benchmark orchestration, benchmark-tool output parsing and the long results frame."""
+"""Benchmark orchestration (:mod:`.run`), the per-OS harnesses (:mod:`.harnesses`), benchmark-tool output
+parsing (:mod:`.parse`, :mod:`.parsers`) and the long results frame (:mod:`.frame`)."""

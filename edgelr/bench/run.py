@@ -24,7 +24,7 @@ sensor, time the throttling canary, run the benchmark program through its harnes
 ``taskset`` to the target's affinity mask where the device has it, peak RSS sampled from /proc while it
 runs), read the sensors again and turn everything into rows of :mod:`edgelr.bench.frame`.
 
-Transport- and OS-agnostic: everything OS/tool specific is in :mod:`edgelr.bench.harness`.
+Transport- and OS-agnostic: everything OS/tool specific is in :mod:`edgelr.bench.harnesses`.
 Results already gathered survive a failing model: they are written to ``settings.out`` after every
 session, and the error raised at the end carries them (``exc.partial_frame``). ``cancel`` (a
 ``threading.Event``) stops between sessions with :class:`~edgelr.errors.Interrupted`, rows kept.
@@ -43,11 +43,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from device_agents import probes
+from device_agents.files import sha256_file
 from device_agents.inventory import DeviceSpec
-from device_agents.transport import Transport
+from device_agents.transport import RunResult, Transport
 from edgelr.bench.frame import METRICS, new_run_id, to_frame, write_frame
-from edgelr.bench.harness import Harness, HarnessOutput, ProgramInfo, check_run, select_harness
-from edgelr.bench.parse import BenchOutput
+from edgelr.bench.harnesses import Harness, HarnessOutput, ProgramInfo, select_harness
+from edgelr.bench.output import BenchOutput
 from edgelr.errors import BenchmarkError, DeviceError, Interrupted, UsageError
 from edgelr.targets import get_target
 
@@ -121,12 +122,14 @@ class BenchSettings:
                 raise UsageError(f"--{name} {value!r}: expected a positive number of seconds")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _check_run(t: Transport, cmd: str, timeout: float, what: str) -> RunResult:
+    """Run ``cmd``; DeviceError naming ``what`` when it exits non-zero."""
+    res = t.run(cmd, timeout=timeout)
+    if res.exit_code != 0:
+        detail = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        raise DeviceError(f"{what} failed on the device (exit {res.exit_code}): "
+                          f"{detail[-1] if detail else 'no output'}")
+    return res
 
 
 class _Rows:
@@ -206,7 +209,7 @@ def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, pr
            harness: Harness, threads: int, mask: str) -> _Session:
     workdir = device.remote_workdir
     timeout = device.connect_timeout * 6
-    check_run(transport, f"mkdir -p {shlex.quote(workdir)}/models", timeout, f"creating workdir {workdir}")
+    _check_run(transport, f"mkdir -p {shlex.quote(workdir)}/models", timeout, f"creating workdir {workdir}")
     prog = harness.prepare(transport, workdir, timeout=max(timeout, 120.0))
     for message in prog.messages:  # e.g. a leftover benchmark of an earlier run was stopped
         progress(message)
@@ -219,7 +222,7 @@ def _setup(device: DeviceSpec, transport: Transport, settings: BenchSettings, pr
 
 
 def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session: _Session, model: BenchModel,
-             remote_model: str, sha: str, rep: int, settings: BenchSettings, run_id: str,
+             remote_model: str, sha: str, block: int, settings: BenchSettings, run_id: str,
              progress: Progress, target_name: str) -> list[dict[str, Any]]:
     notes: list[str] = list(session.prog.notes)
 
@@ -258,7 +261,7 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
 
     rows = _Rows({"run_id": run_id, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "device": device.name, "target": target_name, "transport": device.transport,
-                  "model": model.name, "model_sha256": sha, "repeat": rep, "tool": session.prog.tool,
+                  "model": model.name, "model_sha256": sha, "repeat": block, "tool": session.prog.tool,
                   "tool_version": bench.tool_version or session.prog.version, "threads": session.threads})
     _latency_rows(rows, bench)
     runner_rec = bench.extra.get("runner")
@@ -397,7 +400,7 @@ def benchmark(device: DeviceSpec, transport: Transport, models: "list[Path] | li
         session = _setup(device, transport, settings, say, harness, threads, mask)
         remote: dict[str, tuple[str, str]] = {}
         for m in items:
-            sha = sha256_of(m.path)
+            sha = sha256_file(m.path)
             remote[m.name] = (f"{session.workdir}/models/{sha[:12]}-{m.path.name}", sha)
             pushed = transport.push(m.path, remote[m.name][0], timeout=max(device.connect_timeout * 6, 120.0))
             say(f"{m.name}: {'pushed' if pushed else 'already on the device'}")

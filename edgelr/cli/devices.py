@@ -41,13 +41,13 @@ def devices() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_devices(inventory: str | None, as_json: bool) -> None:
     """List the inventory's devices (name, transport, target, address, benchmark program)."""
+    from device_agents.builtin import TRANSPORTS
     from device_agents.inventory import inventory_path, load_inventory
 
     devs = load_inventory(inventory)
     rows = []
     for d in devs.values():
-        where = {"ssh": f"{d.user + '@' if d.user else ''}{d.host}:{d.port or 22}",
-                 "adb": d.serial or f"{d.adb_host}:{d.adb_port}"}.get(d.transport, "this machine")
+        where = TRANSPORTS[d.transport].address(d)
         rows.append({"name": d.name, "transport": d.transport, "target": d.target, "os": d.os, "address": where,
                      "program": d.benchmark_binary or f"runner.py ({d.python})", "source": d.source})
     if as_json:
@@ -88,7 +88,7 @@ def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool,
     try:
         transport = open_transport(spec, **overrides)
         try:
-            _probe(spec, transport, report)
+            _inspect_device(spec, transport, report)
         finally:
             transport.close()
     except DeviceError as exc:
@@ -154,9 +154,10 @@ def _noise(spec: Any, overrides: dict[str, Any], model: Path | None, sessions: i
     return out
 
 
-def _probe(spec: Any, transport: Any, report: dict[str, Any]) -> None:
+def _inspect_device(spec: Any, transport: Any, report: dict[str, Any]) -> None:
+    """Fill ``report`` with what `devices check` shows; problems go to ``report["problems"]``."""
     from device_agents import probes
-    from edgelr.bench.harness import select_harness
+    from edgelr.bench.harnesses import select_harness
     from edgelr.errors import BenchmarkError
 
     res = transport.run("uname -s -m; getprop ro.product.cpu.abi 2>/dev/null; getprop ro.build.version.release "

@@ -126,7 +126,7 @@ def store_model(history: str | os.PathLike[str], path: str | os.PathLike[str], *
     """
     import shutil
 
-    from device_agents.local import sha256_file
+    from device_agents.files import sha256_file
 
     src = Path(path)
     sha = sha256_file(src)
