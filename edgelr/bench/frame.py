@@ -65,11 +65,13 @@ METRICS["rail_energy_per_inference"] = "mJ"  # per power rail (Pixel ODPM), note
 
 
 def new_run_id() -> str:
-    """A run id: UTC time (sortable) + 8 random hex digits, e.g. ``20261123T050102Z-1a2b3c4d``."""
-    import time
+    """A time-sortable run id: UTC time to the microsecond + 8 random hex digits,
+    ``YYYYmmddTHHMMSSffffffZ-<8 hex>`` (e.g. ``20261123T050102123456Z-1a2b3c4d``). One format for every
+    run that reaches the history (bench, regress, compress)."""
     import uuid
+    from datetime import datetime, timezone
 
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def to_frame(rows: list[dict[str, object]]) -> "pandas.DataFrame":  # noqa: F821 - pandas imported lazily

@@ -32,13 +32,12 @@ import socket
 import sqlite3
 import sys
 import time
-import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from edgelr.bench.frame import COLUMNS, METRICS, SCHEMA_VERSION as FRAME_VERSION
+from edgelr.bench.frame import COLUMNS, METRICS, SCHEMA_VERSION as FRAME_VERSION, new_run_id
 from edgelr.errors import HistoryError
 
 if TYPE_CHECKING:
@@ -242,11 +241,6 @@ def append_or_spool(frame: "pd.DataFrame", history: str | os.PathLike[str], **kw
             raise
         where = spool(frame, kwargs.get("run_id"))
         raise HistoryError(f"{exc}; the {len(frame)} measured rows are kept in {where}") from exc
-
-
-def new_run_id() -> str:
-    """A time-sortable run id: ``YYYYmmddTHHMMSSffffffZ-<8 hex>`` (UTC)."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def _now() -> str:
