@@ -1,21 +1,30 @@
-"""A host "benchmark_model" for the ADB stand-in device: a REAL LiteRT benchmark, LiteRT's output format.
+"""The tests' one stand-in for LiteRT's ``benchmark_model``, in two modes.
 
-The stand-in phone (tests/adb_standin.py) cannot run the Android ``benchmark_model`` binary, so the
-tests push this program (through :func:`write_launcher`, a small ``#!/bin/sh`` file that ``exec``\\ s it,
-keeping the PID the harness samples) in its place. It really loads the model with ai-edge-litert's
-interpreter (XNNPACK), really times ``--warmup_runs`` + ``--num_runs`` invocations on random inputs,
-and prints what LiteRT's C++ ``benchmark_model`` prints (``INFO:`` prefixed parameter lines, two stats
-lines in microseconds, ``Inference timings in us: ...``, the memory lines). Like the real tool it
-accepts unknown flags but reports ``Unconsumed cmdline flags: ...``, and a bad model ends with
-``Benchmarking failed.`` on stderr and exit code 1.
+Tests install it with :func:`write_launcher` (a small ``#!/bin/sh`` file that ``exec``\\ s this program,
+keeping the PID the harness samples) where a ``benchmark_model`` binary would be.
 
-The timings are the host's, not a phone's: tests check that figures travel end to end, not their size.
+**Real** (default; the ADB stand-in phone, tests/adb_standin.py, cannot run the Android binary): it
+really loads the model with ai-edge-litert's interpreter (XNNPACK), really times ``--warmup_runs`` +
+``--num_runs`` invocations on random inputs, and prints what LiteRT's C++ ``benchmark_model`` prints
+(``INFO:`` prefixed parameter lines, two stats lines in microseconds, ``Inference timings in us: ...``,
+the memory lines). The timings are the host's, not a phone's: tests check that figures travel end to
+end, not their size.
+
+**Replay** (``write_launcher(..., replay=golden_file)``; orchestration tests that need exact figures):
+prints a golden ``benchmark_model`` output after ``sleep_s`` seconds, appends its argv and CPU affinity
+to ``log`` and writes ``counter = (file, text)`` (e.g. a fixture RAPL counter) before printing. A model
+whose path contains ``slow`` takes 30 s.
+
+In both modes, like the real tool, it accepts unknown flags but reports ``Unconsumed cmdline flags:
+...``, and a bad model (in replay mode: a path containing ``corrupt``) ends with ``ERROR: Failed to mmap
+model ...``, ``Benchmarking failed.`` on stderr and exit code 1.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -75,7 +84,38 @@ def _loop(invoke, min_runs: int, min_secs: float, max_secs: float, delay: float)
             time.sleep(delay)
 
 
+def _fail_to_load(graph: Path, first: str) -> int:
+    print(f"ERROR: {first}", file=sys.stderr)
+    print(f"ERROR: Failed to mmap model {graph}", file=sys.stderr)
+    print("Benchmarking failed.", file=sys.stderr, flush=True)
+    return 1
+
+
+def replay_golden(argv: list[str], golden: Path) -> int:
+    """Replay mode (see the module docstring); settings come from the launcher's environment."""
+    flags, unconsumed = parse_flags(argv)
+    log = os.environ.get("EDGELR_FAKE_BM_LOG")
+    if log:
+        mask = sum(1 << cpu for cpu in os.sched_getaffinity(0))
+        with open(log, "a") as fh:
+            fh.write(" ".join(argv) + "\n" + f"pid {os.getpid()}'s current affinity mask: {mask:x}\n")
+    if unconsumed:
+        print(f"ERROR: Unconsumed cmdline flags: {' '.join(unconsumed)}", file=sys.stderr, flush=True)
+    graph = Path(flags["graph"])
+    if "corrupt" in graph.name:
+        return _fail_to_load(graph, f"The model is not a valid Flatbuffer buffer: {graph}")
+    time.sleep(30.0 if "slow" in graph.name else float(os.environ.get("EDGELR_FAKE_BM_SLEEP", "0")))
+    counter = os.environ.get("EDGELR_FAKE_BM_COUNTER")
+    if counter:
+        Path(counter).write_text(os.environ.get("EDGELR_FAKE_BM_COUNTER_TEXT", "") + "\n")
+    sys.stdout.write(golden.read_text())
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    golden = os.environ.get("EDGELR_FAKE_BM_REPLAY")
+    if golden:
+        return replay_golden(argv, Path(golden))
     t_start = time.perf_counter()
     rss0 = _rss_mb()
     flags, unconsumed = parse_flags(argv)
@@ -99,10 +139,7 @@ def main(argv: list[str]) -> int:
         init_us = (time.perf_counter() - t0) * 1e6
     except Exception as exc:  # noqa: BLE001  the real tool reports any load failure the same way
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"ERROR: {first}", file=sys.stderr)
-        print(f"ERROR: Failed to mmap model {graph}", file=sys.stderr)
-        print("Benchmarking failed.", file=sys.stderr, flush=True)
-        return 1
+        return _fail_to_load(graph, first)
     info(f"#threads used for CPU inference: [{max(int(flags['num_threads']), 1)}]")
     info(f"Loaded model {graph}")
     info("Created TensorFlow Lite XNNPACK delegate for CPU.")
@@ -144,9 +181,24 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def write_launcher(path: Path, python: str | None = None) -> Path:
-    """Write an executable ``#!/bin/sh`` "benchmark_model" that execs this program (same PID)."""
-    path.write_text(f"#!/bin/sh\nexec '{python or sys.executable}' '{Path(__file__).resolve()}' \"$@\"\n")
+def write_launcher(path: Path, python: str | None = None, *, replay: Path | None = None,
+                   log: Path | None = None, sleep_s: float = 0.0,
+                   counter: tuple[Path, str] | None = None) -> Path:
+    """Write an executable ``#!/bin/sh`` "benchmark_model" that execs this program (same PID).
+
+    With ``replay`` (a golden output file) it runs in replay mode: ``log``, ``sleep_s`` and ``counter``
+    as in the module docstring.
+    """
+    env: dict[str, str] = {}
+    if replay is not None:
+        env.update(EDGELR_FAKE_BM_REPLAY=str(replay), EDGELR_FAKE_BM_SLEEP=f"{sleep_s:g}")
+        if log is not None:
+            env["EDGELR_FAKE_BM_LOG"] = str(log)
+        if counter is not None:
+            env.update(EDGELR_FAKE_BM_COUNTER=str(counter[0]), EDGELR_FAKE_BM_COUNTER_TEXT=counter[1])
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    path.write_text(f"#!/bin/sh\n{exports}exec {shlex.quote(python or sys.executable)} "
+                    f"{shlex.quote(str(Path(__file__).resolve()))} \"$@\"\n")
     path.chmod(0o755)
     return path
 

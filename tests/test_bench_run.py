@@ -1,6 +1,6 @@
-"""edgelr.bench.run orchestration over the local transport with a stand-in benchmark_model (a POSIX-sh
-script that prints a golden benchmark_model output) and a fixture /sys tree with RAPL and thermal zones.
-Also the memwrap POSIX-sh wrapper under dash and busybox sh."""
+"""edgelr.bench.run orchestration over the local transport with the stand-in benchmark_model
+(tests/fake_benchmark_model.py replaying a golden benchmark_model output) and a fixture /sys tree with RAPL
+and thermal zones. Also the memwrap POSIX-sh wrapper under dash and busybox sh."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from edgelr.bench.harnesses import select_harness
 from edgelr.bench.harnesses.linux import LitertRunnerHarness
 from edgelr.bench.run import BenchSettings, benchmark
 from edgelr.errors import BenchmarkError, DeviceError
+from tests.fake_benchmark_model import write_launcher
 
 FIX = Path(__file__).parent / "fixtures"
 GOLDEN = FIX / "bench" / "bm_info_percentiles.txt"
@@ -31,22 +32,12 @@ def sysroot(tmp_path: Path) -> Path:
 
 
 def fake_benchmark_model(tmp_path: Path, sysroot: Path, sleep_s: float = 0.3) -> Path:
-    """A stand-in for LiteRT's benchmark_model: records its flags and affinity, bumps the RAPL counter
-    (a wrap-around: +2 J), prints the golden output; a model named *corrupt* fails like the real tool."""
-    script = tmp_path / "fake_benchmark_model.sh"
-    script.write_text(f"""#!/bin/sh
-echo "$@" >> {tmp_path}/args.txt
-taskset -p $$ >> {tmp_path}/args.txt 2>/dev/null
-case "$*" in
-  *corrupt*) cat {FIX / 'bench' / 'benchmarking_failed.txt'} >&2; exit 1 ;;
-  *slow*) sleep 30 ;;
-esac
-sleep {sleep_s}
-echo 671150 > {sysroot}/sys/class/powercap/intel-rapl:0/energy_uj
-cat {GOLDEN}
-""")
-    script.chmod(0o755)
-    return script
+    """The stand-in benchmark_model (tests/fake_benchmark_model.py) replaying the golden output: records its
+    flags and affinity, bumps the RAPL counter (a wrap-around: +2 J); a model named *corrupt* fails like
+    the real tool, one named *slow* takes 30 s."""
+    return write_launcher(tmp_path / "fake_benchmark_model.sh", replay=GOLDEN, log=tmp_path / "args.txt",
+                          sleep_s=sleep_s,
+                          counter=(sysroot / "sys/class/powercap/intel-rapl:0/energy_uj", "671150"))
 
 
 def device(tmp_path: Path, script: Path, **kw: object) -> DeviceSpec:
