@@ -44,7 +44,7 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     if not rows:
         return "(none)"
     cols = columns or list(rows[0])
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    cells = [[_cell_text(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     out.append("  ".join("-" * w for w in widths))
@@ -53,7 +53,8 @@ def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     return "\n".join(out)
 
 
-def _fmt(v: Any) -> str:
+def _cell_text(v: Any) -> str:
+    """One table cell: floats to 4 significant digits (NaN blank), ints with thousands separators."""
     if v is None:
         return ""
     if isinstance(v, float):
@@ -63,7 +64,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     if isinstance(v, (list, tuple)):
-        return ",".join(_fmt(x) for x in v)
+        return ",".join(_cell_text(x) for x in v)
     return str(v)
 
 
