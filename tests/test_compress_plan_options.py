@@ -63,3 +63,39 @@ def test_search_passes_every_option_but_min_reduction(monkeypatch: pytest.Monkey
         search_and_run(runner, resolve_plan_options(opts, get_target("host")), lambda msg: None)
     assert {k: seen[0][k] for k in CHOSEN} == {**CHOSEN, "min_reduction": None}
     assert seen[0]["allocate"] == "latency" and seen[0]["min_efficiency"] == 0.5
+
+
+def test_plan_options_is_the_one_resolution() -> None:
+    """Target defaults are applied by one function; resolving resolved options changes nothing."""
+    from edgelr.errors import FactorizeError
+    from edgelr.rewrite.options import plan_options
+
+    tgt = get_target("host")
+    opts = plan_options("host")
+    assert opts.target == tgt and (opts.method, opts.rank_policy) == (tgt.method, tgt.rank_policy)
+    assert plan_options(**opts.kwargs()) == opts
+    defaults = CompressOptions()
+    assert resolve_plan_options(defaults, tgt) == plan_options(tgt, min_reduction=defaults.min_reduction)
+    bare = plan_options()
+    assert bare.target is None and (bare.method, bare.rank_policy) == ("auto", "vbmf")
+    with pytest.raises(FactorizeError, match="method: got 'svd3'"):
+        plan_options(method="svd3")
+
+
+def test_public_api_resolves_through_plan_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``edgelr.factorize_model`` -> ``plan_factorization`` hands every plan option to ``plan_options``."""
+    import edgelr
+    import edgelr.rewrite.model as model_module
+
+    seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        seen.append((args, kwargs))
+        raise _Stop
+
+    monkeypatch.setattr(model_module, "check_model", lambda model: None)
+    monkeypatch.setattr(model_module, "plan_options", record)
+    with pytest.raises(_Stop):
+        edgelr.factorize_model(object(), target="host", progress=False, **CHOSEN)
+    args, kwargs = seen[0]
+    assert args == ("host",) and kwargs == CHOSEN

@@ -8,7 +8,7 @@ import click
 
 from edgelr.cli._common import echo_json, info, table
 from edgelr.rewrite import methods
-from edgelr.rewrite.model import ALLOCATIONS
+from edgelr.rewrite.options import ALLOCATIONS
 
 METHOD_CHOICES = ["auto", *methods()]
 """``--method``: ``auto`` (each layer's preferred rewriter) or any registered method."""

@@ -368,7 +368,6 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         raise UsageError(f"compress: unknown option(s) {unknown}; valid: {sorted(CompressOptions.__dataclass_fields__)}")
     opts = CompressOptions(**options)
     tgt = get_target(target, opts.targets_file)
-    plan_options = resolve_plan_options(opts, tgt)
     quantization = check_quantization(opts.quantize or tgt.quantization, tgt.io_dtype)
     out = check_out_dir(out_dir, force)
     if opts.epochs < 0 or opts.qat_epochs < 0 or opts.batch_size < 1:
@@ -382,13 +381,13 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         except EdgelrError as exc:
             raise UsageError(f"--rank-policy: {exc}") from None
     if opts.layer_policies is not None:
-        from edgelr.rewrite.model import check_layer_policies
+        from edgelr.rewrite.options import check_layer_policies
 
         try:
             opts.layer_policies = check_layer_policies(opts.layer_policies)
         except EdgelrError as exc:
             raise UsageError(f"--layer-policy: {exc}") from None
-    from edgelr.rewrite.model import check_allocate, check_min_efficiency
+    from edgelr.rewrite.options import check_allocate, check_min_efficiency
 
     for flag, check, value in (("--min-efficiency", check_min_efficiency, opts.min_efficiency),
                                ("--allocate", check_allocate, opts.allocate)):
@@ -396,6 +395,7 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
             check(value)
         except EdgelrError as exc:
             raise UsageError(f"{flag}: {exc}") from None
+    plan_options = resolve_plan_options(opts, tgt)  # after the checks: their errors name the CLI flags
     if isinstance(model, (str, os.PathLike)) and not Path(model).exists():
         from edgelr.errors import ModelLoadError
 
@@ -439,7 +439,7 @@ def _layers_table(original: Any, attempt: Attempt) -> Any:
 
     from edgelr.rewrite import walk_layers
     from edgelr.rewrite.cost import layer_cost
-    from edgelr.rewrite.model import REPORT_COLUMNS
+    from edgelr.rewrite import REPORT_COLUMNS
 
     rep = attempt.factor_report
     frame = rep.copy() if isinstance(rep, pd.DataFrame) else pd.DataFrame(rep or [], columns=REPORT_COLUMNS)

@@ -5,8 +5,14 @@ Public API:
 - :func:`factorize_model` ``(model, ...) -> (new_model, report)``: plan + build in one call.
 - :func:`plan_factorization` / :func:`build_factorized`: decompose each layer once, then materialize at
   any ranks (accuracy-aware rank search).
+- :func:`plan_options`: the one resolution of the plan options (the target's defaults) every path uses.
 - :func:`layer_cost` ``(layer) -> (params, macs)`` and :func:`applicable_methods` ``(layer) -> list[str]``.
 - :func:`register_rewriter`: how a layer rewriter joins (see :mod:`edgelr.rewrite.registry`).
+
+Modules: :mod:`~edgelr.rewrite.registry` (rewriters), :mod:`~edgelr.rewrite.options` (plan options),
+:mod:`~edgelr.rewrite.plan` (plan data and rules), :mod:`~edgelr.rewrite.model` (plan and build),
+:mod:`~edgelr.rewrite.allocate` (model-wide ranks), :mod:`~edgelr.rewrite.rebuild` (config surgery),
+:mod:`~edgelr.rewrite.cost` (params, MACs, latency estimate), one module per layer kind.
 
 Importing this package does not import TensorFlow.
 """
@@ -16,17 +22,10 @@ from __future__ import annotations
 from typing import Any
 
 from edgelr.rewrite.cost import layer_cost, model_cost
-from edgelr.rewrite.model import (
-    REPORT_COLUMNS,
-    FactorizationPlan,
-    LayerPlan,
-    build_factorized,
-    check_layer_policies,
-    layer_kind,
-    plan_factorization,
-    rebuild_with,
-    walk_layers,
-)
+from edgelr.rewrite.model import REPORT_COLUMNS, build_factorized, layer_kind, plan_factorization
+from edgelr.rewrite.options import PlanOptions, check_layer_policies, plan_options
+from edgelr.rewrite.plan import FactorizationPlan, LayerPlan
+from edgelr.rewrite.rebuild import rebuild_with, walk_layers
 from edgelr.rewrite.registry import applicable_methods, get_rewriter, methods, register_rewriter, rewriters
 
 # The rewriters edgelr ships. This line is the one place rewriter modules are imported, so their
@@ -37,6 +36,7 @@ __all__ = [
     "REPORT_COLUMNS",
     "FactorizationPlan",
     "LayerPlan",
+    "PlanOptions",
     "applicable_methods",
     "build_factorized",
     "check_layer_policies",
@@ -47,6 +47,7 @@ __all__ = [
     "methods",
     "model_cost",
     "plan_factorization",
+    "plan_options",
     "rebuild_with",
     "register_rewriter",
     "rewriters",
@@ -77,7 +78,7 @@ def factorize_model(
         Built Sequential or Functional model; never modified.
     method : str, optional
         ``auto`` or a registered method (:func:`methods`: ``svd``, ``svd-recurrent``, ``tucker2``, ``cp``,
-        ``spatial-svd``); default the target's method, else ``auto``.
+        ``spatial-svd``); default the target's method, else ``auto`` (:func:`plan_options`).
     rank_policy : str, optional
         ``vbmf`` | ``energy:F`` | ``params:F`` | ``macs:F`` | ``rank:N``; default the target's, else ``vbmf``.
     target : str or edgelr.targets.Target, optional

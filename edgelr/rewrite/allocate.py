@@ -34,12 +34,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from edgelr.rewrite.cost import latency_estimate
-from edgelr.rewrite.model import rule_reason
+from edgelr.rewrite.plan import Allocation, FactorizationPlan, LayerPlan, rule_reason
 from edgelr.rewrite.registry import Ranks
 
 MAX_STEPS = 64
@@ -59,31 +58,6 @@ class Option:
     latency: float
 
 
-@dataclass
-class Allocation:
-    """The result of :func:`allocate_ranks`.
-
-    Attributes
-    ----------
-    ranks : dict
-        Qualified layer name -> chosen ranks, or None for a layer left as is (participating layers only).
-    budget, used : (params, latency)
-        The policy ranks' totals over the participating layers, and the allocation's.
-    loss_policy, loss : float
-        Summed loss (``-log`` of each layer's kept weight energy, from its error proxy) at the policy ranks
-        and at the allocation.
-    improved : bool
-        False when the policy's own ranks were kept (no feasible assignment was faster or, as fast, lost less).
-    """
-
-    ranks: dict[str, Ranks | None]
-    budget: tuple[int, float]
-    used: tuple[int, float]
-    loss_policy: float
-    loss: float
-    improved: bool
-
-
 def rank_ladder(full: int, multiple: int) -> list[int]:
     """Ranks tried for one mode: multiples of ``multiple`` (coarsened to at most ``MAX_STEPS``) and ``full``."""
     multiple = max(1, int(multiple))
@@ -91,7 +65,7 @@ def rank_ladder(full: int, multiple: int) -> list[int]:
     return list(range(step, full, step)) + [full]
 
 
-def _option(plan: Any, lp: Any, ranks: Ranks | None) -> Option:
+def _option(plan: FactorizationPlan, lp: LayerPlan, ranks: Ranks | None) -> Option:
     """Layer ``lp`` left as is (``ranks`` None) or rewritten at ``ranks``: error proxy, params, est. latency."""
     rw = lp.rewriter
     if ranks is None:
@@ -102,10 +76,10 @@ def _option(plan: Any, lp: Any, ranks: Ranks | None) -> Option:
                   latency_estimate(macs, rw.outputs(lp.layer, ranks), plan.output_cost))
 
 
-def layer_options(plan: Any, path: str, min_reduction: float | None,
+def layer_options(plan: FactorizationPlan, path: str, min_reduction: float | None,
                   min_efficiency: float | None) -> list[Option] | None:
     """Every admissible option of one planned layer (first: left as is), or None when it cannot take part.
-    An option is admissible when it passes the plan's rules (:func:`edgelr.rewrite.model.rule_reason`)."""
+    An option is admissible when it passes the plan's rules (:func:`edgelr.rewrite.plan.rule_reason`)."""
     lp = plan.layers[path]
     rw = lp.rewriter
     if rw is None or lp.decomposition is None or lp.ranks is None:
@@ -138,7 +112,7 @@ def _loss(error: float) -> float:
     return -math.log(max(1.0 - float(error), 1e-6))
 
 
-def _policy_option(plan: Any, path: str) -> Option:
+def _policy_option(plan: FactorizationPlan, path: str) -> Option:
     """The option the per-layer policy chose (its ranks, or 'as is' when the plan skipped the layer)."""
     lp = plan.layers[path]
     return _option(plan, lp, None if lp.skipped else lp.ranks)
@@ -199,7 +173,7 @@ def _polish(pick: np.ndarray, objective: np.ndarray, costs: list[tuple[np.ndarra
     return pick
 
 
-def allocate_ranks(plan: Any, paths: list[str], min_reduction: float | None = None,
+def allocate_ranks(plan: FactorizationPlan, paths: list[str], min_reduction: float | None = None,
                    min_efficiency: float | None = None) -> Allocation:
     """Re-choose the ranks of ``paths`` (planned layers): fastest by the estimate within the policy's totals.
 
@@ -220,6 +194,7 @@ def allocate_ranks(plan: Any, paths: list[str], min_reduction: float | None = No
     Returns
     -------
     Allocation
+        (:class:`edgelr.rewrite.plan.Allocation`, kept by the plan as ``plan.allocation``)
     """
     table: dict[str, list[Option]] = {}
     for path in paths:

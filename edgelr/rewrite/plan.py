@@ -1,0 +1,176 @@
+"""A rank plan: what :func:`edgelr.rewrite.plan_factorization` decided for each layer, and the rules it keeps.
+
+:class:`FactorizationPlan` holds one :class:`LayerPlan` per factorizable layer (its rewriter, its full
+decomposition, the policy ranks) and, with ``allocate="latency"``, the :class:`Allocation` that re-chose
+them model-wide (:mod:`edgelr.rewrite.allocate`). :func:`rule_reason` is the one test both the per-layer
+policy and the allocation apply to a rewrite: enough reduction (``min_reduction``), enough estimated
+speed-up for it (``min_efficiency``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgelr.errors import FactorizeError
+from edgelr.rewrite.cost import latency_estimate
+from edgelr.rewrite.registry import Cost, Ranks, Rewriter
+
+
+@dataclass
+class LayerPlan:
+    """What the plan knows about one factorizable layer.
+
+    Attributes
+    ----------
+    path : str
+        Qualified layer name (``inner/conv3`` for a layer of nested model ``inner``).
+    layer : tf_keras layer
+        The caller's layer (read only).
+    kind : str
+        Human label (``Conv2D 3x3``, ``Dense``, ``LSTM``...).
+    method : str
+        Method of ``rewriter`` ('' when none applies).
+    rewriter : Rewriter or None
+    decomposition : object
+        The rewriter's full decomposition (None when skipped before decomposing).
+    full_ranks : tuple of int
+        Ranks at which the rewrite is exact.
+    cost_before : (int, int)
+        ``(params, macs)`` of the original layer.
+    ranks : tuple of int or None
+        Ranks chosen by the rank policy (None when skipped before selection).
+    cost_after : (int, int) or None
+        ``(params, macs)`` of the rewrite at ``ranks``.
+    skipped : bool
+        True when the plan leaves this layer as is; ``reason`` says why.
+    policy : str
+        The rank policy that chose ``ranks`` (the global one or a ``layer_policies`` override; '' when
+        the layer was skipped before rank selection).
+    est_speedup : float or None
+        Estimated latency of the layer over that of its rewrite at ``ranks``
+        (:func:`edgelr.rewrite.cost.latency_estimate`); None without an estimate (recurrent layers).
+    """
+
+    path: str
+    layer: Any
+    kind: str
+    method: str
+    rewriter: Rewriter | None
+    decomposition: Any = None
+    full_ranks: Ranks = ()
+    cost_before: Cost = (0, 0)
+    ranks: Ranks | None = None
+    cost_after: Cost | None = None
+    skipped: bool = False
+    reason: str = ""
+    policy: str = ""
+    est_speedup: float | None = None
+
+    def cost(self, ranks: Ranks) -> Cost:
+        """``(params, macs)`` of this layer's rewrite at ``ranks`` (no materialization)."""
+        if self.rewriter is None:
+            raise FactorizeError(f"layer '{self.path}' has no rewriter ({self.reason}); it cannot be rewritten")
+        return self.rewriter.cost(self.layer, self.rewriter.check_ranks(self.layer, ranks))
+
+
+@dataclass
+class Allocation:
+    """The result of :func:`edgelr.rewrite.allocate.allocate_ranks` (``plan.allocation``).
+
+    Attributes
+    ----------
+    ranks : dict
+        Qualified layer name -> chosen ranks, or None for a layer left as is (participating layers only).
+    budget, used : (params, latency)
+        The policy ranks' totals over the participating layers, and the allocation's.
+    loss_policy, loss : float
+        Summed loss (``-log`` of each layer's kept weight energy, from its error proxy) at the policy ranks
+        and at the allocation.
+    improved : bool
+        False when the policy's own ranks were kept (no feasible assignment was faster or, as fast, lost less).
+    """
+
+    ranks: dict[str, Ranks | None]
+    budget: tuple[int, float]
+    used: tuple[int, float]
+    loss_policy: float
+    loss: float
+    improved: bool
+
+
+@dataclass
+class FactorizationPlan:
+    """The per-layer decompositions and policy ranks of one model (see :func:`edgelr.rewrite.plan_factorization`).
+
+    ``layers`` maps qualified layer names to :class:`LayerPlan`, in model order; ``selected`` are the ranks a
+    plain :func:`edgelr.rewrite.build_factorized` call uses (layers the plan skips are absent). ``rank_policy`` is the
+    global policy, ``layer_policies`` the per-layer overrides (pattern -> policy, first match wins).
+    """
+
+    model: Any
+    layers: dict[str, LayerPlan]
+    method: str
+    rank_policy: str
+    multiple: int
+    floor: int
+    min_reduction: float | None
+    progress: bool = False
+    recurrent_unroll: bool | None = None
+    selected: dict[str, Ranks] = field(default_factory=dict)
+    layer_policies: dict[str, str] = field(default_factory=dict)
+    output_cost: float = 16.0
+    allocation: Allocation | None = None
+
+    def est_speedup(self, path: str, ranks: Ranks) -> float | None:
+        """Estimated latency speed-up of layer ``path`` rewritten at ``ranks`` (None: no estimate)."""
+        lp = self.layers[path]
+        if lp.rewriter is None:
+            return None
+        before, after = lp.rewriter.outputs(lp.layer, None), lp.rewriter.outputs(lp.layer, ranks)
+        if before is None or after is None:
+            return None
+        cost = lp.rewriter.cost(lp.layer, ranks)
+        return (latency_estimate(lp.cost_before[1], before, self.output_cost)
+                / max(latency_estimate(cost[1], after, self.output_cost), 1.0))
+
+    def candidates(self) -> list[str]:
+        """Qualified names of the layers that can be rewritten (have a rewriter and a decomposition)."""
+        return [p for p, lp in self.layers.items() if lp.rewriter is not None and lp.decomposition is not None]
+
+
+def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) -> str:
+    """'' when the rewrite saves enough, else why not. MACs are judged only when the layer has any."""
+    if min_reduction is None:
+        return ""
+    limit = 1.0 - float(min_reduction)
+    (p0, m0), (p1, m1) = before, after
+    bad = []
+    if p0 > 0 and p1 > limit * p0:
+        bad.append(f"params {p1 / p0:.0%}")
+    if m0 > 0 and m1 > limit * m0:
+        bad.append(f"MACs {m1 / m0:.0%}")
+    if bad:
+        return f"{' and '.join(bad)} of the original; needs <= {limit:.0%} (min_reduction={min_reduction:g})"
+    return ""
+
+
+def rule_reason(before: Cost, after: Cost, est_speedup: float | None, min_reduction: float | None,
+                min_efficiency: float | None, output_cost: float) -> str:
+    """Why a rewrite from ``before`` to ``after`` (params, MACs) breaks the plan's rules ('' when it does not):
+    too small a reduction (``min_reduction``), or an estimated speed-up below ``min_efficiency`` x its MAC
+    reduction. Shared by the per-layer policy and the model-wide allocation."""
+    reason = _reduction_reason(before, after, min_reduction)
+    if reason or min_efficiency is None or est_speedup is None or after[1] <= 0:
+        return reason
+    macs_x = before[1] / after[1]
+    if est_speedup < min_efficiency * macs_x:
+        return (f"estimated speed-up x{est_speedup:.2f} is below {min_efficiency:g} x its MAC reduction "
+                f"x{macs_x:.2f} (output-bound at {output_cost:g} MAC-equivalents per output element; "
+                f"min_efficiency={min_efficiency:g})")
+    return ""
+
+
+def fmt_ranks(ranks: Ranks | None) -> str:
+    """``16x8`` ('' for None)."""
+    return "" if ranks is None else "x".join(str(r) for r in ranks)
