@@ -24,37 +24,23 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def tfk() -> Any:
-    from edgelr.tfcompat import keras2
-
-    return keras2()
-
-
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    from edgelr.tfcompat import keras3
-
-    return keras3()
-
-
-@pytest.fixture(scope="module")
-def tf_keras_model(tfk: Any) -> Any:
-    L = tfk.layers
-    inp = tfk.Input((6, 6, 2), name="image")
+def tf_keras_model(tf_keras: Any) -> Any:
+    L = tf_keras.layers
+    inp = tf_keras.Input((6, 6, 2), name="image")
     x = L.Conv2D(4, 3, activation="relu")(inp)
     x = L.BatchNormalization()(x)
     x = L.Flatten()(x)
     out = L.Dense(3, activation="softmax", name="probs")(x)
-    model = tfk.Model(inp, out, name="small")
+    model = tf_keras.Model(inp, out, name="small")
     rng = np.random.default_rng(0)
     model.set_weights([rng.normal(size=w.shape).astype("float32") ** 2 for w in model.get_weights()])
     return model
 
 
 @pytest.fixture(scope="module")
-def keras3_model(keras: Any) -> Any:
-    L = keras.layers
-    return keras.Sequential([keras.Input((5,)), L.Dense(4, activation="relu"), L.Dense(2)], name="k3")
+def keras3_model(keras3: Any) -> Any:
+    L = keras3.layers
+    return keras3.Sequential([keras3.Input((5,)), L.Dense(4, activation="relu"), L.Dense(2)], name="k3")
 
 
 X_IMG = np.random.default_rng(1).normal(size=(2, 6, 6, 2)).astype("float32")
@@ -156,13 +142,13 @@ def test_weights_only_files_are_rejected(keras3_model: Any, tf_keras_model: Any,
             edgelr.load_model(path)
 
 
-def test_unknown_custom_layer_in_tf_keras_file(tfk: Any, tmp_path: Path) -> None:
-    class Doubler(tfk.layers.Layer):
+def test_unknown_custom_layer_in_tf_keras_file(tf_keras: Any, tmp_path: Path) -> None:
+    class Doubler(tf_keras.layers.Layer):
         def call(self, x: Any) -> Any:
             return 2.0 * x
 
-    inp = tfk.Input((3,))
-    tfk.Model(inp, Doubler(name="dbl")(inp)).save(tmp_path / "c.h5")
+    inp = tf_keras.Input((3,))
+    tf_keras.Model(inp, Doubler(name="dbl")(inp)).save(tmp_path / "c.h5")
     with pytest.raises(ModelLoadError, match=r"Doubler.*--custom-objects"):
         edgelr.load_model(tmp_path / "c.h5")
     model = edgelr.load_model(tmp_path / "c.h5", custom_objects={"Doubler": Doubler})
@@ -185,10 +171,10 @@ def test_detect_format_does_not_need_tensorflow(tmp_path: Path) -> None:
     assert detect_format(tmp_path / "m.keras").is_keras3
 
 
-def test_unbuilt_keras3_model_is_rejected(keras: Any, tmp_path: Path) -> None:
+def test_unbuilt_keras3_model_is_rejected(keras3: Any, tmp_path: Path) -> None:
     import warnings
 
-    model = keras.Sequential([keras.layers.Dense(3)])
+    model = keras3.Sequential([keras3.layers.Dense(3)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.save(tmp_path / "unbuilt.keras")
@@ -196,13 +182,13 @@ def test_unbuilt_keras3_model_is_rejected(keras: Any, tmp_path: Path) -> None:
         edgelr.load_model(tmp_path / "unbuilt.keras")
 
 
-def test_keras3_file_with_unknown_custom_class(keras: Any, tmp_path: Path) -> None:
-    class Halver(keras.layers.Layer):  # not registered: Keras 3 cannot find it when reading
+def test_keras3_file_with_unknown_custom_class(keras3: Any, tmp_path: Path) -> None:
+    class Halver(keras3.layers.Layer):  # not registered: Keras 3 cannot find it when reading
         def call(self, x: Any) -> Any:
             return 0.5 * x
 
-    inp = keras.Input((3,))
-    keras.Model(inp, Halver(name="half")(inp)).save(tmp_path / "h.keras")
+    inp = keras3.Input((3,))
+    keras3.Model(inp, Halver(name="half")(inp)).save(tmp_path / "h.keras")
     with pytest.raises(ModelLoadError) as err:
         edgelr.load_model(tmp_path / "h.keras")
     msg = str(err.value)

@@ -19,13 +19,6 @@ from tests.keras_util import perturb_batchnorm
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    from edgelr.tfcompat import keras3
-
-    return keras3()
-
-
 def _check_application(model: Any, path: Path, rng: np.random.Generator) -> dict[str, Any]:
     model.save(path)
     loaded, info = load_model_with_info(path)
@@ -40,9 +33,9 @@ def _check_application(model: Any, path: Path, rng: np.random.Generator) -> dict
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_application(keras: Any, tmp_path: Path) -> None:
+def test_mobilenet_v2_application(keras3: Any, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    model = keras.applications.MobileNetV2(
+    model = keras3.applications.MobileNetV2(
         weights=None, alpha=0.35, input_shape=(96, 96, 3), classifier_activation=None
     )
     assert perturb_batchnorm(model, rng, mean_scale=0.3) == 52
@@ -54,10 +47,10 @@ def test_mobilenet_v2_application(keras: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mobilenet_v3_small_application_with_keras_ops_in_graph(keras: Any, tmp_path: Path) -> None:
+def test_mobilenet_v3_small_application_with_keras_ops_in_graph(keras3: Any, tmp_path: Path) -> None:
     """MobileNetV3's graph holds keras.ops nodes (``x + 3.0``) and hard_sigmoid/hard_swish activations."""
     rng = np.random.default_rng(1)
-    model = keras.applications.MobileNetV3Small(
+    model = keras3.applications.MobileNetV3Small(
         weights=None, input_shape=(96, 96, 3), classifier_activation=None, include_preprocessing=True
     )
     perturb_batchnorm(model, rng, mean_scale=0.3)
@@ -74,13 +67,13 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return x, data.target.astype("int64")
 
 
-def test_cnn_trained_in_keras3_on_digits(keras: Any, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
-    keras.utils.set_random_seed(0)
+def test_cnn_trained_in_keras3_on_digits(keras3: Any, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    keras3.utils.set_random_seed(0)
     x, y = digits
-    L = keras.layers
-    model = keras.Sequential(
+    L = keras3.layers
+    model = keras3.Sequential(
         [
-            keras.Input((8, 8, 1)),
+            keras3.Input((8, 8, 1)),
             L.Conv2D(16, 3, padding="same", activation="relu"),
             L.BatchNormalization(),
             L.MaxPooling2D(),
