@@ -224,7 +224,8 @@ def test_fused_lstm_state_does_not_leak_between_samples(k2):
 
 
 def test_history_rows_of_a_compress_run(tmp_path):
-    from edgelr.compress.pipeline import CompressResult, _append_history
+    from edgelr.compress.outputs import append_history
+    from edgelr.compress.result import CompressResult
     from edgelr.report.history import load
 
     summary = {"metric": "accuracy", "quantization": "int8",
@@ -232,7 +233,7 @@ def test_history_rows_of_a_compress_run(tmp_path):
                "compressed": {"params": 400, "macs": 2000, "tflite_bytes": 1500, "tflite_score": 90.25}}
     res = CompressResult(summary=summary, report={}, layers=None, model=None, tflite=b"", baseline_tflite=b"",
                          out_dir=None, budget_met=None, message="")
-    _append_history(str(tmp_path / "hist"), res, "cnn", "rpi4")
+    append_history(str(tmp_path / "hist"), res, "cnn", "rpi4")
     frame = load(tmp_path / "hist", kinds=["compress"])
     got = {(r.model, r.metric): (r.value, r.unit) for r in frame.itertuples()}
     b = "cnn (baseline)"   # the names compress writes to names.json: bench picks them up

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from edgelr.compress.pipeline import CompressOptions, _factorize
-from edgelr.compress.plan_options import PlanOptions, resolve_plan_options
+from edgelr.compress.options import CompressOptions, resolve_plan_options
+from edgelr.compress.pipeline import _factorize
+from edgelr.rewrite.options import PlanOptions
 from edgelr.targets import get_target
 
 CHOSEN = {"method": "tucker2", "rank_policy": "energy:0.9", "layer_policies": "conv2d=rank:4",

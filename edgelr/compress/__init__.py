@@ -7,8 +7,13 @@ Modules (all import TensorFlow lazily, inside functions):
 - :mod:`edgelr.compress.qat`       quantization-aware training with tfmot for the layers it supports
 - :mod:`edgelr.compress.convert`   TFLite conversion (int8 full-integer, dynamic, float16, float32)
 - :mod:`edgelr.compress.validate`  running and checking a ``.tflite`` with ai-edge-litert
+- :mod:`edgelr.compress.options`   the run's options, checked up front; rank-plan options resolved once
+- :mod:`edgelr.compress.attempt`   one factorized model through fine-tune, QAT, conversion and validation
 - :mod:`edgelr.compress.search`    accuracy-aware per-layer rank search
-- :mod:`edgelr.compress.pipeline`  the whole job and its outputs (:func:`compress`)
+- :mod:`edgelr.compress.result`    summary, report and message of a run (:class:`CompressResult`)
+- :mod:`edgelr.compress.outputs`   the output files (written atomically), ``summary.md``, history rows
+- :mod:`edgelr.compress.names`     the model names of the outputs (``names.json``)
+- :mod:`edgelr.compress.pipeline`  the whole job (:func:`compress`)
 """
 
 from __future__ import annotations

@@ -27,7 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgelr.compress.attempt import Attempt, AttemptRunner
 from edgelr.compress.evaluate import drop, predict, score
+from edgelr.rewrite.options import PlanOptions
+from edgelr.rewrite.plan import FactorizationPlan, LayerPlan
 
 RATIOS: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 """Kept share of a layer's MACs (params for layers without MACs) tried in the sensitivity sweep."""
@@ -39,7 +42,7 @@ def _round_up(r: int, multiple: int, full: int) -> int:
     return max(1, min(full, r))
 
 
-def ranks_for_share(lp: Any, share: float, multiple: int) -> tuple[int, ...] | None:
+def ranks_for_share(lp: LayerPlan, share: float, multiple: int) -> tuple[int, ...] | None:
     """The largest ranks (full ranks scaled together, rounded up to ``multiple``) whose MACs (params when
     the layer has no MACs) are at most ``share`` of the original layer's; None when even rank 1 is too big."""
     full = tuple(int(f) for f in lp.full_ranks)
@@ -61,7 +64,8 @@ def ranks_for_share(lp: Any, share: float, multiple: int) -> tuple[int, ...] | N
     return best
 
 
-def _config_cost(plan: Any, config: dict[str, tuple[int, ...] | None], base: tuple[int, int]) -> tuple[int, int]:
+def _config_cost(plan: FactorizationPlan, config: dict[str, tuple[int, ...] | None],
+                 base: tuple[int, int]) -> tuple[int, int]:
     params, macs = base
     for path, ranks in config.items():
         if ranks is None:
@@ -73,8 +77,9 @@ def _config_cost(plan: Any, config: dict[str, tuple[int, ...] | None], base: tup
     return params, macs
 
 
-def search_and_run(runner: Any, plan_options: Any, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """Run the search (module docstring) with the attempt runner of :mod:`edgelr.compress.pipeline`; ``log`` reports progress.
+def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
+                   log: Callable[[str], None]) -> tuple[Attempt, dict[str, Any]]:
+    """Run the search (module docstring), each attempt through ``runner``; ``log`` reports progress.
 
     Returns
     -------
@@ -99,8 +104,8 @@ def search_and_run(runner: Any, plan_options: Any, log: Callable[[str], None]) -
 
     def evaluate(config: dict[str, Any]) -> tuple[Any, Any, float]:
         ranks = {p: config.get(p) for p in paths}
-        new, rep = build_factorized(model, plan, ranks, exact=False, progress=False)
-        return new, rep, score(predict(new, xs), ys, task)
+        new, factor_report = build_factorized(model, plan, ranks, exact=False, progress=False)
+        return new, factor_report, score(predict(new, xs), ys, task)
 
     shares: dict[str, list[tuple[float, tuple[int, ...]]]] = {}
     for p in paths:
@@ -165,13 +170,13 @@ def search_and_run(runner: Any, plan_options: Any, log: Callable[[str], None]) -
 
     slack = max(4.0 * budget, budget + 3.0)
     order = [c for c in candidates if c["val_drop"] <= slack] or candidates[-1:]
-    trials: list[Any] = []
+    trials: list[Attempt] = []
     current = order[0] if order else None
     while current is not None and len(trials) < max(1, o.max_trials):
         current["tried"] = True
-        new, rep = build_factorized(model, plan, {p: current["_cfg"].get(p) for p in paths}, exact=True,
-                                    progress=False)
-        attempt = runner.run(new, rep, current["label"])
+        new, factor_report = build_factorized(model, plan, {p: current["_cfg"].get(p) for p in paths}, exact=True,
+                                              progress=False)
+        attempt = runner.run(new, factor_report, current["label"])
         tfl = attempt.validation.accuracy if task.classifier else attempt.validation.loss
         current["tflite_score"], current["tflite_drop"] = tfl, attempt.tflite_drop
         trials.append(attempt)
@@ -185,8 +190,8 @@ def search_and_run(runner: Any, plan_options: Any, log: Callable[[str], None]) -
         if current is not None:
             log(f"rank search: over budget, backing off to {current['label']}")
     if not trials:  # no factorizable layer: fall back to the plan's policy ranks (keeps the model as is)
-        new, rep = build_factorized(model, plan, progress=False)
-        trials.append(runner.run(new, rep, "unfactorized"))
+        new, factor_report = build_factorized(model, plan, progress=False)
+        trials.append(runner.run(new, factor_report, "unfactorized"))
     met = [a for a in trials if a.tflite_drop <= budget]
     chosen = met[0] if met else min(trials, key=lambda a: a.tflite_drop)
     for c in candidates:

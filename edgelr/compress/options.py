@@ -1,0 +1,147 @@
+"""The options of a compress run (:class:`CompressOptions`), checked before any work, and the rank-plan
+options they resolve to (:func:`resolve_plan_options`, once per run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from edgelr.errors import EdgelrError, UsageError
+from edgelr.rewrite.options import (
+    PlanOptions,
+    check_allocate,
+    check_layer_policies,
+    check_min_efficiency,
+    plan_options,
+)
+from edgelr.targets import Target
+
+
+@dataclass
+class CompressOptions:
+    """Options of :func:`compress` (CLI flags in brackets).
+
+    Attributes
+    ----------
+    max_accuracy_drop : float or None
+        [--max-accuracy-drop] Accuracy budget in points for the final int8 model against the float
+        original (test split); enables the rank search. None = factorize per the rank policy.
+    method, rank_policy : str or None
+        [--method, --rank-policy] Factorization method and rank policy; default from the target profile.
+    layer_policies : dict of str -> str, or None
+        [--layer-policy PATTERN=POLICY] Per-layer rank policies: fnmatch pattern on the layer name -> policy
+        spec; the first matching pattern wins, other layers follow ``rank_policy`` (see
+        :func:`edgelr.rewrite.plan_factorization`).
+    epochs : int
+        [--epochs] Distillation fine-tuning epochs (0 = none).
+    qat : bool
+        [--qat/--no-qat] Quantization-aware training before int8 conversion.
+    qat_epochs : int
+        Epochs of QAT fine-tuning.
+    quantize : str or None
+        [--quantize] int8 | float16 | dynamic | none; default the target's.
+    batch_size, learning_rate, temperature, alpha : distillation settings (see DistillConfig)
+    max_train : int or None
+        Use at most this many training samples per epoch (a new random draw each epoch).
+    calibration_samples : int
+        Representative samples for int8 calibration (drawn from the training split).
+    include, skip : list of str or None
+        Layer names to factorize only / never.
+    strip_names : bool
+        [--keep-names sets False] Strip internal tensor names from both ``.tflite`` files (smaller files,
+        same outputs; input/output names and signatures are kept).
+    min_reduction : float
+        A layer is factorized only if it saves at least this share of its MACs (or params).
+    min_efficiency : float or None
+        [--min-efficiency] Latency-aware skip: a layer is left as is when its estimated speed-up is below
+        this share of its MAC reduction (see :func:`edgelr.rewrite.plan_factorization`). None: off.
+    allocate : str
+        [--allocate] ``layer`` (each layer meets the rank policy) or ``latency`` (the policy sets the total
+        params and weight loss; ranks re-chosen model-wide for the least estimated latency, see
+        :func:`edgelr.rewrite.plan_factorization`).
+    search_subset : int
+        Validation samples used to score rank-search candidates.
+    max_trials : int
+        Fine-tune + convert + validate attempts of the rank search before giving up.
+    history : str or None
+        [--history] Results history directory; compress rows are appended there.
+    targets_file : str or None
+        [--targets] User target profiles.
+    seed : int
+    progress : bool
+        Progress bars and messages on stderr.
+    """
+
+    max_accuracy_drop: float | None = None
+    method: str | None = None
+    rank_policy: str | None = None
+    layer_policies: dict[str, str] | None = None
+    epochs: int = 3
+    qat: bool = True
+    qat_epochs: int = 1
+    quantize: str | None = None
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    temperature: float = 4.0
+    alpha: float = 0.7
+    max_train: int | None = None
+    calibration_samples: int = 256
+    include: list[str] | None = None
+    skip: list[str] | None = None
+    strip_names: bool = True
+    min_reduction: float = 0.1
+    min_efficiency: float | None = None
+    allocate: str = "layer"
+    search_subset: int = 1000
+    max_trials: int = 3
+    history: str | None = None
+    targets_file: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def check_options(options: dict[str, Any]) -> CompressOptions:
+    """``options`` (keyword arguments of :func:`edgelr.compress.compress`) as :class:`CompressOptions`,
+    each checked before any work; ``layer_policies`` normalised (:func:`edgelr.rewrite.check_layer_policies`).
+
+    Raises
+    ------
+    UsageError
+        An unknown option, or a bad value; the message names the CLI flag (``--rank-policy: ...``).
+    """
+    valid = sorted(f.name for f in fields(CompressOptions))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UsageError(f"compress: unknown option(s) {unknown}; valid: {valid}")
+    opts = CompressOptions(**options)
+    if opts.epochs < 0 or opts.qat_epochs < 0 or opts.batch_size < 1:
+        raise UsageError(f"epochs={opts.epochs}, qat_epochs={opts.qat_epochs}, batch_size={opts.batch_size}; "
+                         "expected epochs >= 0 and batch size >= 1")
+    if opts.rank_policy is not None:
+        from edgelr.factorize import parse_rank_policy
+
+        try:
+            parse_rank_policy(opts.rank_policy)
+        except EdgelrError as exc:
+            raise UsageError(f"--rank-policy: {exc}") from None
+    if opts.layer_policies is not None:
+        try:
+            opts.layer_policies = check_layer_policies(opts.layer_policies)
+        except EdgelrError as exc:
+            raise UsageError(f"--layer-policy: {exc}") from None
+    for flag, check, value in (("--min-efficiency", check_min_efficiency, opts.min_efficiency),
+                               ("--allocate", check_allocate, opts.allocate)):
+        try:
+            check(value)
+        except EdgelrError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+    return opts
+
+
+def resolve_plan_options(opts: CompressOptions, target: Target) -> PlanOptions:
+    """The rank-plan options of a run: ``opts``' plan fields through :func:`edgelr.rewrite.plan_options`,
+    which applies ``target``'s method and rank-policy defaults (the one place that does)."""
+    return plan_options(target, method=opts.method, rank_policy=opts.rank_policy,
+                        layer_policies=opts.layer_policies, include=opts.include, skip=opts.skip,
+                        min_reduction=opts.min_reduction, min_efficiency=opts.min_efficiency,
+                        allocate=opts.allocate)
