@@ -38,10 +38,6 @@ class MatrixSVD:
         arr = np.asarray(matrix, dtype=np.float32)
         return cls(arr, matrix_spectrum(arr.astype(np.float64)))
 
-    @property
-    def full_rank(self) -> int:
-        return int(min(self.matrix.shape))
-
     def tail_share(self, rank: int) -> float:
         """Share of the squared Frobenius norm beyond the ``rank`` largest singular values: the squared
         relative error of the truncated SVD at ``rank``."""
