@@ -115,49 +115,49 @@ class AttemptRunner:
         """Fine-tune ``model`` (in place), QAT, convert and validate it."""
         from edgelr.compress.qat import QatResult, calibrate_ranges, quantize_aware
 
-        d, t, o, log = self.data, self.task, self.opts, self.log
-        test_fact = score(predict(model, d.x_test), d.y_test, t)
-        log(f"[{label}] fine-tuning with distillation ({o.epochs} epoch(s) max)")
-        ft = distill(model, self.teacher, self.x_fit, self.y_fit, d.x_val, d.y_val, t,
-                     self.distill_config(o.epochs), progress=o.progress, desc=f"fine-tune {label}")
-        val_ft = ft.best_val if ft.best_val is not None else score(predict(model, d.x_val), d.y_val, t)
-        test_out = predict(model, d.x_test)
-        test_ft = score(test_out, d.y_test, t)
+        data, task, opts, log = self.data, self.task, self.opts, self.log
+        test_fact = score(predict(model, data.x_test), data.y_test, task)
+        log(f"[{label}] fine-tuning with distillation ({opts.epochs} epoch(s) max)")
+        ft = distill(model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
+                     self.distill_config(opts.epochs), progress=opts.progress, desc=f"fine-tune {label}")
+        val_ft = ft.best_val if ft.best_val is not None else score(predict(model, data.x_val), data.y_val, task)
+        test_out = predict(model, data.x_test)
+        test_ft = score(test_out, data.y_test, task)
         qat_ft = None
-        qat = QatResult(None, [], "QAT is off (--no-qat)" if not o.qat else
+        qat = QatResult(None, [], "QAT is off (--no-qat)" if not opts.qat else
                         f"QAT applies to int8 only (quantization is {self.quantization})")
         log(f"[{label}] converting to TFLite ({self.quantization})")
         conv = convert(model, self.quantization, io_dtype=self.io_dtype, representative=self.calibration,
-                       strip=o.strip_names)
+                       strip=opts.strip_names)
         int8_path: dict[str, Any] = {"used": "post-training" if self.quantization == "int8" else "none"}
-        if o.qat and self.quantization == "int8":
+        if opts.qat and self.quantization == "int8":
             qat = quantize_aware(model)
             if qat.applied:
                 log(f"[{label}] quantization-aware training ({len(qat.quantized_layers)} layer(s) QAT, "
                     f"{len(qat.float_layers)} float)")
-                calibrate_ranges(qat.model, self.calibration, batch_size=min(o.batch_size, len(self.calibration)))
-                qat_ft = distill(qat.model, self.teacher, self.x_fit, self.y_fit, d.x_val, d.y_val, t,
-                                 self.distill_config(o.qat_epochs, 0.2), progress=o.progress, desc=f"QAT {label}")
+                calibrate_ranges(qat.model, self.calibration, batch_size=min(opts.batch_size, len(self.calibration)))
+                qat_ft = distill(qat.model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
+                                 self.distill_config(opts.qat_epochs, 0.2), progress=opts.progress, desc=f"QAT {label}")
                 qat_conv = convert(qat.model, self.quantization, io_dtype=self.io_dtype,
-                                   representative=self.calibration, strip=o.strip_names)
+                                   representative=self.calibration, strip=opts.strip_names)
                 # keep whichever int8 model scores better on the validation split (a short QAT run on little
                 # data can end up worse than post-training quantization)
-                ptq_val = score(run_tflite(conv.content, d.x_val), d.y_val, t)
-                qat_val = score(run_tflite(qat_conv.content, d.x_val), d.y_val, t)
-                qat_better = qat_val >= ptq_val if t.higher_is_better else qat_val <= ptq_val
+                ptq_val = score(run_tflite(conv.content, data.x_val), data.y_val, task)
+                qat_val = score(run_tflite(qat_conv.content, data.x_val), data.y_val, task)
+                qat_better = qat_val >= ptq_val if task.higher_is_better else qat_val <= ptq_val
                 int8_path = {"used": "qat" if qat_better else "post-training", "val_qat_tflite": qat_val,
                              "val_post_training_tflite": ptq_val}
                 if qat_better:
                     conv = qat_conv
-                    test_out = predict(qat.model, d.x_test)
+                    test_out = predict(qat.model, data.x_test)
                 log(f"[{label}] int8 on validation: QAT {qat_val:.4g}, post-training {ptq_val:.4g}; "
                     f"using {int8_path['used']}")
             else:
                 log(f"[{label}] QAT not applied: {qat.error}")
-        val = validate_tflite(conv.content, d.x_test, d.y_test, reference=test_out, classifier=t.classifier,
-                              progress=o.progress)
+        val = validate_tflite(conv.content, data.x_test, data.y_test, reference=test_out, classifier=task.classifier,
+                              progress=opts.progress)
         params, macs = model_cost(model)
-        tfl_score = val.accuracy if t.classifier else val.loss
+        tfl_score = val.accuracy if task.classifier else val.loss
         return Attempt(model, factor_report, label, float(ft.initial_val or 0.0), test_fact, ft, val_ft, test_ft,
-                       qat, qat_ft, conv, val, params, macs, drop(self.original_test, float(tfl_score), t),
+                       qat, qat_ft, conv, val, params, macs, drop(self.original_test, float(tfl_score), task),
                        int8_path)

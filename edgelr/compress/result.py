@@ -95,26 +95,26 @@ class RunRecord:
 
 def assemble(record: RunRecord) -> CompressResult:
     """The result of a run: summary, report (``report.json``), layer table and the one-line message."""
-    setup, base, a, budget_met = record.setup, record.baseline, record.attempt, record.budget_met
+    setup, base, attempt, budget_met = record.setup, record.baseline, record.attempt, record.budget_met
     task, tgt, quantization, opts = setup.task, setup.target, setup.quantization, setup.options
     base_conv, base_val = base.conversion, base.validation
-    d = setup.data
+    data = setup.data
     o_params, o_macs = model_cost(setup.original)
-    tfl = a.validation.accuracy if task.classifier else a.validation.loss
+    tfl = attempt.validation.accuracy if task.classifier else attempt.validation.loss
     base_score = base_val.accuracy if task.classifier else base_val.loss
-    layers = layers_table(setup.original, a)
+    layers = layers_table(setup.original, attempt)
     not_factorized = [{"layer": str(r["layer"]), "reason": str(r["reason"])}
                       for _, r in layers.iterrows() if bool(r["skipped"])]
     summary = {
-        "model": setup.name, "target": tgt.name, "quantization": quantization, "io_dtype": a.conversion.io_dtype,
+        "model": setup.name, "target": tgt.name, "quantization": quantization, "io_dtype": attempt.conversion.io_dtype,
         "metric": task.metric,
         "original": {"score": base.test, "params": o_params, "macs": o_macs,
                      "tflite_bytes": base_conv.size_bytes, "tflite_score": base_score},
-        "compressed": {"score_float": a.test_finetuned, "params": a.params, "macs": a.macs,
-                       "tflite_bytes": a.conversion.size_bytes, "tflite_score": tfl},
-        "reduction": {"params_x": o_params / max(a.params, 1), "macs_x": o_macs / max(a.macs, 1),
-                      "tflite_size_x": base_conv.size_bytes / max(a.conversion.size_bytes, 1)},
-        "drop_points": a.tflite_drop,
+        "compressed": {"score_float": attempt.test_finetuned, "params": attempt.params, "macs": attempt.macs,
+                       "tflite_bytes": attempt.conversion.size_bytes, "tflite_score": tfl},
+        "reduction": {"params_x": o_params / max(attempt.params, 1), "macs_x": o_macs / max(attempt.macs, 1),
+                      "tflite_size_x": base_conv.size_bytes / max(attempt.conversion.size_bytes, 1)},
+        "drop_points": attempt.tflite_drop,
         "max_accuracy_drop": opts.max_accuracy_drop,
         "budget_met": budget_met,
         "seconds": record.seconds,
@@ -124,9 +124,9 @@ def assemble(record: RunRecord) -> CompressResult:
                    f"fine-tuned and converted as is: {task.metric} {_fmt_score(task, base.test)} -> "
                    f"{_fmt_score(task, tfl)} ({quantization} tflite)")
         if budget_met is False:
-            message += f"; accuracy budget NOT met ({a.tflite_drop:.2f} > {opts.max_accuracy_drop:g} points)"
+            message += f"; accuracy budget NOT met ({attempt.tflite_drop:.2f} > {opts.max_accuracy_drop:g} points)"
     elif budget_met is False:
-        message = (f"accuracy budget NOT met: the best configuration found loses {a.tflite_drop:.2f} points "
+        message = (f"accuracy budget NOT met: the best configuration found loses {attempt.tflite_drop:.2f} points "
                    f"(budget {opts.max_accuracy_drop:g}) at {summary['reduction']['macs_x']:.2f}x fewer MACs; "
                    "it was written anyway")
     else:
@@ -134,34 +134,36 @@ def assemble(record: RunRecord) -> CompressResult:
                    f"fewer params, {task.metric} {_fmt_score(task, base.test)} -> "
                    f"{_fmt_score(task, tfl)} ({quantization} tflite)"
                    + (f", within the {opts.max_accuracy_drop:g}-point budget" if budget_met else ""))
-    if a.validation.ops.custom_ops:
-        message += (f"; WARNING: model.tflite uses non-builtin ops {a.validation.ops.custom_ops} that a stock "
+    if attempt.validation.ops.custom_ops:
+        message += (f"; WARNING: model.tflite uses non-builtin ops {attempt.validation.ops.custom_ops} that a stock "
                     "LiteRT runtime may not have")
     report = {
         "summary": summary,
         "target": tgt.to_dict(),
         "options": {k: v for k, v in vars(opts).items() if k != "progress"},
-        "data": {"name": d.name, "sizes": d.sizes(), "num_classes": d.num_classes},
+        "data": {"name": data.name, "sizes": data.sizes(), "num_classes": data.num_classes},
         "task": {"classifier": task.classifier, "output": task.output, "metric": task.metric},
         "original": {"val": base.val, "test": base.test, "params": o_params, "macs": o_macs},
-        "factorized": {"label": a.label, "val_before_finetune": a.val_factorized,
-                       "test_before_finetune": a.test_factorized, "val_after_finetune": a.val_finetuned,
-                       "test_after_finetune": a.test_finetuned, "params": a.params, "macs": a.macs,
+        "factorized": {"label": attempt.label, "val_before_finetune": attempt.val_factorized,
+                       "test_before_finetune": attempt.test_factorized, "val_after_finetune": attempt.val_finetuned,
+                       "test_after_finetune": attempt.test_finetuned, "params": attempt.params, "macs": attempt.macs,
                        "layers_not_factorized": not_factorized},
-        "finetune": {"history": a.finetune.history, "best_epoch": a.finetune.best_epoch,
-                     "stopped_early": a.finetune.stopped_early, "seconds": a.finetune.seconds},
-        "qat": {**a.qat.to_dict(), "finetune": None if a.qat_finetune is None else
-                {"history": a.qat_finetune.history, "best_val": a.qat_finetune.best_val}},
-        "tflite": {"quantization": quantization, "io_dtype": a.conversion.io_dtype,
-                   "batch_size": a.conversion.batch_size, "converted_in_child_process": a.conversion.isolated,
-                   "notes": a.conversion.notes, "int8_path": a.int8_path, "xnnpack_method": XNNPACK_METHOD,
-                   "validation": a.validation.to_dict()},
+        "finetune": {"history": attempt.finetune.history, "best_epoch": attempt.finetune.best_epoch,
+                     "stopped_early": attempt.finetune.stopped_early, "seconds": attempt.finetune.seconds},
+        "qat": {**attempt.qat.to_dict(), "finetune": None if attempt.qat_finetune is None else
+                {"history": attempt.qat_finetune.history, "best_val": attempt.qat_finetune.best_val}},
+        "tflite": {"quantization": quantization, "io_dtype": attempt.conversion.io_dtype,
+                   "batch_size": attempt.conversion.batch_size,
+                   "converted_in_child_process": attempt.conversion.isolated,
+                   "notes": attempt.conversion.notes, "int8_path": attempt.int8_path,
+                   "xnnpack_method": XNNPACK_METHOD, "validation": attempt.validation.to_dict()},
         "baseline_tflite": {"notes": base_conv.notes, "validation": base_val.to_dict()},
         "search": record.search,
         "message": message,
     }
-    return CompressResult(summary=summary, report=report, layers=layers, model=a.model, tflite=a.conversion.content,
-                          baseline_tflite=base_conv.content, out_dir=None, budget_met=budget_met, message=message)
+    return CompressResult(summary=summary, report=report, layers=layers, model=attempt.model,
+                          tflite=attempt.conversion.content, baseline_tflite=base_conv.content, out_dir=None,
+                          budget_met=budget_met, message=message)
 
 
 def _fmt_score(task: Task, v: float | None) -> str:
