@@ -66,22 +66,16 @@ def test_reading_the_registry_does_not_import_tensorflow() -> None:
 
 
 def test_a_registered_rewriter_is_offered_everywhere(scratch_registry: None) -> None:
-    from edgelr.rewrite.model import plan_factorization
+    from edgelr.rewrite.options import plan_options
 
     register_rewriter("depthwise-svd")(_rewriter("DepthwiseConv2D"))
     assert "depthwise-svd" in methods()
     assert applicable_methods(DepthwiseConv2D()) == ["depthwise-svd"]
     assert get_rewriter(DepthwiseConv2D(), "auto").method == "depthwise-svd"
     assert "DepthwiseConv2D" in supported_layers()
+    assert plan_options(method="depthwise-svd").method == "depthwise-svd"
     with pytest.raises(FactorizeError, match="'depthwise-svd'"):  # the method check lists it as a choice
-        plan_factorization(_built_model(), method="no-such-method", progress=False)
-
-
-def _built_model() -> Any:
-    from edgelr.tfcompat import keras2
-
-    keras = keras2()
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
+        plan_options(method="no-such-method")
 
 
 def test_priority_decides_between_rewriters_of_the_same_layer(scratch_registry: None) -> None:
