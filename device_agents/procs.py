@@ -47,7 +47,9 @@ RUNWRAP_SH = r"""#!/bin/sh
 #   --lease S      stdin also carries heartbeat lines: S to 2 S seconds without one stop the program
 #   INTERVAL_S     VmHWM sampling period; 0: no sampling (and no EDGELR_VMHWM_KB line)
 # The program runs in its own session and process group, with a guard that stops the group when this
-# wrapper is gone (even after kill -9); TERM/INT/HUP to this wrapper stop the group too.
+# wrapper is gone (even after kill -9); TERM/INT/HUP to this wrapper stop the group too. The watchers
+# signal TERM, never HUP: a shell cannot trap a signal ignored when it started (nohup ignores HUP), so
+# they also stop the program's group themselves.
 # Prints EDGELR_VMHWM_KB=<kB> on stderr after the program ends; exits with the program's status
 # (143 when stopped).
 piddir=
@@ -127,13 +129,13 @@ if [ "$watch" = 1 ]; then
   if [ -n "$piddir" ]; then beat=$piddir/.beat.$$; else beat=${TMPDIR:-/tmp}/.edgelr-beat.$$; fi
   : > "$beat"
   exec 3<&0
-  ( while read -r _; do : > "$beat"; done; kill -HUP $$ ) <&3 >/dev/null 2>&1 &
+  ( while read -r _; do : > "$beat"; done; kill -TERM $$; kill -TERM -"$pid" ) <&3 >/dev/null 2>&1 &
   helpers=$!
   exec 3<&-
   if [ "$lease" != 0 ]; then
     ( while sleep "$lease"; do
         kill -0 $$ 2>/dev/null || exit 0
-        if [ ! -e "$beat" ]; then kill -HUP $$; exit 0; fi
+        if [ ! -e "$beat" ]; then kill -TERM $$; kill -TERM -"$pid"; exit 0; fi
         rm -f "$beat"
       done ) </dev/null >/dev/null 2>&1 &
     helpers="$helpers $!"
