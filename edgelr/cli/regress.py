@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgelr.cli._common import echo_json, info, table
+from edgelr.report.suite_format import SUITE_FORMAT
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,23 +24,8 @@ Examples:
   edgelr regress --suite suite.toml --install-schedule cron --every "daily 02:00" --schedule-dir ~/sched
 
 \b
-Suite file (TOML; relative paths start at the suite file's folder):
-  [suite]
-  name = "nightly"
-  runs = 20                  # timed inferences per session
-  sessions = 10              # sessions (fresh benchmark processes) per model and device
-  history = "reports/history"
-  [[models]]
-  name = "classifier"
-  path = "models/classifier.tflite"
-  [[devices]]
-  name = "pi4"
-  [thresholds]
-  latency = "5%"
-  peak_memory = "10%"
-  energy = "8%"
-  accuracy = "0.5pt"
-
+Suite file (TOML):
+{suite_format}
 \b
 Latency is compared between sessions: the current run's session medians against the baseline's
 (Mann-Whitney U). A suggested change is then confirmed by re-measuring the baseline's stored model and
@@ -50,7 +36,7 @@ energy, accuracy) are compared by threshold only. Baseline `last`: the last run 
 first run of a history is accepted automatically), else the previous run.
 Exit codes: 0 no regression, 3 regression found, 1 error (a device down; the other devices still run
 and are stored). A regression outranks a device error.
-"""
+""".replace("{suite_format}", SUITE_FORMAT.rstrip().replace("\n\n", "\n\n\b\n"))
 
 
 @click.command(epilog=EPILOG)

@@ -1,32 +1,7 @@
-"""Regression suite files (TOML) and the per-device lock that keeps one run per device at a time.
+"""Regression suite files (TOML): :func:`load_suite` reads and validates one into a :class:`Suite`.
 
-Minimal suite::
-
-    [suite]
-    name = "nightly"
-    runs = 20                  # timed inferences per session
-    sessions = 10              # sessions (fresh benchmark processes) per model and device
-    history = "reports/history"
-
-    [[models]]
-    name = "classifier"
-    path = "models/classifier.tflite"
-
-    [[devices]]
-    name = "pi4"
-
-    [thresholds]
-    latency = "5%"
-    peak_memory = "10%"
-    energy = "8%"
-    accuracy = "0.5pt"
-
-Optional ``[suite]`` keys: ``sessions`` (10; ``repeat`` is its old name), ``max_time`` (s per device,
-none), ``warmup`` (1), ``threads`` (target's), ``cooldown_c`` (45), ``baseline`` ("last"), ``alpha``
-(0.01), ``confirm`` (true: a suggested change is re-measured interleaved with the stored baseline model),
-``confirm_sessions`` (40: the most blocks a confirmation re-run may use; it uses as many as the device's
-noise needs to resolve the latency threshold, at least ``sessions``). Relative paths (models, history) are
-resolved against the suite file's folder.
+The format is documented once, in :data:`edgelr.report.suite_format.SUITE_FORMAT` (also the epilog of
+``edgelr regress --help``).
 """
 
 from __future__ import annotations
@@ -41,6 +16,7 @@ from typing import Any
 from edgelr.bench.lock import device_lock, lock_dir  # noqa: F401  (re-exported for suite users)
 from edgelr.errors import UsageError
 from edgelr.report.stats import DEFAULT_ALPHA, metric_of, parse_baseline, parse_threshold
+from edgelr.report.suite_format import SUITE_FORMAT  # noqa: F401  (re-exported)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
