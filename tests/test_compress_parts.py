@@ -9,13 +9,6 @@ from edgelr.errors import ConversionError, UsageError
 
 
 @pytest.fixture(scope="module")
-def k2():
-    from edgelr.tfcompat import keras2
-
-    return keras2()
-
-
-@pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits
 
@@ -26,12 +19,12 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def cnn(k2, digits):
+def cnn(tf_keras, digits):
     """A small CNN trained on digits for a few epochs (~95 % test accuracy)."""
     from tests.keras_util import small_cnn
 
-    k2.utils.set_random_seed(0)
-    model = small_cnn(k2, 32)
+    tf_keras.utils.set_random_seed(0)
+    model = small_cnn(tf_keras, 32)
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y, _, _ = digits
     model.fit(x, y, epochs=8, batch_size=32, verbose=0)
@@ -120,7 +113,7 @@ def test_int8_without_representative_data_is_refused(cnn):
 
 
 @pytest.mark.timeout(300)
-def test_distillation_loss_values(k2):
+def test_distillation_loss_values(tf_keras):
     from edgelr.compress.distill import distillation_loss
     from edgelr.compress.evaluate import Task
 
@@ -138,16 +131,16 @@ def test_distillation_loss_values(k2):
 
 
 @pytest.mark.timeout(300)
-def test_distillation_moves_student_towards_teacher(k2, cnn, digits):
+def test_distillation_moves_student_towards_teacher(tf_keras, cnn, digits):
     from edgelr.compress.distill import DistillConfig, distill, teacher_outputs
     from edgelr.compress.evaluate import Task, predict
 
     x, y, xt, yt = digits
-    k2.utils.set_random_seed(1)
-    inp = k2.Input((8, 8, 1))
-    h = k2.layers.Flatten()(inp)
-    h = k2.layers.Dense(16, activation="relu")(h)
-    student = k2.Model(inp, k2.layers.Dense(10, activation="softmax")(h))
+    tf_keras.utils.set_random_seed(1)
+    inp = tf_keras.Input((8, 8, 1))
+    h = tf_keras.layers.Flatten()(inp)
+    h = tf_keras.layers.Dense(16, activation="relu")(h)
+    student = tf_keras.Model(inp, tf_keras.layers.Dense(10, activation="softmax")(h))
     task = Task(True, 10, "probs")
 
     def kl_to_teacher() -> float:
@@ -164,13 +157,13 @@ def test_distillation_moves_student_towards_teacher(k2, cnn, digits):
 
 
 @pytest.mark.timeout(300)
-def test_qat_lists_recurrent_layers_as_float(k2):
+def test_qat_lists_recurrent_layers_as_float(tf_keras):
     from edgelr.compress.qat import quantize_aware
 
-    inp = k2.Input((6, 4))
-    h = k2.layers.LSTM(8, name="lstm")(inp)
-    h = k2.layers.Dense(8, activation="relu", name="fc")(h)
-    model = k2.Model(inp, k2.layers.Dense(3, activation="softmax", name="head")(h))
+    inp = tf_keras.Input((6, 4))
+    h = tf_keras.layers.LSTM(8, name="lstm")(inp)
+    h = tf_keras.layers.Dense(8, activation="relu", name="fc")(h)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, activation="softmax", name="head")(h))
     before = [w.copy() for w in model.get_weights()]
     res = quantize_aware(model)
     assert res.applied, res.error
@@ -189,14 +182,14 @@ def test_qat_lists_recurrent_layers_as_float(k2):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_lstm_int8_converts_in_child_process_with_batch_one(k2):
+def test_lstm_int8_converts_in_child_process_with_batch_one(tf_keras):
     from edgelr.compress.convert import convert
     from edgelr.compress.validate import validate_tflite
 
-    k2.utils.set_random_seed(0)
-    inp = k2.Input((10, 4))
-    h = k2.layers.LSTM(8)(inp)
-    model = k2.Model(inp, k2.layers.Dense(3, activation="softmax")(h))
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((10, 4))
+    h = tf_keras.layers.LSTM(8)(inp)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3, activation="softmax")(h))
     x = np.random.default_rng(0).random((40, 10, 4), np.float32)
     res = convert(model, "int8", io_dtype="float32", representative=x)
     assert res.isolated and res.batch_size == 1
@@ -207,15 +200,15 @@ def test_lstm_int8_converts_in_child_process_with_batch_one(k2):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_fused_lstm_state_does_not_leak_between_samples(k2):
+def test_fused_lstm_state_does_not_leak_between_samples(tf_keras):
     """The fused LSTM op keeps its state in variable tensors: each sample must start from a zero state."""
     from edgelr.compress.convert import convert
     from edgelr.compress.validate import run_tflite
 
-    k2.utils.set_random_seed(0)
-    inp = k2.Input((12, 3))
-    h = k2.layers.LSTM(16)(inp)
-    model = k2.Model(inp, k2.layers.Dense(4)(h))
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((12, 3))
+    h = tf_keras.layers.LSTM(16)(inp)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(4)(h))
     for w in model.weights:  # large weights: a leaked state would change the outputs a lot
         w.assign(w * 3.0)
     x = np.random.default_rng(1).normal(0, 2, (16, 12, 3)).astype(np.float32)

@@ -16,13 +16,6 @@ from tests.keras_util import call, rel_diff
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    from edgelr.tfcompat import keras2
-
-    return keras2()
-
-
 def test_rank_ladder() -> None:
     from edgelr.rewrite.allocate import MAX_STEPS, rank_ladder
 
@@ -107,13 +100,13 @@ def _totals(plan: Any) -> tuple[int, float, float]:
     return int(params), latency, loss
 
 
-def test_latency_allocation_stays_within_the_policy_totals(keras: Any) -> None:
+def test_latency_allocation_stays_within_the_policy_totals(tf_keras: Any) -> None:
     """Same policy: the latency allocation has no more params and loss and a lower estimated latency than
     the per-layer allocation; its report rows say so and the built model has the reported sizes."""
     from edgelr.rewrite import build_factorized, plan_factorization
     from edgelr.rewrite.cost import model_cost
 
-    model = _mixed(keras)
+    model = _mixed(tf_keras)
     per_layer = plan_factorization(model, rank_policy="params:0.3", target="rpi4", progress=False)
     latency = plan_factorization(model, rank_policy="params:0.3", target="rpi4", progress=False, allocate="latency")
     p0, t0, l0 = _totals(per_layer)
@@ -143,14 +136,14 @@ def test_latency_allocation_stays_within_the_policy_totals(keras: Any) -> None:
     assert np.all(np.isfinite(call(new, x)))
 
 
-def test_latency_allocation_finds_the_folded_tucker(keras: Any) -> None:
+def test_latency_allocation_finds_the_folded_tucker(tf_keras: Any) -> None:
     """The strided 3x3 conv 'down' (128 -> 64, stride 4): the per-layer policy's symmetric Tucker ranks run
     the input factor on the 32x32 map and cost more MACs than the conv, so the layer is left whole. The
     allocation searches both ranks and keeps r_in = C_in, which folds the input factor into the core: a
     strided core conv 128 -> r_out and a 1x1, many times cheaper."""
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    model = _mixed(keras)
+    model = _mixed(tf_keras)
     per_layer = plan_factorization(model, rank_policy="params:0.3", target="rpi4", progress=False)
     assert per_layer.layers["down"].skipped and "down" not in per_layer.selected
     latency = plan_factorization(model, rank_policy="params:0.3", target="rpi4", progress=False, allocate="latency")
@@ -163,12 +156,12 @@ def test_latency_allocation_finds_the_folded_tucker(keras: Any) -> None:
     assert "down/tucker_core" in names and "down/tucker_out" in names and "down/tucker_in" not in names
 
 
-def test_full_rank_allocation_is_exact(keras: Any) -> None:
+def test_full_rank_allocation_is_exact(tf_keras: Any) -> None:
     """A budget as large as the model (rank:N at full rank): whatever the allocation picks, a factorized
     layer at full rank or a layer left whole reproduces the original outputs."""
     from edgelr.rewrite import factorize_model
 
-    model = _mixed(keras)
+    model = _mixed(tf_keras)
     new, report = factorize_model(model, rank_policy="rank:128", target="rpi4", progress=False,
                                   min_reduction=None, allocate="latency")
     x = np.random.default_rng(3).normal(0, 1, (2, 32, 32, 16)).astype("float32")
@@ -177,14 +170,14 @@ def test_full_rank_allocation_is_exact(keras: Any) -> None:
     assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
-def test_error_proxies_match_truncations(keras: Any) -> None:
+def test_error_proxies_match_truncations(tf_keras: Any) -> None:
     """SVD proxy = the squared relative error of the truncation; Tucker-2 proxy is 0 at full rank, in
     [0, 1], falls as ranks grow, and bounds the HOSVD error squared from below by at most the HOSVD
     bound's slack (t_in + t_out)."""
     from edgelr.rewrite.registry import get_rewriter
     from edgelr.rewrite.svdmatrix import tail_share
 
-    model = _mixed(keras)
+    model = _mixed(tf_keras)
     dense = model.get_layer("head")
     rw = get_rewriter(dense, "svd")
     dec = rw.decompose(dense)
@@ -206,10 +199,10 @@ def test_error_proxies_match_truncations(keras: Any) -> None:
         previous = e
 
 
-def test_bad_allocate_is_refused(keras: Any) -> None:
+def test_bad_allocate_is_refused(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    model = _mixed(keras)
+    model = _mixed(tf_keras)
     for bad in ("model", "", None, 1):
         with pytest.raises(FactorizeError, match="allocate: got"):
             factorize_model(model, rank_policy="params:0.3", progress=False, allocate=bad)

@@ -13,13 +13,6 @@ from tests.keras_util import call, rel_diff
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    from edgelr.tfcompat import keras2
-
-    return keras2()
-
-
 def _single(keras: Any, shape: tuple[int, ...], make: Callable[[], Any], dtype: str = "float32",
             batch_size: int | None = None) -> Any:
     inp = keras.Input(shape, dtype=dtype, batch_size=batch_size)
@@ -84,9 +77,9 @@ CASES: list[tuple[str, tuple[int, ...], Callable[[Any], Any], str, list[str], in
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_full_rank_rewrite_reproduces_layer(keras: Any, case: tuple) -> None:
+def test_full_rank_rewrite_reproduces_layer(tf_keras: Any, case: tuple) -> None:
     _, shape, factory, method, names, params = case
-    model = _single(keras, shape, lambda: factory(keras))
+    model = _single(tf_keras, shape, lambda: factory(tf_keras))
     _randomize(model)
     new, report = _full_rank_rewrite(model, "L", method)
     assert [layer.name for layer in new.layers[1:]] == names
@@ -100,8 +93,8 @@ def test_full_rank_rewrite_reproduces_layer(keras: Any, case: tuple) -> None:
     assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
-def test_embedding_full_rank(keras: Any) -> None:
-    model = _single(keras, (7,), lambda: keras.layers.Embedding(50, 16, name="L"), dtype="int32")
+def test_embedding_full_rank(tf_keras: Any) -> None:
+    model = _single(tf_keras, (7,), lambda: tf_keras.layers.Embedding(50, 16, name="L"), dtype="int32")
     new, _ = _full_rank_rewrite(model, "L", "svd")
     assert [layer.name for layer in new.layers[1:]] == ["L/svd_in", "L/svd_out"]
     assert new.count_params() == 50 * 16 + 16 * 16
@@ -109,7 +102,7 @@ def test_embedding_full_rank(keras: Any) -> None:
     assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
-def test_cp_chain_equals_conv_with_cp_kernel(keras: Any) -> None:
+def test_cp_chain_equals_conv_with_cp_kernel(tf_keras: Any) -> None:
     """The CP chain (1x1, depthwise kh x 1, depthwise 1 x kw, 1x1) equals a conv whose kernel is the CP
     reconstruction, for even kernels, 'same' padding, strides and dilation."""
     from edgelr.rewrite.conv import ConvCP
@@ -122,7 +115,7 @@ def test_cp_chain_equals_conv_with_cp_kernel(keras: Any) -> None:
                            ({"kernel_size": (3, 4), "strides": (2, 3), "padding": "same"}, True),
                            ({"kernel_size": 3, "dilation_rate": (2, 1), "padding": "same"}, False),
                            ({"kernel_size": 3, "padding": "valid"}, False)):
-        model = _single(keras, (13, 12, 5), lambda: keras.layers.Conv2D(7, activation="relu", name="L", **kwargs))
+        model = _single(tf_keras, (13, 12, 5), lambda: tf_keras.layers.Conv2D(7, activation="relu", name="L", **kwargs))
         kh, kw = model.layers[1].kernel_size
         r = 6
         factors = type("F", (), dict(first=rng.normal(size=(5, r)), vertical=rng.normal(size=(kh, r)),
@@ -142,11 +135,11 @@ def test_cp_chain_equals_conv_with_cp_kernel(keras: Any) -> None:
         assert rel_diff(call(model, x), call(new, x)) < 1e-4, kwargs
 
 
-def test_cp_decomposition_recovers_cp_kernel(keras: Any) -> None:
+def test_cp_decomposition_recovers_cp_kernel(tf_keras: Any) -> None:
     from edgelr.rewrite import build_factorized, plan_factorization
 
     rng = np.random.default_rng(4)
-    model = _single(keras, (8, 8, 6), lambda: keras.layers.Conv2D(8, 3, padding="same", name="L"))
+    model = _single(tf_keras, (8, 8, 6), lambda: tf_keras.layers.Conv2D(8, 3, padding="same", name="L"))
     kernel = np.einsum("cr,hr,wr,ro->hwco", rng.normal(size=(6, 4)), rng.normal(size=(3, 4)),
                        rng.normal(size=(3, 4)), rng.normal(size=(4, 8)))
     model.layers[1].set_weights([kernel.astype("float32"), np.zeros(8, "float32")])
@@ -171,10 +164,10 @@ RNN_CASES = [
 
 
 @pytest.mark.parametrize("case", RNN_CASES, ids=[c[0] for c in RNN_CASES])
-def test_recurrent_full_rank(keras: Any, case: tuple) -> None:
+def test_recurrent_full_rank(tf_keras: Any, case: tuple) -> None:
     _, factory, method, _, names, params = case
     d, h = 10, 12
-    model = _single(keras, (7, d), lambda: factory(keras))
+    model = _single(tf_keras, (7, d), lambda: factory(tf_keras))
     _randomize(model)
     new, _ = _full_rank_rewrite(model, "L", method)
     assert [layer.name for layer in new.layers[1:]] == names
@@ -183,11 +176,11 @@ def test_recurrent_full_rank(keras: Any, case: tuple) -> None:
     assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
-def test_recurrent_lowrank_both_kernels(keras: Any) -> None:
+def test_recurrent_lowrank_both_kernels(tf_keras: Any) -> None:
     from edgelr.rewrite import build_factorized, plan_factorization
 
     d, h, r_in, r_rec = 10, 12, 4, 5
-    model = _single(keras, (7, d), lambda: keras.layers.LSTM(h, name="L"))
+    model = _single(tf_keras, (7, d), lambda: tf_keras.layers.LSTM(h, name="L"))
     plan = plan_factorization(model, method="svd-recurrent", rank_policy="rank:1", min_reduction=None, progress=False)
     new, report = build_factorized(model, plan, {"L": (r_in, r_rec)})
     assert [layer.name for layer in new.layers[1:]] == ["L/svd_in", "L"]
@@ -196,10 +189,10 @@ def test_recurrent_lowrank_both_kernels(keras: Any) -> None:
     assert 0 < report.loc[0, "rel_error"] < 1
 
 
-def test_rank_changes_param_count_exactly(keras: Any) -> None:
+def test_rank_changes_param_count_exactly(tf_keras: Any) -> None:
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    model = _single(keras, (9, 9, 6), lambda: keras.layers.Conv2D(10, 3, name="L"))
+    model = _single(tf_keras, (9, 9, 6), lambda: tf_keras.layers.Conv2D(10, 3, name="L"))
     plan = plan_factorization(model, method="tucker2", rank_policy="rank:1", min_reduction=None, progress=False)
     for ranks in [(2, 3), (5, 7)]:
         new, report = build_factorized(model, plan, {"L": ranks}, exact=False)
@@ -211,28 +204,28 @@ def test_rank_changes_param_count_exactly(keras: Any) -> None:
 
 
 @pytest.mark.parametrize("bad", [0, (0, 3), (7, 3), (2, 2, 2), "x", -1])
-def test_bad_rank_raises(keras: Any, bad: Any) -> None:
+def test_bad_rank_raises(tf_keras: Any, bad: Any) -> None:
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    model = _single(keras, (9, 9, 6), lambda: keras.layers.Conv2D(10, 3, name="L"))
+    model = _single(tf_keras, (9, 9, 6), lambda: tf_keras.layers.Conv2D(10, 3, name="L"))
     plan = plan_factorization(model, method="tucker2", rank_policy="rank:1", min_reduction=None, progress=False)
     with pytest.raises(FactorizeError):
         build_factorized(model, plan, {"L": bad})
 
 
-def test_layer_cost_counts(keras: Any) -> None:
+def test_layer_cost_counts(tf_keras: Any) -> None:
     from edgelr.rewrite import applicable_methods, layer_cost
 
-    inp = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="c")(inp)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
-    x = keras.layers.Conv2D(4, 1, name="pw")(x)
-    x = keras.layers.Reshape((64, 4))(x)
-    x = keras.layers.LSTM(5, return_sequences=True, name="lstm")(x)
-    x = keras.layers.GRU(6, name="gru")(x)
-    out = keras.layers.Dense(3, name="d")(x)
-    model = keras.Model(inp, out)
+    inp = tf_keras.Input((16, 16, 3))
+    x = tf_keras.layers.Conv2D(8, 3, strides=2, padding="same", name="c")(inp)
+    x = tf_keras.layers.BatchNormalization(name="bn")(x)
+    x = tf_keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = tf_keras.layers.Conv2D(4, 1, name="pw")(x)
+    x = tf_keras.layers.Reshape((64, 4))(x)
+    x = tf_keras.layers.LSTM(5, return_sequences=True, name="lstm")(x)
+    x = tf_keras.layers.GRU(6, name="gru")(x)
+    out = tf_keras.layers.Dense(3, name="d")(x)
+    model = tf_keras.Model(inp, out)
     get = model.get_layer
     assert layer_cost(get("c")) == (3 * 3 * 3 * 8 + 8, 8 * 8 * 9 * 3 * 8)
     assert layer_cost(get("bn")) == (4 * 8, 8 * 8 * 8)
@@ -248,10 +241,10 @@ def test_layer_cost_counts(keras: Any) -> None:
     assert applicable_methods(get("d")) == ["svd"]
 
 
-def test_recurrent_unroll_option(keras: Any) -> None:
+def test_recurrent_unroll_option(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    model = _single(keras, (6, 10), lambda: keras.layers.LSTM(32, name="L"))
+    model = _single(tf_keras, (6, 10), lambda: tf_keras.layers.LSTM(32, name="L"))
     new, report = factorize_model(model, method="svd-recurrent", rank_policy="rank:8", recurrent_unroll=True,
                                   progress=False)
     assert not report.loc[0, "skipped"]
@@ -267,7 +260,7 @@ def test_recurrent_unroll_option(keras: Any) -> None:
     ((8, 8, 12), lambda k: k.layers.Conv2D(4, 3, padding="valid", activation="tanh", name="L"), (6, 4),
      ["L/tucker_in", "L/tucker_core"], 12 * 6 + 9 * 6 * 4 + 4),
 ], ids=["fold-in", "fold-out"])
-def test_tucker2_square_factor_is_folded(keras: Any, shape: tuple, make: Callable, ranks: tuple, names: list,
+def test_tucker2_square_factor_is_folded(tf_keras: Any, shape: tuple, make: Callable, ranks: tuple, names: list,
                                          params: int) -> None:
     """A Tucker factor whose rank equals its channel count is folded into the core: one node fewer, the
     same function as a conv with the Tucker reconstruction of the kernel, exact parameter count."""
@@ -275,7 +268,7 @@ def test_tucker2_square_factor_is_folded(keras: Any, shape: tuple, make: Callabl
     from edgelr.rewrite import build_factorized, layer_cost, plan_factorization
     from edgelr.rewrite.conv import HOOI_SWEEPS
 
-    model = _single(keras, shape, lambda: make(keras))
+    model = _single(tf_keras, shape, lambda: make(tf_keras))
     _randomize(model)
     plan = plan_factorization(model, method="tucker2", rank_policy="rank:1", min_reduction=None, progress=False)
     new, report = build_factorized(model, plan, {"L": ranks})
@@ -287,7 +280,7 @@ def test_tucker2_square_factor_is_folded(keras: Any, shape: tuple, make: Callabl
     kernel, bias = layer.get_weights()
     res = tucker2(kernel.astype(np.float64), ranks, max_iter=HOOI_SWEEPS)
     approx = np.einsum("ap,ijpq,qb->ijab", res.first, res.core, res.last).astype(np.float32)
-    ref = _single(keras, shape, lambda: make(keras))
+    ref = _single(tf_keras, shape, lambda: make(tf_keras))
     ref.get_layer("L").set_weights([approx, bias])
     x = _inputs(model)
     assert rel_diff(call(ref, x), call(new, x)) < 1e-4

@@ -16,13 +16,6 @@ from tests.keras_util import call, rel_diff
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def keras() -> Any:
-    from edgelr.tfcompat import keras2
-
-    return keras2()
-
-
 def _cnn(keras: Any) -> Any:
     """Branches, a residual add, BN, pooling, a separable conv, a nested Sequential and a head Dense."""
     inner = keras.Sequential([keras.layers.Dense(24, activation="relu", name="inner_dense"),
@@ -91,10 +84,10 @@ def _assert_builtin(ops: set[str]) -> None:
     assert ops and not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), ops
 
 
-def test_functional_full_rank_roundtrip(keras: Any, tmp_path: Path) -> None:
+def test_functional_full_rank_roundtrip(tf_keras: Any, tmp_path: Path) -> None:
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    model = _cnn(keras)
+    model = _cnn(tf_keras)
     snap = _snapshot(model)
     plan = plan_factorization(model, method="auto", rank_policy="rank:1", min_reduction=None, progress=False)
     assert set(plan.candidates()) == {"conv1", "branch_a", "branch_b", "conv2", "sep", "inner/inner_dense",
@@ -119,7 +112,7 @@ def test_functional_full_rank_roundtrip(keras: Any, tmp_path: Path) -> None:
 
     path = tmp_path / "factorized.keras"
     new.save(path)
-    loaded = keras.models.load_model(path)  # no custom objects
+    loaded = tf_keras.models.load_model(path)  # no custom objects
     assert rel_diff(expected, call(loaded, x)) < 1e-4
 
     out, ops = _run_tflite(_tflite(new), x[:1])
@@ -129,11 +122,11 @@ def test_functional_full_rank_roundtrip(keras: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cp_and_spatial_models_convert(keras: Any) -> None:
+def test_cp_and_spatial_models_convert(tf_keras: Any) -> None:
     """CP (with its explicit padding for a strided 'same' conv) and spatial SVD convert with builtin ops."""
     from edgelr.rewrite import factorize_model
 
-    model = _cnn(keras)
+    model = _cnn(tf_keras)
     x = np.random.default_rng(2).normal(size=(1, 16, 16, 3)).astype("float32")
     for method in ("cp", "spatial-svd"):
         new, report = factorize_model(model, method=method, rank_policy="rank:8", include=["conv2"],
@@ -144,14 +137,14 @@ def test_cp_and_spatial_models_convert(keras: Any) -> None:
         assert rel_diff(call(new, x), out) < 1e-4
 
 
-def test_sequential_full_rank(keras: Any) -> None:
+def test_sequential_full_rank(tf_keras: Any) -> None:
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    model = keras.Sequential([
-        keras.layers.Conv1D(8, 3, activation="relu", input_shape=(20, 4), name="c1"),
-        keras.layers.Conv1D(12, 1, name="c2"),
-        keras.layers.Flatten(name="flat"),
-        keras.layers.Dense(5, name="d"),
+    model = tf_keras.Sequential([
+        tf_keras.layers.Conv1D(8, 3, activation="relu", input_shape=(20, 4), name="c1"),
+        tf_keras.layers.Conv1D(12, 1, name="c2"),
+        tf_keras.layers.Flatten(name="flat"),
+        tf_keras.layers.Dense(5, name="d"),
     ], name="seq")
     plan = plan_factorization(model, rank_policy="rank:1", min_reduction=None, progress=False)
     new, _ = build_factorized(model, plan, _full_ranks(plan))
@@ -162,10 +155,10 @@ def test_sequential_full_rank(keras: Any) -> None:
     assert rel_diff(call(model, x), call(new, x)) < 1e-4
 
 
-def test_include_skip_and_errors(keras: Any) -> None:
+def test_include_skip_and_errors(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    model = _cnn(keras)
+    model = _cnn(tf_keras)
     _, report = factorize_model(model, rank_policy="rank:4", include=["conv*", "branch_?"], skip=["branch_b"],
                                 min_reduction=None, progress=False)
     rewritten = set(report.loc[~report["skipped"], "layer"])
@@ -188,12 +181,12 @@ def test_include_skip_and_errors(keras: Any) -> None:
         factorize_model(model, min_reduction=1.5, progress=False)
 
 
-def test_min_reduction_leaves_layers_that_do_not_pay(keras: Any) -> None:
+def test_min_reduction_leaves_layers_that_do_not_pay(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    inp = keras.Input((20,))
-    out = keras.layers.Dense(12, name="d")(inp)
-    model = keras.Model(inp, out)
+    inp = tf_keras.Input((20,))
+    out = tf_keras.layers.Dense(12, name="d")(inp)
+    model = tf_keras.Model(inp, out)
     # rank 8: 20*8 + 8*12 + 12 = 268 params vs 252: no saving
     new, report = factorize_model(model, rank_policy="rank:8", progress=False)
     assert bool(report.loc[0, "skipped"]) and "params" in report.loc[0, "reason"]
@@ -206,13 +199,13 @@ def test_min_reduction_leaves_layers_that_do_not_pay(keras: Any) -> None:
     assert bool(report.loc[0, "skipped"])
 
 
-def test_target_rounds_ranks_and_sets_defaults(keras: Any) -> None:
+def test_target_rounds_ranks_and_sets_defaults(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
     from edgelr.targets import get_target
 
-    inp = keras.Input((64,))
-    out = keras.layers.Dense(64, name="d")(inp)
-    model = keras.Model(inp, out)
+    inp = tf_keras.Input((64,))
+    out = tf_keras.layers.Dense(64, name="d")(inp)
+    model = tf_keras.Model(inp, out)
     multiple = get_target("rpi4").rank_multiple
     _, report = factorize_model(model, rank_policy="rank:3", target="rpi4", progress=False)
     assert report.loc[0, "ranks"] == (multiple,)
@@ -220,21 +213,21 @@ def test_target_rounds_ranks_and_sets_defaults(keras: Any) -> None:
     assert report.loc[0, "ranks"] == (multiple,)
 
 
-def test_progress_goes_to_stderr(keras: Any, capsys: Any) -> None:
+def test_progress_goes_to_stderr(tf_keras: Any, capsys: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    inp = keras.Input((64,))
-    model = keras.Model(inp, keras.layers.Dense(64, name="d")(inp))
+    inp = tf_keras.Input((64,))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(64, name="d")(inp))
     factorize_model(model, rank_policy="rank:8", progress=True)
     captured = capsys.readouterr()
     assert captured.out == "" and "rewrite" in captured.err
 
 
-def test_plan_reuse_across_ranks(keras: Any) -> None:
+def test_plan_reuse_across_ranks(tf_keras: Any) -> None:
     """One plan, several rank sets: each build matches the count it promises and the error falls with rank."""
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    model = _cnn(keras)
+    model = _cnn(tf_keras)
     plan = plan_factorization(model, rank_policy="params:0.5", min_reduction=None, progress=False)
     errors = []
     for r in (2, 4, 8):
@@ -250,18 +243,18 @@ def test_plan_reuse_across_ranks(keras: Any) -> None:
 
 
 @pytest.mark.slow
-def test_recurrent_model_tflite(keras: Any, tmp_path: Path) -> None:
+def test_recurrent_model_tflite(tf_keras: Any, tmp_path: Path) -> None:
     """Embedding -> Conv1D -> LSTM (input projection, fused op kept) -> TimeDistributed(Dense) -> GRU (low-rank
     recurrent cell) -> Dense, batch 1: full-rank rewrite, .keras round trip, TFLite with builtin ops."""
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    inp = keras.Input((12,), batch_size=1, dtype="int32")
-    x = keras.layers.Embedding(40, 16, name="emb")(inp)
-    x = keras.layers.Conv1D(12, 3, padding="same", activation="relu", name="c1d")(x)
-    x = keras.layers.LSTM(16, return_sequences=True, name="lstm")(x)
-    x = keras.layers.TimeDistributed(keras.layers.Dense(10, activation="tanh"), name="td")(x)
-    x = keras.layers.GRU(12, name="gru")(x)
-    model = keras.Model(inp, keras.layers.Dense(4, name="head")(x))
+    inp = tf_keras.Input((12,), batch_size=1, dtype="int32")
+    x = tf_keras.layers.Embedding(40, 16, name="emb")(inp)
+    x = tf_keras.layers.Conv1D(12, 3, padding="same", activation="relu", name="c1d")(x)
+    x = tf_keras.layers.LSTM(16, return_sequences=True, name="lstm")(x)
+    x = tf_keras.layers.TimeDistributed(tf_keras.layers.Dense(10, activation="tanh"), name="td")(x)
+    x = tf_keras.layers.GRU(12, name="gru")(x)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(4, name="head")(x))
     plan = plan_factorization(model, method="svd-recurrent", rank_policy="rank:1", min_reduction=None,
                               include=["gru"], progress=False)
     new, _ = build_factorized(model, plan, {"gru": (10, 12)})
@@ -277,7 +270,7 @@ def test_recurrent_model_tflite(keras: Any, tmp_path: Path) -> None:
     assert rel_diff(expected, call(new, x)) < 1e-4
     path = tmp_path / "rnn.keras"
     new.save(path)
-    loaded = keras.models.load_model(path)  # the cell is registered, no custom_objects needed
+    loaded = tf_keras.models.load_model(path)  # the cell is registered, no custom_objects needed
     assert rel_diff(expected, call(loaded, x)) < 1e-4
     out, ops = _run_tflite(_tflite(new), x)
     _assert_builtin(ops)
@@ -285,13 +278,13 @@ def test_recurrent_model_tflite(keras: Any, tmp_path: Path) -> None:
     assert rel_diff(expected, out) < 1e-4
 
 
-def test_subclassed_model_rejected(keras: Any) -> None:
+def test_subclassed_model_rejected(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    class Net(keras.Model):
+    class Net(tf_keras.Model):
         def __init__(self) -> None:
             super().__init__()
-            self.d = keras.layers.Dense(4)
+            self.d = tf_keras.layers.Dense(4)
 
         def call(self, x: Any) -> Any:
             return self.d(x)
@@ -302,17 +295,17 @@ def test_subclassed_model_rejected(keras: Any) -> None:
         factorize_model(net, progress=False)
 
 
-def test_shared_layer_and_nested_functional(keras: Any) -> None:
+def test_shared_layer_and_nested_functional(tf_keras: Any) -> None:
     """A Dense called twice (two nodes) and a nested Functional model called on both branches."""
     from edgelr.rewrite import build_factorized, plan_factorization
 
-    sub_in = keras.Input((12,))
-    sub = keras.Model(sub_in, keras.layers.Dense(6, activation="tanh", name="sub_dense")(sub_in), name="sub")
-    a, b = keras.Input((10,), name="a"), keras.Input((10,), name="b")
-    shared = keras.layers.Dense(12, activation="relu", name="shared")
+    sub_in = tf_keras.Input((12,))
+    sub = tf_keras.Model(sub_in, tf_keras.layers.Dense(6, activation="tanh", name="sub_dense")(sub_in), name="sub")
+    a, b = tf_keras.Input((10,), name="a"), tf_keras.Input((10,), name="b")
+    shared = tf_keras.layers.Dense(12, activation="relu", name="shared")
     ya, yb = sub(shared(a)), sub(shared(b))
-    out = keras.layers.Dense(3, name="head")(keras.layers.Concatenate(name="cat")([ya, yb]))
-    model = keras.Model([a, b], [out, ya], name="twin")
+    out = tf_keras.layers.Dense(3, name="head")(tf_keras.layers.Concatenate(name="cat")([ya, yb]))
+    model = tf_keras.Model([a, b], [out, ya], name="twin")
     plan = plan_factorization(model, rank_policy="rank:1", min_reduction=None, progress=False)
     assert set(plan.candidates()) == {"shared", "sub/sub_dense", "head"}
     new, _ = build_factorized(model, plan, _full_ranks(plan))
@@ -329,11 +322,11 @@ def _two_dense(keras: Any) -> Any:
     return keras.Model(inp, keras.layers.Dense(32, name="fc2")(h))
 
 
-def test_layer_policies_override_the_global_policy_per_layer(keras: Any) -> None:
+def test_layer_policies_override_the_global_policy_per_layer(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model, plan_factorization
 
-    keras.utils.set_random_seed(0)
-    model = _two_dense(keras)
+    tf_keras.utils.set_random_seed(0)
+    model = _two_dense(tf_keras)
     # what each policy picks for its layer alone
     alone_fc1 = plan_factorization(model, rank_policy="params:0.2", include=["fc1"], min_reduction=None,
                                    progress=False).layers["fc1"].ranks
@@ -355,16 +348,16 @@ def test_layer_policies_override_the_global_policy_per_layer(keras: Any) -> None
     assert new.count_params() == int(report["params_after"].sum())
 
 
-def test_layer_policies_first_match_wins_and_qualified_names(keras: Any) -> None:
+def test_layer_policies_first_match_wins_and_qualified_names(tf_keras: Any) -> None:
     from edgelr.rewrite import factorize_model
 
-    model = _two_dense(keras)
+    model = _two_dense(tf_keras)
     _, report = factorize_model(model, rank_policy="rank:8", layer_policies={"fc1": "rank:2", "fc*": "rank:3"},
                                 min_reduction=None, progress=False)
     assert dict(zip(report["layer"], report["ranks"])) == {"fc1": (2,), "fc2": (3,)}
     assert list(report["policy"]) == ["rank:2", "rank:3"]
     # nested layers match by qualified name, like include/skip
-    _, report = factorize_model(_cnn(keras), rank_policy="rank:4", layer_policies={"inner/*": "rank:2"},
+    _, report = factorize_model(_cnn(tf_keras), rank_policy="rank:4", layer_policies={"inner/*": "rank:2"},
                                 min_reduction=None, progress=False)
     policy = dict(zip(report["layer"], report["policy"]))
     assert policy["inner/inner_dense"] == policy["inner/inner_out"] == "rank:2"
@@ -375,10 +368,10 @@ def test_layer_policies_first_match_wins_and_qualified_names(keras: Any) -> None
     assert dict(zip(report["layer"], report["policy"])) == {"fc1": "rank:2", "fc2": ""}
 
 
-def test_layer_policies_errors(keras: Any) -> None:
+def test_layer_policies_errors(tf_keras: Any) -> None:
     from edgelr.rewrite import check_layer_policies, factorize_model
 
-    model = _two_dense(keras)
+    model = _two_dense(tf_keras)
     with pytest.raises(FactorizeError, match=r"layer_policies\['fc1'\].*half"):
         factorize_model(model, layer_policies={"fc1": "half"}, progress=False)
     with pytest.raises(FactorizeError, match="'conv\\*' matches no factorizable layer.*fc1, fc2"):
@@ -396,12 +389,12 @@ def _expand_reduce(keras: Any) -> Any:
     return keras.Model(inp, out)
 
 
-def test_est_speedup_counts_written_elements(keras: Any) -> None:
+def test_est_speedup_counts_written_elements(tf_keras: Any) -> None:
     """est_speedup = (MACs + c * outputs) before / after, with c = 16 for an int8 target; hand-computed."""
     from edgelr.rewrite import factorize_model
     from edgelr.rewrite.cost import OUTPUT_COST, latency_estimate
 
-    model = _expand_reduce(keras)
+    model = _expand_reduce(tf_keras)
     _, report = factorize_model(model, rank_policy="rank:16", target="rpi4", progress=False)
     rows = report.set_index("layer")
     c = OUTPUT_COST["int8"]
@@ -424,12 +417,12 @@ def test_est_speedup_counts_written_elements(keras: Any) -> None:
             (16384 + cost * 256) / (5120 + cost * 272))
 
 
-def test_min_efficiency_leaves_output_bound_layers(keras: Any) -> None:
+def test_min_efficiency_leaves_output_bound_layers(tf_keras: Any) -> None:
     """The expanding Dense (est. x2.16 for x3.2 fewer MACs) is left as is at min_efficiency 0.8, the
     reducing one (x2.72) is factorized; the reason names both figures."""
     from edgelr.rewrite import factorize_model
 
-    model = _expand_reduce(keras)
+    model = _expand_reduce(tf_keras)
     new, report = factorize_model(model, rank_policy="rank:16", target="rpi4", progress=False, min_efficiency=0.8)
     rows = report.set_index("layer")
     assert bool(rows.loc["expand", "skipped"]) and not bool(rows.loc["reduce", "skipped"])
