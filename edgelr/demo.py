@@ -118,13 +118,9 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
 
     names = {p: recorded_name(p) or p.name for p in (baseline_tflite, compressed_tflite)}
     bench, frame = _bench_local([BenchModel(n, p) for p, n in names.items()], bench_runs, bench_sessions, history)
-    from edgelr.report.stats import compare_paired, format_speedup, paired_sessions, parse_threshold, speedup
+    from edgelr.report.stats import paired_speedup
 
-    cur, ref = paired_sessions(frame, names[compressed_tflite], names[baseline_tflite])
-    verdict = compare_paired(cur, ref, parse_threshold("5%"))
-    s_mid, s_lo, s_hi = speedup(verdict)
-    result.steps["speedup"] = {"speedup": s_mid, "low": s_lo, "high": s_hi, "blocks": verdict.n_current,
-                               "text": format_speedup(verdict), "method": verdict.method}
+    _, result.steps["speedup"] = paired_speedup(frame, names[compressed_tflite], names[baseline_tflite])
 
     _say("[4/4] writing the report")
     from edgelr.report.render import write_report

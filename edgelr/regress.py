@@ -333,15 +333,16 @@ def noise_floors(frame: "pd.DataFrame", suite: "Suite", history: Path, run_id: s
                             None)
                 entry["warning"] = (
                     f"{device}: the latency threshold {thr.text} is below what this device's noise resolves: the "
-                    f"smallest change detectable with 95 % power is {_pct(mdc)} at {suite.sessions} sessions and "
-                    f"{_pct(mdc_max)} with a confirmation re-run of {blocks} blocks (noise from {source}); a real "
+                    f"smallest change detectable with 95 % power is {pct(mdc)} at {suite.sessions} sessions and "
+                    f"{pct(mdc_max)} with a confirmation re-run of {blocks} blocks (noise from {source}); a real "
                     f"{thr.text} slow-down will often pass. "
                     + (f"Raise confirm_sessions to {need} or the threshold" if need else "Raise the threshold"))
         out[str(device)] = entry
     return out
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """``12.3%``, or ``none`` for an infinite smallest detectable change."""
     return f"{x:.1%}" if math.isfinite(x) else "none"
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.local_device import write_local_inventory
+
 REPO = Path(__file__).resolve().parents[1]
 RUNNER = REPO / "device_agents" / "runner.py"
 PY = sys.executable
@@ -43,10 +45,7 @@ def tiny_tflite() -> Path:
 
 @pytest.fixture()
 def inventory(tmp_path: Path) -> Path:
-    p = tmp_path / "inventory.toml"
-    p.write_text(f'[devices.testbox]\ntransport = "local"\ntarget = "host"\npython = "{PY}"\n'
-                 f'workdir = "{tmp_path / "device"}"\n')
-    return p
+    return write_local_inventory(tmp_path / "inventory.toml")
 
 
 def edgelr(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

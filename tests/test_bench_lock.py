@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.local_device import write_local_inventory
+
 from edgelr.bench.lock import device_lock
 
 PY = sys.executable
@@ -19,9 +21,7 @@ CODE = "import sys; from edgelr.cli.main import main; sys.argv = ['edgelr', *sys
 
 
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
-    inv = tmp_path / "inventory.toml"
-    inv.write_text(f'[devices.box]\ntransport = "local"\ntarget = "host"\npython = "{PY}"\n'
-                   f'workdir = "{tmp_path / "device"}"\n')
+    inv = write_local_inventory(tmp_path / "inventory.toml", "box")
     return subprocess.Popen([PY, "-c", CODE, "bench", str(MODEL), "--device", "box", "--inventory", str(inv),
                              "--sessions", "1", "--runs", "3", "--no-history", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -17,6 +17,8 @@ from typing import Iterator
 import pandas as pd
 import pytest
 
+from tests.local_device import write_local_inventory
+
 from edgelr.report import history as H
 
 PY = sys.executable
@@ -44,10 +46,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture()
 def inventory(tmp_path: Path) -> Path:
-    p = tmp_path / "inventory.toml"
-    p.write_text(f'[devices.box]\ntransport = "local"\ntarget = "host"\npython = "{PY}"\n'
-                 f'workdir = "{tmp_path / "device"}"\n')
-    return p
+    return write_local_inventory(tmp_path / "inventory.toml", "box")
 
 
 def _frame(n: int = 40) -> pd.DataFrame:

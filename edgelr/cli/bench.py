@@ -145,7 +145,7 @@ def named_models(args: "tuple[str, ...] | list[str]", names: "tuple[str, ...] | 
 
 def comparisons(frame: "pd.DataFrame", reference: str | None = None) -> list[dict[str, Any]]:
     """Each model against the reference (the first model by default) on paired, interleaved sessions."""
-    from edgelr.report.stats import compare_paired, format_speedup, paired_sessions, parse_threshold, speedup
+    from edgelr.report.stats import paired_speedup
 
     order = list(dict.fromkeys(frame["model"]))
     if len(order) < 2:
@@ -156,14 +156,12 @@ def comparisons(frame: "pd.DataFrame", reference: str | None = None) -> list[dic
         if model == ref:
             continue
         for dev in dict.fromkeys(frame["device"]):
-            cur, base = paired_sessions(frame, model, ref, dev)
-            v = compare_paired(cur, base, parse_threshold("5%"))
-            s, lo, hi = speedup(v)
-            out.append({"model": model, "reference": ref, "device": dev, "blocks": v.n_current,
+            v, sp = paired_speedup(frame, model, ref, dev)
+            out.append({"model": model, "reference": ref, "device": dev, "blocks": sp["blocks"],
                         "ratio": 1 + v.effect, "ratio_low": 1 + v.ci_low, "ratio_high": 1 + v.ci_high,
-                        "speedup": s, "speedup_low": lo, "speedup_high": hi, "p_slower": v.p_value
-                        if v.status != "improvement" else float("nan"), "speedup_text": format_speedup(v),
-                        "note": v.note})
+                        "speedup": sp["speedup"], "speedup_low": sp["low"], "speedup_high": sp["high"],
+                        "p_slower": v.p_value if v.status != "improvement" else float("nan"),
+                        "speedup_text": sp["text"], "note": v.note})
     return out
 
 

@@ -99,7 +99,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     """Run the suite through :func:`edgelr.regress.run_suite` and print; raise RegressionFound (3) or
     DeviceError (1) at the end."""
     from edgelr.errors import DeviceError, RegressionFound
-    from edgelr.regress import install_signal_handlers, run_suite as run
+    from edgelr.regress import install_signal_handlers, pct as _pct, run_suite as run
     from edgelr.report import history as H
 
     install_signal_handlers()
@@ -143,10 +143,6 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     if errors:
         raise DeviceError(f"regress {suite.name}: {len(errors)} device(s) failed ({'; '.join(f'{d}: {e}' for d, e in errors.items())}); "
                           f"results of the others stored in run {run_id}")
-
-
-def _pct(x: float) -> str:
-    return f"{x:.1%}" if math.isfinite(x) else "none"
 
 
 def _change(r: Any) -> str:

@@ -331,18 +331,17 @@ def _memory_copy(path: Path) -> sqlite3.Connection:
     """
     uri = quote_uri(path)
     mem = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        src = sqlite3.connect(f"file:{uri}?mode=ro", uri=True, timeout=120.0)
+    for mode in ("mode=ro", "immutable=1"):
         try:
-            src.backup(mem)
-        finally:
-            src.close()
-    except sqlite3.OperationalError:
-        src = sqlite3.connect(f"file:{uri}?immutable=1", uri=True, timeout=120.0)
-        try:
-            src.backup(mem)
-        finally:
-            src.close()
+            src = sqlite3.connect(f"file:{uri}?{mode}", uri=True, timeout=120.0)
+            try:
+                src.backup(mem)
+                return mem
+            finally:
+                src.close()
+        except sqlite3.OperationalError:
+            if mode == "immutable=1":
+                raise
     return mem
 
 

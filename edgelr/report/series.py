@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgelr.compress.names import BASELINE_SUFFIX
-from edgelr.report.stats import compare_paired, paired_sessions, parse_threshold, session_values, speedup
+from edgelr.report.stats import paired_speedup, session_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -179,7 +179,6 @@ def speedup_of(frame: "pd.DataFrame", runs: "pd.DataFrame", device: str, model: 
     measured in the same run, the ratio of their latest session medians with ``how`` = ``"unpaired"``
     and the text ``"... [no interval: not measured together]"``. None if either has no latency.
     """
-    from edgelr.report.stats import format_speedup
 
     mine = runs[(runs["device"] == device) & (runs["model"] == model) & (runs["sessions"] > 0)]
     ref = runs[(runs["device"] == device) & (runs["model"] == reference) & (runs["sessions"] > 0)]
@@ -189,14 +188,12 @@ def speedup_of(frame: "pd.DataFrame", runs: "pd.DataFrame", device: str, model: 
     base = {"device": device, "model": model, "reference": reference}
     if together:
         rid = together[-1]
-        cur, refv = paired_sessions(frame[frame["run_id"] == rid], model, reference, device=device)
-        if len(cur):
-            v = compare_paired(cur, refv, parse_threshold("5%"))
-            s, lo, hi = speedup(v)
+        v, sp = paired_speedup(frame[frame["run_id"] == rid], model, reference, device=device)
+        if sp["blocks"]:
             how = ("paired, t interval (< 6 blocks)" if "t interval" in v.note
-                   else "paired, signed-rank interval" if math.isfinite(lo) else "paired, 1 block: no interval")
-            return {**base, "run_id": rid, "reference_run_id": rid, "speedup": s, "low": lo, "high": hi,
-                    "blocks": int(len(cur)), "how": how, "text": format_speedup(v)}
+                   else "paired, signed-rank interval" if math.isfinite(sp["low"]) else "paired, 1 block: no interval")
+            return {**base, "run_id": rid, "reference_run_id": rid, "speedup": sp["speedup"], "low": sp["low"],
+                    "high": sp["high"], "blocks": sp["blocks"], "how": how, "text": sp["text"]}
     a, b = mine.iloc[-1], ref.iloc[-1]
     s = float(b["latency_median_ms"]) / float(a["latency_median_ms"]) if a["latency_median_ms"] > 0 else math.nan
     return {**base, "run_id": a["run_id"], "reference_run_id": b["run_id"], "speedup": s, "low": math.nan,

@@ -697,6 +697,21 @@ def session_values(part: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(out, columns=["run_id", "repeat", "value"])
 
 
+def paired_speedup(frame: "pd.DataFrame", model: str, reference: str, device: str | None = None
+                   ) -> tuple[Verdict, dict[str, Any]]:
+    """Speed-up of ``model`` over ``reference`` from their interleaved sessions in ``frame``.
+
+    The one place that turns paired sessions into a speed-up (``bench``, the demo, the report): the
+    paired verdict (:func:`compare_paired` at a 5 % threshold; the threshold only labels the status) and
+    {speedup, low, high (95 %), blocks, text (:func:`format_speedup`), method}.
+    """
+    cur, ref = paired_sessions(frame, model, reference, device)
+    v = compare_paired(cur, ref, parse_threshold("5%"))
+    s, lo, hi = speedup(v)
+    return v, {"speedup": s, "low": lo, "high": hi, "blocks": int(v.n_current), "text": format_speedup(v),
+               "method": v.method}
+
+
 def paired_sessions(frame: "pd.DataFrame", model: str, reference: str, device: str | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Session values of ``model`` and ``reference`` aligned by (run, block): shapes (n,), (n,).
