@@ -18,6 +18,11 @@ Example (a k x k conv, EVBMF ranks, one reduction of each Gram matrix)::
     res = tucker2(kernel, ranks, spectra=spectra)            # res.first, res.core, res.last
 
 For spatial SVD the spectrum is ``matrix_spectrum(spatial_matrix(kernel))``.
+
+Data-aware factorization (:mod:`edgelr.factorize.whiten`): give the decompositions the layer's input
+statistics (``whitening=`` a second-moment matrix or :func:`whitening`) and rank selection the data-aware
+spectrum (:func:`layer_spectrum`; for Tucker-2 ``unfolding_spectra(whiten_kernel(kernel, w))``); the
+factors then minimise the layer's output error on the calibration inputs instead of the weight error.
 """
 
 from edgelr.factorize.cp import CPResult, cp, max_cp_rank
@@ -31,8 +36,9 @@ from edgelr.factorize.ranks import (
 )
 from edgelr.factorize.spectrum import Spectrum, matrix_spectrum, mode_unfolding, unfolding_spectra
 from edgelr.factorize.svd import SpatialSVDResult, SVDResult, spatial_matrix, spatial_svd, truncated_svd
-from edgelr.factorize.tucker import Tucker2Result, tucker2
+from edgelr.factorize.tucker import Tucker2Result, tucker2, whiten_kernel
 from edgelr.factorize.vbmf import energy_rank, evbmf_rank, evbmf_rank_from_singular_values
+from edgelr.factorize.whiten import Whitening, layer_spectrum, output_error, whiten_matrix, whitening
 
 __all__ = [
     "CPResult",
@@ -41,14 +47,17 @@ __all__ = [
     "SpatialSVDResult",
     "Spectrum",
     "Tucker2Result",
+    "Whitening",
     "cp",
     "energy_rank",
     "evbmf_rank",
     "evbmf_rank_from_singular_values",
+    "layer_spectrum",
     "map_layers",
     "matrix_spectrum",
     "max_cp_rank",
     "mode_unfolding",
+    "output_error",
     "parse_rank_policy",
     "select_cp_rank",
     "select_matrix_rank",
@@ -58,4 +67,7 @@ __all__ = [
     "truncated_svd",
     "tucker2",
     "unfolding_spectra",
+    "whiten_kernel",
+    "whiten_matrix",
+    "whitening",
 ]

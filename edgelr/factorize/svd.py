@@ -4,6 +4,12 @@ Both go through the eigen-decomposition of the Gram matrix of the smaller side
 (:func:`edgelr.factorize.spectrum.matrix_spectrum`), which on 2 cores is several times faster than a
 full LAPACK SVD and gives the whole spectrum that rank selection needs; pass that
 :class:`~edgelr.factorize.spectrum.Spectrum` back in to avoid computing it twice.
+
+Data-aware (``whitening=``, :mod:`edgelr.factorize.whiten`): the matrix is whitened by its input
+statistics, truncated, and the left factor un-whitened, which minimises the layer's output error on the
+calibration inputs instead of the weight error; ``rel_error`` is then that relative output error and the
+``spectrum`` passed in must be :func:`~edgelr.factorize.whiten.layer_spectrum` of the matrix with the same
+statistics.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
 from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum
+from edgelr.factorize.whiten import Whitening, as_whitening
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,8 @@ class SVDResult:
     rank
         ``r``.
     rel_error
-        ``||W - left @ right||_F / ||W||_F`` (0 for an all-zero matrix).
+        ``||W - left @ right||_F / ||W||_F`` (0 for an all-zero matrix); with ``whitening`` the relative
+        output error ``||L^T (W - left @ right)||_F / ||L^T W||_F`` on the calibration inputs.
     """
 
     left: np.ndarray
@@ -58,7 +66,8 @@ class SpatialSVDResult:
     rel_error
         Relative Frobenius error of the composed kernel.
     singular_values
-        ``(min(c_in*kh, c_out*kw),)`` full spectrum of the reshaped kernel, descending (float64).
+        ``(min(c_in*kh, c_out*kw),)`` full spectrum of the reshaped kernel (of the whitened one with
+        ``whitening``), descending (float64).
     """
 
     vertical: np.ndarray
@@ -99,7 +108,8 @@ def _split_factors(arr: np.ndarray, rank: int, spectrum: Spectrum) -> tuple[np.n
 
 
 @one_blas_thread
-def truncated_svd(matrix: np.ndarray, rank: int, *, spectrum: Spectrum | None = None) -> SVDResult:
+def truncated_svd(matrix: np.ndarray, rank: int, *, spectrum: Spectrum | None = None,
+                  whitening: Whitening | np.ndarray | None = None) -> SVDResult:
     """Best rank-``rank`` approximation ``matrix ~= left @ right`` (Eckart-Young).
 
     Parameters
@@ -111,7 +121,13 @@ def truncated_svd(matrix: np.ndarray, rank: int, *, spectrum: Spectrum | None = 
         ``1 <= rank <= min(m, n)``.
     spectrum
         Optional :func:`~edgelr.factorize.spectrum.matrix_spectrum` of the same matrix (e.g. the one
-        rank selection used); computed here when omitted.
+        rank selection used); computed here when omitted. With ``whitening``:
+        :func:`~edgelr.factorize.whiten.layer_spectrum` of the matrix with the same statistics.
+    whitening
+        Optional input statistics of the rows' side: the ``(m, m)`` second moment ``C = E[x^T x]`` of the
+        inputs ``x`` (``y = x @ matrix``) or its :func:`~edgelr.factorize.whiten.whitening`. Then the
+        factors minimise the output error ``E||x (W - left @ right)||^2`` (+ ``lambda ||W - left @ right||^2``),
+        the closed-form optimum (:mod:`edgelr.factorize.whiten`).
 
     Returns
     -------
@@ -121,15 +137,19 @@ def truncated_svd(matrix: np.ndarray, rank: int, *, spectrum: Spectrum | None = 
     Raises
     ------
     FactorizeError
-        Not 2-D, NaN/Inf values, or ``rank`` outside ``[1, min(m, n)]``.
+        Not 2-D, NaN/Inf values, ``rank`` outside ``[1, min(m, n)]``, statistics of another size.
     """
     arr = as_finite_array(matrix, 2, "matrix")
     r = check_rank(rank, min(arr.shape), f"rank for a {arr.shape[0]}x{arr.shape[1]} matrix")
+    white = None if whitening is None else as_whitening(whitening, arr.shape[0], "whitening")
+    target = arr if white is None else white.apply(arr)
     if spectrum is None:
-        spectrum = gram_spectrum(arr, "rows" if arr.shape[0] <= arr.shape[1] else "columns")
+        spectrum = gram_spectrum(target, "rows" if arr.shape[0] <= arr.shape[1] else "columns")
     else:
         _check_spectrum(spectrum, arr.shape)
-    left, right, rel_error = _split_factors(arr, r, spectrum)
+    left, right, rel_error = _split_factors(target, r, spectrum)
+    if white is not None:
+        left = white.restore(left)
     dtype = output_dtype(matrix)
     return SVDResult(
         left=left.astype(dtype),
@@ -150,7 +170,8 @@ def spatial_matrix(kernel: np.ndarray) -> np.ndarray:
 
 
 @one_blas_thread
-def spatial_svd(kernel: np.ndarray, rank: int, *, spectrum: Spectrum | None = None) -> SpatialSVDResult:
+def spatial_svd(kernel: np.ndarray, rank: int, *, spectrum: Spectrum | None = None,
+                whitening: Whitening | np.ndarray | None = None) -> SpatialSVDResult:
     """Spatial SVD (Jaderberg et al. 2014; AIMET) of a conv kernel.
 
     The kernel reshaped to ``(c_in*kh) x (c_out*kw)`` (:func:`spatial_matrix`) is truncated to rank
@@ -165,22 +186,32 @@ def spatial_svd(kernel: np.ndarray, rank: int, *, spectrum: Spectrum | None = No
     rank
         ``1 <= R <= min(c_in*kh, c_out*kw)``.
     spectrum
-        Optional ``matrix_spectrum(spatial_matrix(kernel))``.
+        Optional ``matrix_spectrum(spatial_matrix(kernel))`` (``layer_spectrum(spatial_matrix(kernel),
+        whitening)`` with ``whitening``).
+    whitening
+        Optional second moment ``(c_in*kh, c_in*kh)`` of the vertical ``kh x 1`` input patches, rows
+        ordered as :func:`spatial_matrix`'s (``c*kh + i``), or its whitening: the vertical factor then
+        minimises the output error under the approximation that patch columns are uncorrelated
+        (:mod:`edgelr.factorize.whiten`).
 
     Raises
     ------
     FactorizeError
-        Not 4-D, NaN/Inf values, or ``rank`` out of range.
+        Not 4-D, NaN/Inf values, ``rank`` out of range, statistics of another size.
     """
     arr = as_finite_array(kernel, 4, "kernel")
     kh, kw, c_in, c_out = arr.shape
     mat = spatial_matrix(arr)
     r = check_rank(rank, min(mat.shape), f"rank for spatial SVD of a {arr.shape} kernel")
+    white = None if whitening is None else as_whitening(whitening, mat.shape[0], "whitening")
+    target = mat if white is None else white.apply(mat)
     if spectrum is None:
-        spectrum = gram_spectrum(mat, "rows" if mat.shape[0] <= mat.shape[1] else "columns")
+        spectrum = gram_spectrum(target, "rows" if mat.shape[0] <= mat.shape[1] else "columns")
     else:
         _check_spectrum(spectrum, mat.shape)
-    left, right, rel_error = _split_factors(mat, r, spectrum)
+    left, right, rel_error = _split_factors(target, r, spectrum)
+    if white is not None:
+        left = white.restore(left)
     dtype = output_dtype(kernel)
     # left[(c*kh + i), r] -> vertical[i, 0, c, r]; right[r, (d*kw + j)] -> horizontal[0, j, r, d]
     vertical = left.reshape(c_in, kh, r).transpose(1, 0, 2)[:, None, :, :]

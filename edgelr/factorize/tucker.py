@@ -10,6 +10,15 @@ kernel projected on the other factor, computed from the smaller of its two Gram 
 or ``kh*kw*r x kh*kw*r``), never by an SVD of a long unfolding.
 The error follows from the core norm because the factors are orthonormal:
 ``||W - W_hat||^2 = ||W||^2 - ||core||^2``.
+
+Data-aware (``whitening=``, :mod:`edgelr.factorize.whiten`): with ``C`` the ``c_in x c_in`` second moment of
+the input channels (pooled over positions), ``C + lambda I = L L^T``, the kernel is whitened on its input
+mode, ``K~ = K x_3 L^T`` (``K~[i, j, p, b] = sum_a L[a, p] K[i, j, a, b]``), decomposed as above, and the
+input factor un-whitened, ``first = L^-T U_in``. This minimises ``sum_{i,j,b} E(x^T (K - K')[i, j, :, b])^2``,
+the output error when input pixels at different positions are uncorrelated; with correlated neighbours it
+is an approximation (the exact optimum under full patch statistics needs an alternating solve), which
+``tests/test_factorize_data_aware.py`` and ``reports/data_aware.md`` check lowers the true output error.
+``first`` is then not orthonormal and ``rel_error`` is the relative error of the whitened kernel.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from edgelr.errors import FactorizeError
 from edgelr.factorize._checks import as_finite_array, check_rank, output_dtype
 from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum, leading_eigenvectors, mode_unfolding
+from edgelr.factorize.whiten import Whitening, as_whitening
 
 
 # Relative errors below this are computed from the reconstruction rather than from norms.
@@ -37,7 +47,8 @@ class Tucker2Result:
     Attributes
     ----------
     first
-        ``(c_in, r_in)`` orthonormal columns: the 1x1 conv ``c_in -> r_in``.
+        ``(c_in, r_in)`` orthonormal columns (``L^-T`` times orthonormal columns when data-aware): the 1x1
+        conv ``c_in -> r_in``.
     core
         ``(kh, kw, r_in, r_out)``: the spatial conv.
     last
@@ -45,7 +56,7 @@ class Tucker2Result:
     ranks
         ``(r_in, r_out)``.
     rel_error
-        ``||W - W_hat||_F / ||W||_F`` (0 for an all-zero kernel).
+        ``||W - W_hat||_F / ||W||_F`` (0 for an all-zero kernel); of the whitened kernel when data-aware.
     n_iter
         Number of HOOI sweeps run after the HOSVD start (0 = plain HOSVD).
     """
@@ -90,6 +101,7 @@ def tucker2(
     max_iter: int = 10,
     tol: float = 1e-4,
     spectra: tuple[Spectrum, Spectrum] | None = None,
+    whitening: Whitening | np.ndarray | None = None,
 ) -> Tucker2Result:
     """Tucker-2 decomposition of a conv kernel: HOSVD start, then HOOI until the error stops improving.
 
@@ -106,7 +118,12 @@ def tucker2(
         units, as tensorly's ``partial_tucker``).
     spectra
         Optional :func:`~edgelr.factorize.spectrum.unfolding_spectra` of the same kernel (the ones rank
-        selection used): their vectors are the HOSVD start, so nothing is computed twice.
+        selection used): their vectors are the HOSVD start, so nothing is computed twice. With
+        ``whitening``: ``unfolding_spectra(whiten_kernel(kernel, whitening))``.
+    whitening
+        Optional ``(c_in, c_in)`` second moment of the input channels (or its
+        :func:`~edgelr.factorize.whiten.whitening`): decompose the whitened kernel and un-whiten ``first``
+        (module docstring).
 
     Returns
     -------
@@ -116,10 +133,14 @@ def tucker2(
     Raises
     ------
     FactorizeError
-        Not 4-D, NaN/Inf values, ranks out of range, negative ``max_iter`` or ``tol``.
+        Not 4-D, NaN/Inf values, ranks out of range, negative ``max_iter`` or ``tol``, statistics of
+        another size.
     """
     arr = as_finite_array(kernel, 4, "kernel")
     kh, kw, c_in, c_out = arr.shape
+    white = None if whitening is None else as_whitening(whitening, c_in, "whitening")
+    if white is not None:
+        arr = whiten_kernel(arr, white)
     r_in, r_out = _check_ranks(ranks, c_in, c_out)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise FactorizeError(f"max_iter: got {max_iter!r}; expected an integer >= 0")
@@ -180,6 +201,8 @@ def tucker2(
         approx = np.matmul(np.matmul(u_in, core), u_out.T).reshape(arr.shape)
         error = float(np.linalg.norm(arr - approx) / np.sqrt(norm2))
     dtype = output_dtype(kernel)
+    if white is not None:
+        u_in = white.restore(u_in)
     return Tucker2Result(
         first=u_in.astype(dtype),
         core=core.reshape(kh, kw, r_in, r_out).astype(dtype),
@@ -188,3 +211,17 @@ def tucker2(
         rel_error=error,
         n_iter=n_iter,
     )
+
+
+def whiten_kernel(kernel: np.ndarray, whitening: Whitening | np.ndarray) -> np.ndarray:
+    """``K x_3 L^T``: a ``(kh, kw, c_in, c_out)`` kernel whitened on its input-channel mode (float64).
+
+    ``whitening`` is the ``(c_in, c_in)`` channel second moment or its
+    :func:`~edgelr.factorize.whiten.whitening`. ``unfolding_spectra(whiten_kernel(k, w))`` are the
+    data-aware spectra Tucker-2 rank selection reads.
+    """
+    arr = as_finite_array(kernel, 4, "kernel")
+    kh, kw, c_in, c_out = arr.shape
+    white = as_whitening(whitening, c_in, "whitening")
+    unfolded = white.apply(mode_unfolding(arr, 2))  # (c_in, kh*kw*c_out)
+    return np.ascontiguousarray(unfolded.reshape(c_in, kh, kw, c_out).transpose(1, 2, 0, 3))
