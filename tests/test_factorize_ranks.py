@@ -134,7 +134,7 @@ def test_parse_rank_policy_accepts_documented_forms(spec: str, policy: RankPolic
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "svd", "vbmf:2", "energy", "energy:", "energy:0", "energy:1.5", "params:abc", "macs:-0.5", "rank:0", "rank:2.5", "rank:-3", "rank"]
+    "spec", ["", "svd", "vbmf:2", "vbmf:-0.1", "vbmf:x", "energy", "energy:", "energy:0", "energy:1.5", "params:abc", "macs:-0.5", "rank:0", "rank:2.5", "rank:-3", "rank"]
 )
 def test_parse_rank_policy_rejects_bad_specs_naming_accepted_forms(spec: str) -> None:
     with pytest.raises(FactorizeError) as info:
@@ -189,15 +189,16 @@ def test_select_matrix_rank_vbmf_floor() -> None:
     rng = np.random.default_rng(11)
     y = planted_low_rank(rng, 60, 150, 12, snr=2.0)
     cost, full = svd_cost(60, 150), (9000, 9000)
-    assert select_matrix_rank(y, "vbmf", cost=cost, full_cost=full) == 12
-    assert select_matrix_rank(y, "vbmf", cost=cost, full_cost=full, floor=20) == 20
-    assert select_matrix_rank(y, "vbmf", cost=cost, full_cost=full, multiple=8) == 16
-    noise = rng.standard_normal((60, 150))  # EVBMF says 0: the floor keeps 8
+    # vbmf:1 is plain EVBMF (no weakening; tests/test_robust_ranks.py covers the weakened default)
+    assert select_matrix_rank(y, "vbmf:1", cost=cost, full_cost=full) == 12
+    assert select_matrix_rank(y, "vbmf:1", cost=cost, full_cost=full, floor=20) == 20
+    assert select_matrix_rank(y, "vbmf:1", cost=cost, full_cost=full, multiple=8) == 16
+    noise = rng.standard_normal((60, 150))  # EVBMF says 0: only noise, the full rank is kept (as MUSCO)
     assert evbmf_rank(noise) == 0
-    assert select_matrix_rank(noise, "vbmf", cost=cost, full_cost=full) == 8
-    assert select_matrix_rank(noise[:5], "vbmf", cost=cost, full_cost=full) == 5  # floor capped at min(m, n)
+    assert select_matrix_rank(noise, "vbmf:1", cost=cost, full_cost=full) == 60
+    assert select_matrix_rank(noise[:5], "vbmf:1", cost=cost, full_cost=full) == 5
     spectrum = matrix_spectrum(y)
-    assert select_matrix_rank(y, parse_rank_policy("vbmf"), cost=cost, full_cost=full, spectrum=spectrum) == 12
+    assert select_matrix_rank(y, parse_rank_policy("vbmf:1"), cost=cost, full_cost=full, spectrum=spectrum) == 12
 
 
 def test_select_matrix_rank_bad_options() -> None:
@@ -234,9 +235,9 @@ def test_select_tucker2_ranks_vbmf_and_energy_on_planted_kernel() -> None:
     rng = np.random.default_rng(21)
     k = planted_tucker(rng, (3, 3, 48, 64), (6, 10), snr=4.0)
     cost, full = tucker_cost(3, 3, 48, 64), (3 * 3 * 48 * 64, 0)
-    assert select_tucker2_ranks(k, "vbmf", cost=cost, full_cost=full, floor=1) == (6, 10)
-    assert select_tucker2_ranks(k, "vbmf", cost=cost, full_cost=full) == (8, 10)  # floor 8 on mode 2
-    assert select_tucker2_ranks(k, "vbmf", cost=cost, full_cost=full, floor=1, multiple=4) == (8, 12)
+    assert select_tucker2_ranks(k, "vbmf:1", cost=cost, full_cost=full, floor=1) == (6, 10)
+    assert select_tucker2_ranks(k, "vbmf:1", cost=cost, full_cost=full) == (8, 10)  # floor 8 on mode 2
+    assert select_tucker2_ranks(k, "vbmf:1", cost=cost, full_cost=full, floor=1, multiple=4) == (8, 12)
     spectra = unfolding_spectra(k)
     expected = tuple(
         int(np.argmax(np.cumsum(s.values) / s.values.sum() >= 0.9)) + 1 for s in spectra
@@ -266,7 +267,7 @@ def test_select_cp_rank_policies() -> None:
     k = planted_tucker(rng, (3, 3, 48, 64), (6, 10), snr=4.0)
     cost = lambda r: (r * (48 + 3 + 3 + 64), r * (48 + 3 + 3 + 64) * 100)  # noqa: E731
     full = (3 * 3 * 48 * 64, 3 * 3 * 48 * 64 * 100)
-    assert select_cp_rank(k, "vbmf", cost=cost, full_cost=full, floor=1) == 10  # max of the modes (6, 10)
+    assert select_cp_rank(k, "vbmf:1", cost=cost, full_cost=full, floor=1) == 10  # max of the modes (6, 10)
     assert select_cp_rank(k, "params:0.1", cost=cost, full_cost=full) == 23  # 2714 <= 2764.8 < 2832
     assert select_cp_rank(k, "params:0.1", cost=cost, full_cost=full, multiple=8) == 24
     assert select_cp_rank(k, "rank:5000", cost=cost, full_cost=full) == 3 * 3 * 48  # max CP rank

@@ -37,10 +37,11 @@ from edgelr.factorize.ranks import (
 from edgelr.factorize.spectrum import Spectrum, matrix_spectrum, mode_unfolding, unfolding_spectra
 from edgelr.factorize.svd import SpatialSVDResult, SVDResult, spatial_matrix, spatial_svd, truncated_svd
 from edgelr.factorize.tucker import Tucker2Result, tucker2, whiten_kernel
-from edgelr.factorize.vbmf import energy_rank, evbmf_rank, evbmf_rank_from_singular_values
+from edgelr.factorize.vbmf import DEFAULT_WEAKENING, energy_rank, evbmf_rank, evbmf_rank_from_singular_values, weaken_rank
 from edgelr.factorize.whiten import Whitening, layer_spectrum, output_error, whiten_matrix, whitening
 
 __all__ = [
+    "DEFAULT_WEAKENING",
     "CPResult",
     "RankPolicy",
     "SVDResult",
@@ -52,6 +53,7 @@ __all__ = [
     "energy_rank",
     "evbmf_rank",
     "evbmf_rank_from_singular_values",
+    "weaken_rank",
     "layer_spectrum",
     "map_layers",
     "matrix_spectrum",

@@ -3,7 +3,8 @@
 A policy is parsed from a short spec string (``--rank`` on the command line):
 
 ==================  ==========================================================================
-``vbmf``            EVBMF (Nakajima et al. 2013) on the spectrum, never below ``min(floor, max)``
+``vbmf``            weakened EVBMF (factor ``DEFAULT_WEAKENING`` = 0.8), never below ``min(floor, max)``
+``vbmf:0.5``        weakened EVBMF with that factor ``f`` in ``[0, 1]`` (``vbmf:1``: plain EVBMF)
 ``energy:0.9``      smallest rank keeping that share of ``sum(s_h^2)`` (squared Frobenius norm)
 ``params:0.25``     largest rank whose factorized parameters are ``<= 0.25 x`` the original's
 ``macs:0.5``        largest rank whose factorized MACs are ``<= 0.5 x`` the original's
@@ -14,9 +15,14 @@ Every selector then rounds the rank UP to a multiple of ``multiple`` (TFLite ker
 channel counts that are multiples of 4/8) and clips it to ``[1, max possible rank]``; after rounding
 a ``params``/``macs`` budget can be exceeded by at most ``multiple - 1`` ranks.
 
-Why the floor for ``vbmf``: EVBMF returns 0 or 1 on many real layers (flat spectra, see REFERENCE
-section 7), which destroys accuracy; like MUSCO we keep ``max(vbmf, min(floor, max_rank))``. The floor
-applies to ``vbmf`` only; the other policies say exactly what they keep.
+Why weakening and a floor for ``vbmf``: EVBMF returns 0 or 1 on many real layers (flat spectra, see
+REFERENCE section 7), which destroys accuracy before fine-tuning (a mini-Xception lost all but 7 % top-1
+agreement with plain EVBMF). Like MUSCO, the EVBMF rank ``r_vbmf`` of each spectrum is weakened towards the
+full rank ``R`` (:func:`edgelr.factorize.vbmf.weaken_rank`): ``r = floor(R - f (R - r_vbmf))``, so
+``r >= (1 - f) R`` (a floor as a share of the full rank), and ``r_vbmf = 0`` (only noise found) keeps ``R``
+(the layer then stays as is). The absolute floor follows: ``max(r, min(floor, R))`` (``floor`` 8 by
+default, ``rank_floor`` of :func:`edgelr.rewrite.plan_factorization`). Both apply to ``vbmf`` only; the
+other policies say exactly what they keep. ``reports/robust_ranks.md`` measures the factor.
 
 ``cost`` callables return ``(params, macs)`` of the factorized layer at a rank and must not decrease
 as a rank grows (true for every factorization here); the budget search relies on it.
@@ -36,10 +42,17 @@ from edgelr.factorize._checks import as_finite_array
 from edgelr.factorize.blas import one_blas_thread
 from edgelr.factorize.cp import max_cp_rank
 from edgelr.factorize.spectrum import Spectrum, gram_spectrum, mode_unfolding
-from edgelr.factorize.vbmf import energy_rank, evbmf_rank_from_singular_values
+from edgelr.factorize.vbmf import (
+    DEFAULT_WEAKENING,
+    check_weakening,
+    energy_rank,
+    evbmf_rank_from_singular_values,
+    weaken_rank,
+)
 
 PolicyKind = Literal["vbmf", "energy", "params", "macs", "rank"]
-ACCEPTED_FORMS = '"vbmf", "energy:F", "params:F", "macs:F" (0 < F <= 1) or "rank:N" (integer N >= 1)'
+ACCEPTED_FORMS = ('"vbmf", "energy:F", "params:F", "macs:F" (0 < F <= 1), "vbmf:W" (weakening 0 <= W <= 1) or '
+                  '"rank:N" (integer N >= 1)')
 
 
 @dataclass(frozen=True)
@@ -51,16 +64,21 @@ class RankPolicy:
     kind
         ``"vbmf"``, ``"energy"``, ``"params"``, ``"macs"`` or ``"rank"``.
     value
-        ``None`` for ``vbmf``; the share in ``(0, 1]`` for ``energy``/``params``/``macs``; the rank
-        (a whole number >= 1) for ``rank``.
+        For ``vbmf`` the weakening factor in ``[0, 1]``, or ``None`` for ``DEFAULT_WEAKENING``; the share
+        in ``(0, 1]`` for ``energy``/``params``/``macs``; the rank (a whole number >= 1) for ``rank``.
     """
 
     kind: PolicyKind
     value: float | None
 
+    @property
+    def weakening(self) -> float:
+        """The VBMF weakening factor this policy uses (``vbmf`` only; :data:`DEFAULT_WEAKENING` when unset)."""
+        return DEFAULT_WEAKENING if self.value is None else float(self.value)
+
     def __str__(self) -> str:
         if self.kind == "vbmf":
-            return "vbmf"
+            return "vbmf" if self.value is None else f"vbmf:{self.value:g}"
         if self.kind == "rank":
             return f"rank:{int(self.value or 0)}"
         return f"{self.kind}:{self.value:g}"
@@ -83,9 +101,13 @@ def parse_rank_policy(spec: str) -> RankPolicy:
     if kind not in get_args(PolicyKind):
         raise FactorizeError(f"rank policy: got {spec!r}; expected one of {ACCEPTED_FORMS}")
     if kind == "vbmf":
-        if sep:
-            raise FactorizeError(f"rank policy: got {spec!r}; 'vbmf' takes no value. Accepted: {ACCEPTED_FORMS}")
-        return RankPolicy("vbmf", None)
+        if not sep:
+            return RankPolicy("vbmf", None)
+        try:
+            return RankPolicy("vbmf", check_weakening(float(raw)))
+        except (ValueError, FactorizeError):
+            raise FactorizeError(f"rank policy: got {spec!r}; vbmf:W needs a weakening factor 0 <= W <= 1 "
+                                 f"(1 = plain EVBMF). Accepted: {ACCEPTED_FORMS}") from None
     if not raw:
         raise FactorizeError(f"rank policy: got {spec!r}; '{kind}' needs a value. Accepted: {ACCEPTED_FORMS}")
     if kind == "rank":
@@ -154,7 +176,8 @@ def _spectrum_rank(singular_values: np.ndarray, shape: tuple[int, int], policy: 
     max_rank = min(shape)
     if policy.kind == "energy":
         return max(energy_rank(singular_values, float(policy.value or 0.0)), 1)
-    return max(evbmf_rank_from_singular_values(singular_values, shape), min(floor, max_rank))
+    weakened = weaken_rank(max_rank, evbmf_rank_from_singular_values(singular_values, shape), policy.weakening)
+    return max(weakened, min(floor, max_rank))
 
 
 @one_blas_thread

@@ -1,7 +1,21 @@
-"""Rank estimates from a spectrum: EVBMF (Nakajima et al. 2013) and retained energy.
+"""Rank estimates from a spectrum: EVBMF (Nakajima et al. 2013), its weakened form, and retained energy.
 
-Both need only singular values, so they run on the spectrum that the decomposition reuses
-(:mod:`edgelr.factorize.spectrum`).
+All need only singular values, so they run on the spectrum that the decomposition reuses
+(:mod:`edgelr.factorize.spectrum`), weight or data-aware (whitened) alike.
+
+Weakened EVBMF (as MUSCO, Gusak et al. 2019, ``musco.pytorch...rank_estimation.estimator.weaken_rank``):
+EVBMF estimates how many singular values stand above the noise of a *random* matrix; on trained layers it
+often keeps far too few (rank 0 or 1 on flat spectra, see REFERENCE section 7), and a factorized model
+collapses before fine-tuning. The weakened rank moves from the EVBMF rank ``r_vbmf`` back towards the full
+rank ``R`` by a factor ``f`` in ``[0, 1]``::
+
+    r = floor(R - f * (R - r_vbmf))          (f = 1: plain EVBMF; f = 0: the full rank)
+
+so ``r >= (1 - f) * R``: the factor also sets a floor as a share of the full rank. ``r_vbmf = 0`` (no
+singular value above the estimated noise: the spectrum is flat, the layer is not low-rank) gives ``R``,
+which leaves the layer as is, as MUSCO does. MUSCO's default is ``f = 0.8``; edgelr's default
+:data:`DEFAULT_WEAKENING` is measured in ``reports/robust_ranks.md``. An absolute floor (``rank_floor``,
+default 8) is applied after, by :mod:`edgelr.factorize.ranks`.
 """
 
 from __future__ import annotations
@@ -18,6 +32,8 @@ _TAU_BAR_FACTOR = 2.5129
 # Singular values below this fraction of the largest are numerically zero: a Gram-matrix spectrum in
 # float64 resolves singular values only down to ~1e-8 of the largest, and float32 weights hold ~1e-7.
 _ZERO_FRACTION = 1e-7
+#: The weakening factor ``f`` of ``vbmf`` without a value (module docstring; ``vbmf:F`` sets another).
+DEFAULT_WEAKENING = 0.8
 
 
 def _check_singular_values(singular_values: object) -> np.ndarray:
@@ -127,6 +143,47 @@ def evbmf_rank(matrix: np.ndarray) -> int:
     arr = as_finite_array(matrix, 2, "matrix")
     s = np.linalg.svd(arr, compute_uv=False)
     return evbmf_rank_from_singular_values(s, arr.shape)
+
+
+def weaken_rank(full_rank: int, vbmf_rank: int, factor: float) -> int:
+    """The weakened EVBMF rank ``floor(R - f (R - r_vbmf))``; ``R`` when ``r_vbmf`` is 0 (module docstring).
+
+    Parameters
+    ----------
+    full_rank
+        ``R``, the largest rank (``min(m, n)`` of the matrix).
+    vbmf_rank
+        ``r_vbmf`` in ``[0, R]`` (:func:`evbmf_rank_from_singular_values`).
+    factor
+        ``f`` in ``[0, 1]``: 1 keeps the EVBMF rank, 0 the full rank.
+
+    Returns
+    -------
+    int
+        In ``[r_vbmf, R]``.
+
+    Raises
+    ------
+    FactorizeError
+        ``factor`` outside ``[0, 1]`` or ranks out of range.
+    """
+    check_weakening(factor)
+    full, r = int(full_rank), int(vbmf_rank)
+    if full < 0 or not 0 <= r <= full:
+        raise FactorizeError(f"weaken_rank: got full rank {full_rank!r} and EVBMF rank {vbmf_rank!r}; "
+                             "expected 0 <= EVBMF rank <= full rank")
+    if r == 0:
+        return full
+    # a few ulps of slack so that f = 1 gives exactly r_vbmf despite float rounding
+    return max(r, min(full, int(np.floor(full - float(factor) * (full - r) + 1e-9))))
+
+
+def check_weakening(factor: object) -> float:
+    """``factor`` as a float in ``[0, 1]``; :class:`FactorizeError` naming the value otherwise."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.floating)) or not 0.0 <= factor <= 1.0:
+        raise FactorizeError(f"VBMF weakening factor: got {factor!r}; expected a number in [0, 1] "
+                             f"(1 = plain EVBMF, 0 = full rank; default {DEFAULT_WEAKENING})")
+    return float(factor)
 
 
 def energy_rank(singular_values: np.ndarray, share: float) -> int:
