@@ -21,6 +21,11 @@ QUANTIZATIONS = ("int8", "dynamic", "float16", "none")
 IO_DTYPES = ("int8", "uint8", "float32")
 DELEGATES = ("xnnpack", "gpu", "nnapi", "none")
 OSES = ("linux", "android")
+DEFAULT_OUTPUT_COST = {"int8": 16.0, "dynamic": 2.0, "float16": 2.0, "none": 2.0}
+"""MAC-equivalents one written activation element costs in the latency estimate, by quantization (fitted
+on an x86-64 AVX2 host with XNNPACK: int8 15-28, 16 chosen; float32 1-2; reports/resnet50_layer_profile.md).
+A profile without its own ``output_cost`` (field 0.0) uses this value for its quantization
+(:attr:`Target.effective_output_cost`, shown by ``edgelr targets``)."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,16 @@ class Target:
     rank_policy: str = "vbmf"
     output_cost: float = 0.0
 
+    @property
+    def effective_output_cost(self) -> float:
+        """The ``output_cost`` the latency estimate uses: the profile's own when > 0, else
+        :data:`DEFAULT_OUTPUT_COST` for its quantization (16 for int8, 2 otherwise)."""
+        own = float(self.output_cost or 0.0)
+        return own if own > 0 else DEFAULT_OUTPUT_COST.get(self.quantization, DEFAULT_OUTPUT_COST["int8"])
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The profile's fields, ``output_cost`` as the estimate uses it (:attr:`effective_output_cost`)."""
+        return {**dataclasses.asdict(self), "output_cost": self.effective_output_cost}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Target)}

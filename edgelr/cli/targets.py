@@ -26,5 +26,5 @@ def targets(targets_file: str | None, as_json: bool) -> None:
         echo_json({name: t.to_dict() for name, t in profiles.items()})
         return
     cols = ["name", "os", "abi", "cpu", "threads", "affinity_mask", "quantization", "delegate",
-            "rank_multiple", "memory_budget_mb"]
+            "rank_multiple", "memory_budget_mb", "output_cost"]
     click.echo(table([t.to_dict() for t in profiles.values()], cols))

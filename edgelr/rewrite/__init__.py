@@ -30,7 +30,7 @@ from edgelr.rewrite.registry import applicable_methods, get_rewriter, methods, r
 
 # The rewriters edgelr ships. This line is the one place rewriter modules are imported, so their
 # @register_rewriter decorators run exactly here: adding a rewriter is one module plus its name below.
-from edgelr.rewrite import conv, dense, embedding, recurrent, separable  # noqa: E402,F401  isort: skip
+from edgelr.rewrite import conv, dense, embedding, recurrent, recurrent3d, separable  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -69,6 +69,9 @@ def factorize_model(
     layer_policies: Any = None,
     min_efficiency: float | None = None,
     allocate: str = "layer",
+    calibration: Any = None,
+    latency_table: Any = None,
+    min_saving: int | None = None,
 ) -> tuple[Any, Any]:
     """Replace a model's Dense/Conv/Separable/Embedding/LSTM/GRU layers by low-rank stock-layer chains.
 
@@ -103,6 +106,17 @@ def factorize_model(
         ``layer`` (default): each layer meets the rank policy on its own. ``latency``: the policy ranks set
         the total params and weight loss, and ranks are re-chosen model-wide for the least estimated
         latency within both (see :func:`plan_factorization`).
+    calibration : numpy.ndarray or list of numpy.ndarray, optional
+        A batch of model inputs (a few hundred, e.g. ``x_train[:256]``): data-aware factorization. Each layer's
+        decomposition then minimises the error of its OUTPUT on these inputs instead of the weight error, and the
+        rank policies read the data-aware spectrum (see :func:`plan_factorization`). None: weights only.
+    latency_table : edgelr.rewrite.cost.MeasuredLatency, optional
+        Latencies measured on the device (``edgelr profile``) instead of the estimate (see
+        :func:`plan_factorization`).
+    min_saving : int, optional
+        Absolute-saving rule: leave a layer whole when it saves fewer than this many parameters and MACs, or
+        it is a conv on <= 3 input channels that does not pay by the latency estimate (see
+        :func:`plan_factorization`). None (default): off.
 
     Returns
     -------
@@ -113,7 +127,9 @@ def factorize_model(
         ranks (tuple), params_before, params_after, macs_before, macs_after (per example), est_speedup
         (estimated latency speed-up of the rewrite, :func:`edgelr.rewrite.cost.latency_estimate` with the
         target's output cost; 1.0 when skipped, NaN for recurrent layers), rel_error (relative Frobenius
-        error of the weights), skipped (bool), reason.
+        error of the weights; with ``calibration``, for data-aware layers, the relative error of the layer's
+        pre-bias output on the calibration inputs - for Tucker-2 under pooled channel statistics), skipped
+        (bool), reason.
 
     Raises
     ------
@@ -124,5 +140,6 @@ def factorize_model(
     plan = plan_factorization(model, method=method, rank_policy=rank_policy, target=target, include=include,
                               skip=skip, min_reduction=min_reduction, progress=progress, rank_floor=rank_floor,
                               recurrent_unroll=recurrent_unroll, layer_policies=layer_policies,
-                              min_efficiency=min_efficiency, allocate=allocate)
+                              min_efficiency=min_efficiency, allocate=allocate, calibration=calibration, latency_table=latency_table,
+                              min_saving=min_saving)
     return build_factorized(model, plan)

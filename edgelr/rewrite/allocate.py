@@ -24,8 +24,13 @@ layer independently takes the option minimising ``objective + a * cost1 + b * co
 ``(a, b)`` keeps the feasible assignment with the best objective. When none is feasible, the policy
 ranks are kept.
 
+With a device table (``plan.measured``, ``edgelr profile``) ``T_l`` is the latency measured on the
+device (ms, interpolated between the profiled ranks) instead of the estimate, and a chain that is not
+faster than its layer on that device is no option.
+
 Options per layer: left as is, or ranks on a ladder of the target's rank multiple (at most ~64 steps
-per rank), each reducing params and MACs by ``min_reduction`` and meeting ``min_efficiency`` when set.
+per rank), each reducing params and MACs by ``min_reduction``, meeting ``min_efficiency`` when set and the
+absolute-saving rule (``plan.min_saving``, :func:`edgelr.rewrite.plan.saving_reason`).
 Layers whose rewriter has no error proxy or no latency model (CP, recurrent) keep their policy ranks.
 """
 
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgelr.rewrite.cost import latency_estimate
-from edgelr.rewrite.plan import Allocation, FactorizationPlan, LayerPlan, rule_reason
+from edgelr.rewrite.plan import Allocation, FactorizationPlan, LayerPlan, rule_reason, saving_reason
 from edgelr.rewrite.registry import Ranks
 
 MAX_STEPS = 64
@@ -72,8 +77,9 @@ def _option(plan: FactorizationPlan, lp: LayerPlan, ranks: Ranks | None) -> Opti
         params, macs, error = lp.cost_before[0], lp.cost_before[1], 0.0
     else:
         (params, macs), error = rw.cost(lp.layer, ranks), float(rw.error_proxy(lp.decomposition, ranks))
+    latency = plan.latency(lp.path, ranks)
     return Option(None if ranks is None else tuple(int(r) for r in ranks), error, int(params), int(macs),
-                  latency_estimate(macs, rw.outputs(lp.layer, ranks), plan.output_cost))
+                  float(latency if latency is not None else latency_estimate(macs, 0, plan.output_cost)))
 
 
 def layer_options(plan: FactorizationPlan, path: str, min_reduction: float | None,
@@ -90,9 +96,12 @@ def layer_options(plan: FactorizationPlan, path: str, min_reduction: float | Non
     options = [whole]
     for ranks in itertools.product(*(rank_ladder(f, plan.multiple) for f in lp.full_ranks)):
         opt = _option(plan, lp, ranks)
-        est_speedup = whole.latency / max(opt.latency, 1.0)
+        if plan.measured is not None and opt.latency >= whole.latency:
+            continue  # measured on the device: this chain does not pay there
+        est_speedup = whole.latency / max(opt.latency, 1e-9 if plan.measured is not None else 1.0)
         if not rule_reason(lp.cost_before, (opt.params, opt.macs), est_speedup, min_reduction, min_efficiency,
-                           plan.output_cost):
+                           plan.output_cost) and not saving_reason(lp.layer, lp.cost_before, (opt.params, opt.macs),
+                                                                   est_speedup, plan.min_saving):
             options.append(opt)
     return _pareto(options)
 

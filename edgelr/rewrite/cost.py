@@ -21,22 +21,33 @@ MACs alone overstate what a factorization saves when its chain writes many activ
 XNNPACK's int8 kernels requantize and store every output element, which costs as much as ~16 MACs on
 an AVX2 host (fitted on ResNet-50's layers, ``tests/perf/profile_resnet50_layers.py``). :func:`latency_estimate`
 adds ``output_cost`` MAC-equivalents per written element; ``OUTPUT_COST`` holds the defaults by
-quantization, which a target profile overrides with its ``output_cost`` field.
+quantization (:data:`edgelr.targets.DEFAULT_OUTPUT_COST`), which a target profile overrides with its
+``output_cost`` field (``edgelr targets --json`` shows the value in use).
+
+The estimate is the fallback. With a latency table measured on the device (``edgelr profile``,
+:mod:`edgelr.profile`), :class:`MeasuredLatency` answers in milliseconds per layer and ranks:
+:func:`layer_signature` names a layer by what its latency depends on (kind, configuration, input shape,
+method), never by its name or weights, so one table serves every model with the same layers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 from edgelr.errors import FactorizeError
+from edgelr.targets import DEFAULT_OUTPUT_COST
 
 Shape = tuple[int | None, ...]
 
 #: MAC-equivalents per activation element written, by quantization (see the module docstring). Fitted on
 #: an x86-64 AVX2 host with XNNPACK (reports/resnet50_layer_profile.md): int8 15-28 (16 chosen), float32 1-2.
 #: Re-fit on the device with tests/perf/profile_resnet50_layers.py.
-OUTPUT_COST = {"int8": 16.0, "dynamic": 2.0, "float16": 2.0, "none": 2.0}
+OUTPUT_COST = DEFAULT_OUTPUT_COST
 
 
 def _first_shape(shape: Any) -> Shape:
@@ -178,9 +189,113 @@ def latency_estimate(macs: int, outputs: int, output_cost: float) -> float:
 
 
 def output_cost_for(target: Any) -> float:
-    """The target's ``output_cost`` if set (> 0), else ``OUTPUT_COST`` for its quantization; int8 without
-    a target."""
+    """The output cost the estimate uses for ``target``: its own ``output_cost`` when > 0, else ``OUTPUT_COST``
+    for its quantization (:attr:`edgelr.targets.Target.effective_output_cost`); int8 without a target."""
     if target is None:
         return OUTPUT_COST["int8"]
     own = float(getattr(target, "output_cost", 0.0) or 0.0)
     return own if own > 0 else OUTPUT_COST.get(str(getattr(target, "quantization", "int8")), OUTPUT_COST["int8"])
+
+
+_IGNORED_CONFIG = ("name", "trainable", "dtype", "initializer", "regularizer", "constraint", "batch_input_shape",
+                   "input_dim", "input_shape")
+
+
+def layer_signature(layer: Any, method: str) -> str:
+    """What a layer's latency depends on, as a short hash: kind, configuration (no name, initializers,
+    regularizers or constraints), input shape without the batch, and the low-rank ``method``.
+
+    Two layers with the same signature run the same kernels on the same shapes, in any model.
+    """
+    config = {k: v for k, v in layer.get_config().items() if not any(x in k for x in _IGNORED_CONFIG)}
+    in_shape = io_shapes(layer)[0][1:]
+    doc = json.dumps([type(layer).__name__, config, list(in_shape), str(method)], sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def ranks_key(ranks: Any) -> str:
+    """``whole`` for the layer as is (None), else ``16x8``: the ranks part of a latency-table key."""
+    return "whole" if ranks is None else "x".join(str(int(r)) for r in ranks)
+
+
+class MeasuredLatency:
+    """Per-layer latencies measured on one device (ms), looked up by layer, method and ranks.
+
+    ``entries`` maps :func:`layer_signature` -> {ranks tuple or None (the layer as is): ms}. Ranks between
+    the measured ladder points are interpolated (bilinear for two ranks: a Tucker-2 chain's time is close to
+    ``a + b r_in + c r_out + d r_in r_out``); beyond the ladder, clamped. A layer the table lacks gets its
+    :func:`latency_estimate` times ``ms_per_unit``, least squares over the measured layers, so measured and
+    estimated layers add up in one unit.
+
+    Attributes
+    ----------
+    device : str
+    model_ms : float
+        The whole original model measured in the same sessions (NaN when not measured): its difference from
+        the sum of the layers' ``whole`` entries is the unfactorized remainder.
+    """
+
+    def __init__(self, entries: Mapping[str, Mapping[Any, float]], device: str = "", model_ms: float = float("nan"),
+                 ms_per_unit: float | None = None) -> None:
+        self.entries = {sig: dict(v) for sig, v in entries.items()}
+        self.device = device
+        self.model_ms = float(model_ms)
+        self.ms_per_unit = ms_per_unit
+        self.misses: set[str] = set()
+
+    def measured(self, layer: Any, method: str) -> bool:
+        """True when the table has the layer (as is) for ``method``."""
+        return None in self.entries.get(layer_signature(layer, method), {})
+
+    def latency_ms(self, layer: Any, method: str, ranks: Any, estimate: float) -> float:
+        """Latency of ``layer`` as is (``ranks`` None) or rewritten by ``method`` at ``ranks``, in ms.
+
+        ``estimate`` is :func:`latency_estimate` of the same thing (MAC-equivalents), used, scaled, when the
+        table has no entry."""
+        table = self.entries.get(layer_signature(layer, method), {})
+        if ranks is None and None in table:
+            return float(table[None])
+        points = {k: v for k, v in table.items() if k is not None}
+        if ranks is not None and points:
+            value = _interpolate(points, tuple(int(r) for r in ranks))
+            if value is not None:
+                return value
+        self.misses.add(getattr(layer, "name", "?"))
+        return float(estimate) * (self.ms_per_unit or 0.0)
+
+    def fit_scale(self, estimates: Mapping[tuple[str, Any], float]) -> float:
+        """Fit ``ms_per_unit`` (through the origin) from ``(signature, ranks) -> estimate`` pairs the table
+        has measured; keeps and returns it."""
+        pairs = [(est, self.entries[sig][r]) for (sig, r), est in estimates.items()
+                 if sig in self.entries and r in self.entries[sig] and est > 0]
+        if pairs:
+            x, y = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+            self.ms_per_unit = float((x * y).sum() / max((x * x).sum(), 1e-30))
+        return float(self.ms_per_unit or 0.0)
+
+
+def _interpolate(points: Mapping[tuple[int, ...], float], ranks: tuple[int, ...]) -> float | None:
+    """Multilinear interpolation of ``points`` (a full grid of rank tuples -> ms) at ``ranks``; None when the
+    points do not form a grid of ``len(ranks)`` dimensions."""
+    dims = len(ranks)
+    if any(len(k) != dims for k in points):
+        return None
+    axes = [sorted({k[d] for k in points}) for d in range(dims)]
+    if ranks in points:
+        return float(points[ranks])
+    corners: list[tuple[tuple[int, ...], float]] = [((), 1.0)]
+    for d, r in enumerate(ranks):
+        ax = axes[d]
+        r = min(max(r, ax[0]), ax[-1])
+        hi = next(i for i, a in enumerate(ax) if a >= r)
+        lo = max(0, hi - 1) if ax[hi] != r else hi
+        w = 0.0 if lo == hi else (r - ax[lo]) / (ax[hi] - ax[lo])
+        nxt = []
+        for key, weight in corners:
+            nxt.append((key + (ax[lo],), weight * (1 - w)))
+            if hi != lo:
+                nxt.append((key + (ax[hi],), weight * w))
+        corners = nxt
+    if any(k not in points for k, _ in corners):
+        return None
+    return float(sum(points[k] * w for k, w in corners))

@@ -6,6 +6,9 @@ chooses ranks by a rank policy (one for the whole model, or per layer with ``lay
 :func:`build_factorized` rebuilds the model from its config with the chosen layers replaced by stock-layer
 chains; a rank search calls it many times with other ranks
 (SVD truncation and the HOSVD start of Tucker-2 are reused; CP decompositions are cached per rank).
+With ``calibration`` (a batch of model inputs) the plan first runs the model once over it to collect each
+layer's input statistics (:mod:`edgelr.rewrite.calibration`) and every data-aware rewriter decomposes to
+minimise the layer's output error (:mod:`edgelr.factorize.whiten`).
 :func:`factorize_model` is both in one call.
 
 The caller's model is never modified: the new model is built from ``model.get_config()`` and the
@@ -27,7 +30,7 @@ from typing import Any, Mapping
 from edgelr.errors import FactorizeError
 from edgelr.rewrite.cost import layer_cost, output_cost_for
 from edgelr.rewrite.options import parse_layer_policies, plan_options
-from edgelr.rewrite.plan import FactorizationPlan, LayerPlan, fmt_ranks, rule_reason
+from edgelr.rewrite.plan import FactorizationPlan, LayerPlan, fmt_ranks, rule_reason, saving_reason
 from edgelr.rewrite.rebuild import check_model, rebuild_with, walk_layers
 from edgelr.rewrite.registry import Ranks, Rewrite, applicable_methods, fallback_of, get_rewriter, supported_layers
 
@@ -79,6 +82,9 @@ def plan_factorization(
     layer_policies: Mapping[str, str] | None = None,
     min_efficiency: float | None = None,
     allocate: str = "layer",
+    calibration: Any = None,
+    latency_table: Any = None,
+    min_saving: int | None = None,
 ) -> FactorizationPlan:
     """Decompose every selected layer once and choose its ranks by ``rank_policy``.
 
@@ -133,6 +139,23 @@ def plan_factorization(
         which folds the input factor away): no larger, no slower by the estimate, no more loss. Layers
         without an error proxy or latency model (CP, recurrent) keep their policy ranks. The ``policy``
         column reads ``<policy> (latency)`` for the layers allocated this way.
+    calibration : numpy.ndarray or list of numpy.ndarray, optional
+        A batch of model inputs (a few hundred). The model runs once over it (in batches) and each layer whose
+        rewriter is data-aware (SVD of Dense, of 1x1/Conv1D kernels and of separable pointwise kernels,
+        spatial SVD, Tucker-2; not CP, Embedding, recurrent) gets its input second moment; its decomposition
+        then minimises the error of the layer's output on these inputs, and its rank policy, error proxy and
+        ``rel_error`` read the data-aware spectrum. A batch that does not fit the model raises
+        :class:`FactorizeError`. None (default): weights only.
+    latency_table : edgelr.rewrite.cost.MeasuredLatency, optional
+        Per-layer latencies measured on the device (``edgelr profile``, :func:`edgelr.profile.profile_model`):
+        they replace the estimate in ``est_speedup``, ``min_efficiency`` and the latency allocation, and a
+        layer whose chain at its ranks is not faster than the layer on that device is left as is.
+    min_saving : int, optional
+        The absolute-saving rule (:func:`edgelr.rewrite.plan.saving_reason`): leave a layer whole when its split
+        saves fewer than ``min_saving`` parameters AND fewer than ``min_saving`` MACs per example, and a conv on
+        <= 3 input channels unless its estimated speed-up reaches x1.2; the ``reason`` column says which. A rank
+        search never tries a layer no ranks could pass (``plan.candidates()``). None (default): off;
+        ``edgelr compress`` uses 1024 (``--min-saving``, :data:`edgelr.rewrite.plan.DEFAULT_MIN_SAVING`).
 
     Returns
     -------
@@ -149,7 +172,8 @@ def plan_factorization(
     check_model(model)
     opts = plan_options(target, method=method, rank_policy=rank_policy, layer_policies=layer_policies,
                         include=include, skip=skip, min_reduction=min_reduction, min_efficiency=min_efficiency,
-                        allocate=allocate)
+                        allocate=allocate, calibration=calibration, latency_table=latency_table,
+                        min_saving=min_saving)
     policy = parse_rank_policy(opts.rank_policy) if isinstance(opts.rank_policy, str) else opts.rank_policy
     overrides = parse_layer_policies(opts.layer_policies)
     multiple = int(opts.target.rank_multiple) if opts.target is not None else 1
@@ -202,19 +226,25 @@ def plan_factorization(
 
     plan = FactorizationPlan(model, plans, opts.method, str(policy), multiple, floor, opts.min_reduction,
                              progress, recurrent_unroll, layer_policies={p: str(pol) for p, pol in overrides},
-                             output_cost=output_cost_for(opts.target))
+                             output_cost=output_cost_for(opts.target), measured=opts.latency_table,
+                             min_saving=opts.min_saving)
+    if opts.calibration is not None:
+        _calibrate(model, todo, opts.calibration, progress)
     from tqdm import tqdm
 
     for lp in tqdm(todo, desc="decompose", unit="layer", file=sys.stderr, disable=not progress, leave=False):
         assert lp.rewriter is not None
         lp.full_ranks = lp.rewriter.full_ranks(lp.layer)
-        lp.decomposition = lp.rewriter.decompose(lp.layer)
+        lp.decomposition = _decompose(lp)
         lp.ranks = tuple(int(r) for r in lp.rewriter.select_ranks(lp.layer, lp.decomposition,
                                                                    chosen_policy[lp.path], multiple, floor))
         lp.cost_after = lp.rewriter.cost(lp.layer, lp.ranks)
         lp.est_speedup = plan.est_speedup(lp.path, lp.ranks)
         reason = rule_reason(lp.cost_before, lp.cost_after, lp.est_speedup, opts.min_reduction,
                              opts.min_efficiency, plan.output_cost)
+        if not reason and plan.measured is not None and lp.est_speedup is not None and lp.est_speedup <= 1.0:
+            reason = f"measured on {plan.measured.device or 'the device'}: x{lp.est_speedup:.2f}, the chain does not pay"
+        reason = reason or saving_reason(lp.layer, lp.cost_before, lp.cost_after, lp.est_speedup, opts.min_saving)
         if reason:
             lp.skipped, lp.reason = True, f"ranks {fmt_ranks(lp.ranks)}: {reason}"
         else:
@@ -222,6 +252,27 @@ def plan_factorization(
     if opts.allocate == "latency":
         _allocate_model_wide(plan, [lp.path for lp in todo], opts.min_reduction, opts.min_efficiency)
     return plan
+
+
+def _calibrate(model: Any, todo: list[LayerPlan], calibration: Any, progress: bool) -> None:
+    """``lp.stats`` of the data-aware layers of ``todo``, from one pass of ``model`` over ``calibration``."""
+    from edgelr.rewrite.calibration import collect_statistics
+
+    requests = {}
+    for lp in todo:
+        assert lp.rewriter is not None
+        stat = lp.rewriter.input_statistic(lp.layer)
+        if stat is not None:
+            requests[lp.path] = (lp.layer, stat)
+    stats = collect_statistics(model, requests, calibration, progress=progress)
+    for lp in todo:
+        lp.stats = stats.get(lp.path)
+
+
+def _decompose(lp: LayerPlan) -> Any:
+    """The layer's full decomposition: data-aware when the plan collected its input statistics."""
+    assert lp.rewriter is not None
+    return lp.rewriter.decompose(lp.layer) if lp.stats is None else lp.rewriter.decompose(lp.layer, lp.stats)
 
 
 def _allocate_model_wide(plan: FactorizationPlan, paths: list[str], min_reduction: float | None,
@@ -307,7 +358,7 @@ def build_factorized(model: Any, plan: FactorizationPlan, ranks: Mapping[str, An
             continue
         if lp.decomposition is None:
             lp.full_ranks = lp.rewriter.full_ranks(lp.layer)
-            lp.decomposition = lp.rewriter.decompose(lp.layer)
+            lp.decomposition = _decompose(lp)
         chosen[path] = lp.rewriter.check_ranks(lp.layer, value)
         forced.add(path)
 

@@ -30,7 +30,11 @@ class PlanOptions:
     multiple 1, int8 output cost); ``method`` is ``auto`` or a registered method; ``rank_policy`` a policy
     spec (or :class:`edgelr.factorize.RankPolicy`). The other fields are as given (see
     :func:`edgelr.rewrite.plan_factorization`); ``layer_policies``, ``include`` and ``skip`` are checked
-    against the model when the plan is made.
+    against the model when the plan is made. ``calibration`` is a batch of model inputs (None: weights only):
+    the plan then collects each layer's input statistics on it and factorizes data-aware
+    (:mod:`edgelr.factorize.whiten`). ``latency_table`` is a
+    :class:`edgelr.rewrite.cost.MeasuredLatency` measured on the device (``edgelr profile``) or None (the
+    estimate).
     """
 
     target: Target | None
@@ -42,6 +46,9 @@ class PlanOptions:
     min_reduction: float | None = 0.1
     min_efficiency: float | None = None
     allocate: str = "layer"
+    calibration: Any = None
+    latency_table: Any = None
+    min_saving: int | None = None
 
     def kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for ``plan_factorization``/``factorize_model`` (``overrides`` replace fields)."""
@@ -49,13 +56,15 @@ class PlanOptions:
         return {"target": opts.target, "method": opts.method, "rank_policy": opts.rank_policy,
                 "layer_policies": opts.layer_policies, "include": opts.include, "skip": opts.skip,
                 "min_reduction": opts.min_reduction, "min_efficiency": opts.min_efficiency,
-                "allocate": opts.allocate}
+                "allocate": opts.allocate, "calibration": opts.calibration, "latency_table": opts.latency_table,
+                "min_saving": opts.min_saving}
 
 
 def plan_options(target: str | Target | None = None, *, method: str | None = None, rank_policy: Any = None,
                  layer_policies: Any = None, include: Any = None, skip: Any = None,
                  min_reduction: float | None = 0.1, min_efficiency: float | None = None,
-                 allocate: str = "layer") -> PlanOptions:
+                 allocate: str = "layer", calibration: Any = None, latency_table: Any = None,
+                 min_saving: int | None = None) -> PlanOptions:
     """Resolve the plan options: the target by name, its method and rank policy where none is given.
 
     Parameters
@@ -66,8 +75,10 @@ def plan_options(target: str | Target | None = None, *, method: str | None = Non
         ``auto`` or one of :func:`edgelr.rewrite.methods`; default the target's, else ``auto``.
     rank_policy : str or RankPolicy, optional
         Default the target's, else ``vbmf``.
-    layer_policies, include, skip, min_reduction, min_efficiency, allocate
+    layer_policies, include, skip, min_reduction, min_efficiency, allocate, latency_table, min_saving
         As :func:`edgelr.rewrite.plan_factorization` takes them.
+    calibration : numpy.ndarray or list of numpy.ndarray, optional
+        A batch of model inputs for data-aware factorization (checked against the model when the plan is made).
 
     Raises
     ------
@@ -94,7 +105,8 @@ def plan_options(target: str | Target | None = None, *, method: str | None = Non
         raise FactorizeError(f"min_efficiency: {exc}") from None
     return PlanOptions(target=tgt, method=method, rank_policy=rank_policy, layer_policies=layer_policies,
                        include=include, skip=skip, min_reduction=min_reduction, min_efficiency=min_efficiency,
-                       allocate=check_allocate(allocate))
+                       allocate=check_allocate(allocate), calibration=calibration, latency_table=latency_table,
+                       min_saving=check_min_saving(min_saving))
 
 
 def _target(target: str | Target | None) -> Target | None:
@@ -112,6 +124,17 @@ def check_method(value: Any) -> str:
     if value != DEFAULT_METHOD and value not in methods():
         raise FactorizeError(f"method: got {value!r}; expected one of {[DEFAULT_METHOD, *methods()]}")
     return str(value)
+
+
+def check_min_saving(value: Any) -> int | None:
+    """``value`` as an int >= 0 (parameters or MACs a split must save, :func:`edgelr.rewrite.plan.saving_reason`),
+    or None (the rule off); :class:`FactorizeError` naming the value otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or float(value) != int(value):
+        raise FactorizeError(f"min_saving: got {value!r}; expected a whole number of parameters/MACs >= 0 "
+                             "(e.g. 1024) or None (off)")
+    return int(value)
 
 
 def check_allocate(value: Any) -> str:

@@ -4,7 +4,9 @@
 decomposition, the policy ranks) and, with ``allocate="latency"``, the :class:`Allocation` that re-chose
 them model-wide (:mod:`edgelr.rewrite.allocate`). :func:`rule_reason` is the one test both the per-layer
 policy and the allocation apply to a rewrite: enough reduction (``min_reduction``), enough estimated
-speed-up for it (``min_efficiency``).
+speed-up for it (``min_efficiency``). :func:`saving_reason` is the absolute-saving rule (``min_saving``): a
+split that saves too little in absolute terms, or a conv on <= 3 input channels that does not pay by the
+latency estimate, leaves the layer whole.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class LayerPlan:
     est_speedup : float or None
         Estimated latency of the layer over that of its rewrite at ``ranks``
         (:func:`edgelr.rewrite.cost.latency_estimate`); None without an estimate (recurrent layers).
+    stats : numpy.ndarray or None
+        The input second moment the rewriter asked for (:meth:`~edgelr.rewrite.registry.Rewriter.input_statistic`),
+        collected on the calibration inputs: the decomposition is data-aware. None: weights only.
     """
 
     path: str
@@ -66,6 +71,7 @@ class LayerPlan:
     reason: str = ""
     policy: str = ""
     est_speedup: float | None = None
+    stats: Any = None
 
     def cost(self, ranks: Ranks) -> Cost:
         """``(params, macs)`` of this layer's rewrite at ``ranks`` (no materialization)."""
@@ -121,22 +127,52 @@ class FactorizationPlan:
     layer_policies: dict[str, str] = field(default_factory=dict)
     output_cost: float = 16.0
     allocation: Allocation | None = None
+    min_saving: int | None = None
+    """The absolute-saving rule of the plan (:func:`saving_reason`; None: off)."""
+    measured: Any = None
+    """A :class:`edgelr.rewrite.cost.MeasuredLatency` (``edgelr profile``): latencies measured on the device
+    replace the estimate in :meth:`latency`, :meth:`est_speedup` and the allocation."""
 
-    def est_speedup(self, path: str, ranks: Ranks) -> float | None:
-        """Estimated latency speed-up of layer ``path`` rewritten at ``ranks`` (None: no estimate)."""
+    def latency(self, path: str, ranks: Ranks | None) -> float | None:
+        """Latency of layer ``path`` as is (``ranks`` None) or rewritten at ``ranks``: measured ms from
+        ``measured`` when the plan has a device table, else the estimate in MAC-equivalents
+        (:func:`edgelr.rewrite.cost.latency_estimate`); None without a latency model (recurrent layers)."""
         lp = self.layers[path]
         if lp.rewriter is None:
             return None
-        before, after = lp.rewriter.outputs(lp.layer, None), lp.rewriter.outputs(lp.layer, ranks)
+        outputs = lp.rewriter.outputs(lp.layer, ranks)
+        if outputs is None:
+            return None
+        macs = lp.cost_before[1] if ranks is None else lp.rewriter.cost(lp.layer, ranks)[1]
+        est = latency_estimate(macs, outputs, self.output_cost)
+        if self.measured is None:
+            return est
+        return self.measured.latency_ms(lp.layer, lp.rewriter.method, ranks, est)
+
+    def est_speedup(self, path: str, ranks: Ranks) -> float | None:
+        """Latency speed-up of layer ``path`` rewritten at ``ranks``, measured or estimated (:meth:`latency`;
+        None: no latency model)."""
+        before, after = self.latency(path, None), self.latency(path, ranks)
         if before is None or after is None:
             return None
-        cost = lp.rewriter.cost(lp.layer, ranks)
-        return (latency_estimate(lp.cost_before[1], before, self.output_cost)
-                / max(latency_estimate(cost[1], after, self.output_cost), 1.0))
+        return before / max(after, 1e-9 if self.measured is not None else 1.0)
 
     def candidates(self) -> list[str]:
-        """Qualified names of the layers that can be rewritten (have a rewriter and a decomposition)."""
-        return [p for p, lp in self.layers.items() if lp.rewriter is not None and lp.decomposition is not None]
+        """Qualified names of the layers that can be rewritten (have a rewriter and a decomposition), less those
+        the absolute-saving rule keeps whole at any ranks (:meth:`never_pays`; a rank search never tries them)."""
+        return [p for p, lp in self.layers.items()
+                if lp.rewriter is not None and lp.decomposition is not None and not self.never_pays(p)]
+
+    def never_pays(self, path: str) -> str:
+        """Why layer ``path`` stays whole at ANY ranks under ``min_saving`` ('' when some ranks may pass): the
+        rule judged at the smallest ranks (all 1), which save the most and are the fastest by the estimate."""
+        lp = self.layers[path]
+        if self.min_saving is None or lp.rewriter is None:
+            return ""
+        smallest = tuple(1 for _ in lp.full_ranks or lp.rewriter.full_ranks(lp.layer))
+        reason = saving_reason(lp.layer, lp.cost_before, lp.rewriter.cost(lp.layer, smallest),
+                               self.est_speedup(path, smallest), self.min_saving)
+        return f"at any ranks: {reason}" if reason else ""
 
 
 def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) -> str:
@@ -168,6 +204,54 @@ def rule_reason(before: Cost, after: Cost, est_speedup: float | None, min_reduct
         return (f"estimated speed-up x{est_speedup:.2f} is below {min_efficiency:g} x its MAC reduction "
                 f"x{macs_x:.2f} (output-bound at {output_cost:g} MAC-equivalents per output element; "
                 f"min_efficiency={min_efficiency:g})")
+    return ""
+
+
+DEFAULT_MIN_SAVING = 1024
+"""``min_saving`` of ``edgelr compress``: a split must save at least this many parameters or MACs (per example).
+A split adds an op and an activation tensor; an op costs ~1-3 us on a Cortex-A72 (~10^4 int8 MACs), so a layer
+that saves fewer than ~10^3 of both is not worth its accuracy loss. Library calls default to None (off)."""
+SMALL_INPUT_CHANNELS = 3
+"""A conv reading at most this many channels (an image's first conv) is split only when it pays by the estimate."""
+SMALL_INPUT_MIN_SPEEDUP = 1.2
+"""The estimated latency speed-up such a conv's split must reach (:func:`saving_reason`)."""
+
+
+def input_channels(layer: Any) -> int | None:
+    """Input channels of a conv layer (Conv*, SeparableConv*, DepthwiseConv*), None for other layers."""
+    if getattr(layer, "kernel_size", None) is None:
+        return None
+    try:
+        shape = layer.input_shape
+    except (AttributeError, RuntimeError):
+        return None
+    if isinstance(shape, list):
+        shape = shape[0]
+    axis = 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1
+    channels = shape[axis]
+    return None if channels is None else int(channels)
+
+
+def saving_reason(layer: Any, before: Cost, after: Cost, est_speedup: float | None, min_saving: int | None) -> str:
+    """The absolute-saving rule: why splitting ``layer`` from ``before`` to ``after`` (params, MACs) is not worth
+    it ('' when it is, or when ``min_saving`` is None).
+
+    A conv with at most ``SMALL_INPUT_CHANNELS`` input channels (a first conv on an image: its kernel is tiny,
+    its output large) stays whole unless its estimated speed-up reaches ``SMALL_INPUT_MIN_SPEEDUP``; any layer
+    stays whole when it saves fewer than ``min_saving`` parameters AND fewer than ``min_saving`` MACs per
+    example (a split that saves either at scale is kept: many MACs is speed, many parameters is size)."""
+    if min_saving is None:
+        return ""
+    channels = input_channels(layer)
+    if channels is not None and channels <= SMALL_INPUT_CHANNELS and (
+            est_speedup is None or est_speedup < SMALL_INPUT_MIN_SPEEDUP):
+        est = "no latency estimate" if est_speedup is None else f"estimated speed-up x{est_speedup:.2f}"
+        return (f"a conv on {channels} input channel(s) is split only when it pays by the latency estimate "
+                f"(>= x{SMALL_INPUT_MIN_SPEEDUP:g}); {est}")
+    saved_params, saved_macs = before[0] - after[0], before[1] - after[1]
+    if saved_params < min_saving and saved_macs < min_saving:
+        return (f"saves {max(saved_params, 0):,} parameters and {max(saved_macs, 0):,} MACs, fewer than "
+                f"min_saving={min_saving:,} of either")
     return ""
 
 
