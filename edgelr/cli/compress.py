@@ -34,7 +34,27 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--allocate", type=click.Choice(list(ALLOCATIONS)), default="layer", show_default=True,
               help="layer: each layer meets the rank policy on its own. latency: the policy only sets the total "
                    "params and weight loss; ranks are re-chosen model-wide for the least estimated latency.")
+@click.option("--min-saving", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Leave a layer whole when its split saves fewer than N parameters and fewer than N MACs, or it "
+                   "is a conv on <= 3 input channels that does not pay by the latency estimate (0: only the latter).")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")
+@click.option("--nuclear", type=float, default=0.0, show_default=True,
+              help="Low-rank training before factorization: nuclear-norm strength (proximal singular-value "
+                   "thresholding every --nuclear-every steps; e.g. 0.5). 0 = off.")
+@click.option("--nuclear-every", type=int, default=10, show_default=True, help="Steps between proximal steps.")
+@click.option("--deeptwist", "deeptwist_every", type=int, default=None, metavar="N",
+              help="Low-rank training before factorization: DeepTwist, weights projected to the plan's ranks "
+                   "every N steps, then factorized exactly.")
+@click.option("--lowrank-epochs", type=int, default=1, show_default=True,
+              help="Epochs of --nuclear / --deeptwist training.")
+@click.option("--orthogonal", type=float, default=0.0, show_default=True,
+              help="Soft orthogonality of the factors during fine-tuning (lambda ||A^T A - I||^2; e.g. 1e-3). 0 = off.")
+@click.option("--cv-folds", type=int, default=None, metavar="K",
+              help="Choose the rank policy by K-fold cross-validation (small data sets): the most compressed "
+                   "candidate within one standard error of the best.")
+@click.option("--cv-policy", "cv_policies", multiple=True, metavar="POLICY",
+              help="A candidate rank policy for --cv-folds (repeatable; default: --rank-policy and "
+                   "params:0.5/0.25/0.125).")
 @click.option("--qat/--no-qat", default=True, show_default=True, help="Quantization-aware training before int8.")
 @click.option("--quantize", type=click.Choice(QUANT_CHOICES), default=None,
               help="TFLite quantization (default: the target's).")
@@ -53,7 +73,9 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.pass_context
 def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: str, max_accuracy_drop: float | None,
              method: str | None, rank_policy: str | None, layer_policy: tuple[str, ...],
-             min_efficiency: float | None, allocate: str, epochs: int, qat: bool,
+             min_efficiency: float | None, allocate: str, min_saving: int, epochs: int, nuclear: float, nuclear_every: int,
+             deeptwist_every: int | None, lowrank_epochs: int, orthogonal: float, cv_folds: int | None,
+             cv_policies: tuple[str, ...], qat: bool,
              quantize: str | None, batch_size: int, learning_rate: float, max_train: int | None,
              include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
              targets_file: str | None, force: bool, as_json: bool) -> None:
@@ -72,6 +94,8 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
       edgelr compress model.keras --data digits --out out/ --max-accuracy-drop 1.0 --json
       edgelr compress model.keras --data data.npz --rank-policy macs:0.5 --quantize float16 --out out/
       edgelr compress model.keras --data digits --rank-policy macs:0.45 --layer-policy 'dense*=params:0.2' --out out/
+      edgelr compress model.keras --data digits --rank-policy macs:0.25 --deeptwist 20 --lowrank-epochs 2 --out out/
+      edgelr compress lstm.keras --data vowels.npz --method tensor3 --cv-folds 3 --out out/
     """
     from edgelr.compress.pipeline import compress as run
 
@@ -79,7 +103,10 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
 
     result = run(model, data, target, out_dir, force=force, max_accuracy_drop=max_accuracy_drop, method=method,
                  rank_policy=rank_policy, layer_policies=policies, min_efficiency=min_efficiency, allocate=allocate,
-                 epochs=epochs,
+                 min_saving=min_saving,
+                 epochs=epochs, nuclear=nuclear, nuclear_every=nuclear_every, deeptwist_every=deeptwist_every,
+                 lowrank_epochs=lowrank_epochs, orthogonal=orthogonal, cv_folds=cv_folds,
+                 cv_policies=list(cv_policies) or None,
                  qat=qat, quantize=quantize,
                  batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
                  skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,

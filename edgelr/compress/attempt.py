@@ -118,8 +118,16 @@ class AttemptRunner:
         data, task, opts, log = self.data, self.task, self.opts, self.log
         test_fact = score(predict(model, data.x_test), data.y_test, task)
         log(f"[{label}] fine-tuning with distillation ({opts.epochs} epoch(s) max)")
+        penalty = None
+        if opts.orthogonal > 0:
+            from edgelr.compress.lowrank_train import orthogonal_penalty, orthonormalize_factors
+
+            n = orthonormalize_factors(model)
+            penalty = orthogonal_penalty(model, opts.orthogonal)
+            log(f"[{label}] soft orthogonality ({opts.orthogonal:g}) on {n} input factor(s)")
         ft = distill(model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
-                     self.distill_config(opts.epochs), progress=opts.progress, desc=f"fine-tune {label}")
+                     self.distill_config(opts.epochs), progress=opts.progress, desc=f"fine-tune {label}",
+                     penalty=penalty)
         val_ft = ft.best_val if ft.best_val is not None else score(predict(model, data.x_val), data.y_val, task)
         test_out = predict(model, data.x_test)
         test_ft = score(test_out, data.y_test, task)

@@ -109,7 +109,8 @@ def distillation_loss(student_out: Any, teacher_out: Any, y_true: Any, task: Tas
 
 def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
             x_val: np.ndarray, y_val: np.ndarray, task: Task, config: DistillConfig | None = None, *,
-            progress: bool = True, desc: str = "fine-tune") -> DistillResult:
+            progress: bool = True, desc: str = "fine-tune", callbacks: list[Any] | None = None,
+            penalty: Any = None) -> DistillResult:
     """Fine-tune ``student`` in place towards the teacher's outputs and the labels.
 
     Parameters
@@ -122,6 +123,11 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
     y_train : ndarray, shape (n_train,) labels, (n_train, k) one-hot, or targets
     x_val, y_val : validation split, for early stopping
     task : Task
+    callbacks : list of tf_keras.callbacks.Callback, optional
+        Told ``on_train_begin``, ``on_train_batch_end`` after every optimizer step and ``on_train_end``
+        before the best weights are restored (low-rank training, :mod:`edgelr.compress.lowrank_train`).
+    penalty : callable, optional
+        ``() -> scalar tensor`` added to every batch's loss (e.g. an orthogonality penalty).
     """
     from edgelr.tfcompat import keras2, tf
 
@@ -149,6 +155,8 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
             loss = distillation_loss(out, tb, yb, task, cfg.temperature, cfg.alpha)
             if student.losses:
                 loss = loss + tfm.add_n(student.losses)
+            if penalty is not None:
+                loss = loss + penalty()
         grads = tape.gradient(loss, student.trainable_variables)
         opt.apply_gradients([(g, v) for g, v in zip(grads, student.trainable_variables) if g is not None])
         return loss
@@ -159,6 +167,9 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=not progress, leave=False)
+    for cb in callbacks or []:
+        cb.set_model(student)
+        cb.on_train_begin()
     try:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -171,6 +182,8 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
                 loss = step(tfm.constant(x_train[idx], tfm.float32), tfm.constant(teacher_train_out[idx]),
                             tfm.constant(y_fit[idx]))
                 losses.append(float(loss))
+                for cb in callbacks or []:
+                    cb.on_train_batch_end(i)
                 bar.update(1)
                 if i % 20 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
@@ -189,6 +202,8 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
                     break
     finally:
         bar.close()
+    for cb in callbacks or []:
+        cb.on_train_end()
     student.set_weights(best_weights)
     result.seconds = time.perf_counter() - t_start
     return result

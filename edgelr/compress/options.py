@@ -12,8 +12,10 @@ from edgelr.rewrite.options import (
     check_allocate,
     check_layer_policies,
     check_min_efficiency,
+    check_min_saving,
     plan_options,
 )
+from edgelr.rewrite.plan import DEFAULT_MIN_SAVING
 from edgelr.targets import Target
 
 
@@ -59,6 +61,11 @@ class CompressOptions:
         [--allocate] ``layer`` (each layer meets the rank policy) or ``latency`` (the policy sets the total
         params and weight loss; ranks re-chosen model-wide for the least estimated latency, see
         :func:`edgelr.rewrite.plan_factorization`).
+    min_saving : int or None
+        [--min-saving] Absolute-saving rule: a layer stays whole when its split saves fewer than this many
+        parameters and MACs, or it is a conv on <= 3 input channels that does not pay by the latency estimate
+        (:func:`edgelr.rewrite.plan.saving_reason`). Default 1024 (``DEFAULT_MIN_SAVING``); 0 keeps only the
+        small-input conv rule; None turns the rule off.
     search_subset : int
         Validation samples used to score rank-search candidates.
     max_trials : int
@@ -70,6 +77,29 @@ class CompressOptions:
     seed : int
     progress : bool
         Progress bars and messages on stderr.
+    nuclear : float
+        [--nuclear] Nuclear-norm (trace-norm) strength of the low-rank training before factorization
+        (proximal singular-value thresholding, :mod:`edgelr.compress.lowrank_train`); 0 = off.
+    nuclear_every : int
+        [--nuclear-every] Training steps between two proximal steps.
+    deeptwist_every : int or None
+        [--deeptwist N] DeepTwist before factorization: every N training steps each layer's weights are
+        replaced by their low-rank approximation at the plan's ranks; factorized exactly at the end. None = off.
+    lowrank_epochs : int
+        [--lowrank-epochs] Epochs of that low-rank training (distillation from the original, same settings
+        as the fine-tuning).
+    orthogonal : float
+        [--orthogonal] Soft-orthogonality strength on the chains' input factors during fine-tuning
+        (``lambda ||A^T A - I||^2``, factors first orthonormalized exactly); 0 = off.
+    cv_folds : int or None
+        [--cv-folds K] Choose the rank policy among ``cv_policies`` by K-fold cross-validation on the
+        training split (fine-tune on K-1 folds, score the held-out fold; the most compressed candidate
+        within one standard error of the best mean wins, :mod:`edgelr.compress.cv_ranks`). None = off.
+    cv_policies : list of str or None
+        [--cv-policy, repeatable] The candidate rank policies (default: ``rank_policy`` and
+        ``params:0.5`` / ``params:0.25`` / ``params:0.125``).
+    cv_epochs : int
+        Fine-tuning epochs per fold.
     """
 
     max_accuracy_drop: float | None = None
@@ -92,12 +122,21 @@ class CompressOptions:
     min_reduction: float = 0.1
     min_efficiency: float | None = None
     allocate: str = "layer"
+    min_saving: int | None = DEFAULT_MIN_SAVING
     search_subset: int = 1000
     max_trials: int = 3
     history: str | None = None
     targets_file: str | None = None
     seed: int = 0
     progress: bool = True
+    nuclear: float = 0.0
+    nuclear_every: int = 10
+    deeptwist_every: int | None = None
+    lowrank_epochs: int = 1
+    orthogonal: float = 0.0
+    cv_folds: int | None = None
+    cv_policies: list[str] | None = None
+    cv_epochs: int = 2
 
 
 def check_options(options: dict[str, Any]) -> CompressOptions:
@@ -130,12 +169,50 @@ def check_options(options: dict[str, Any]) -> CompressOptions:
         except EdgelrError as exc:
             raise UsageError(f"--layer-policy: {exc}") from None
     for flag, check, value in (("--min-efficiency", check_min_efficiency, opts.min_efficiency),
-                               ("--allocate", check_allocate, opts.allocate)):
+                               ("--allocate", check_allocate, opts.allocate),
+                               ("--min-saving", check_min_saving, opts.min_saving)):
         try:
             check(value)
         except EdgelrError as exc:
             raise UsageError(f"{flag}: {exc}") from None
+    _check_lowrank_training(opts)
     return opts
+
+
+def _check_lowrank_training(opts: CompressOptions) -> None:
+    """The low-rank training and cross-validation options (:mod:`edgelr.compress.lowrank_train`,
+    :mod:`edgelr.compress.cv_ranks`); raises :class:`UsageError` naming the flag."""
+    for flag, value in (("--nuclear", opts.nuclear), ("--orthogonal", opts.orthogonal)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
+            raise UsageError(f"{flag}: got {value!r}; expected a strength >= 0 (0 = off)")
+    for flag, value, allow_none in (("--nuclear-every", opts.nuclear_every, False),
+                                    ("--deeptwist", opts.deeptwist_every, True),
+                                    ("--lowrank-epochs", opts.lowrank_epochs, False),
+                                    ("--cv-epochs", opts.cv_epochs, False)):
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"{flag}: got {value!r}; expected a whole number >= 1")
+    if opts.cv_folds is not None and (isinstance(opts.cv_folds, bool) or not isinstance(opts.cv_folds, int)
+                                      or opts.cv_folds < 2):
+        raise UsageError(f"--cv-folds: got {opts.cv_folds!r}; expected K >= 2 (or leave it off)")
+    if opts.cv_policies is not None:
+        from edgelr.factorize import parse_rank_policy
+
+        if opts.cv_folds is None:
+            raise UsageError("--cv-policy: given without --cv-folds K; add --cv-folds 3 (or drop --cv-policy)")
+        for spec in opts.cv_policies:
+            try:
+                parse_rank_policy(spec)
+            except EdgelrError as exc:
+                raise UsageError(f"--cv-policy: {exc}") from None
+    pre = [f for f, on in (("--nuclear", opts.nuclear > 0), ("--deeptwist", opts.deeptwist_every is not None),
+                           ("--cv-folds", opts.cv_folds is not None)) if on]
+    if pre and opts.max_accuracy_drop is not None:
+        raise UsageError(f"{', '.join(pre)}: not combined with --max-accuracy-drop yet (the rank search picks its "
+                         "own ranks); drop one of them")
+    if opts.nuclear > 0 and opts.deeptwist_every is not None:
+        raise UsageError("--nuclear and --deeptwist: pick one low-rank training method per run")
 
 
 def resolve_plan_options(opts: CompressOptions, target: Target) -> PlanOptions:
@@ -144,4 +221,4 @@ def resolve_plan_options(opts: CompressOptions, target: Target) -> PlanOptions:
     return plan_options(target, method=opts.method, rank_policy=opts.rank_policy,
                         layer_policies=opts.layer_policies, include=opts.include, skip=opts.skip,
                         min_reduction=opts.min_reduction, min_efficiency=opts.min_efficiency,
-                        allocate=opts.allocate)
+                        allocate=opts.allocate, min_saving=opts.min_saving)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,7 +96,18 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
     log(f"original: {task.metric} val {runner.original_val:.4g}, test {runner.original_test:.4g}")
     search_info: dict[str, Any] | None = None
     if opts.max_accuracy_drop is None:
-        fact, factor_report = _factorize(original, plan_options, opts.progress)
+        if opts.cv_folds is not None:
+            from edgelr.compress.cv_ranks import DEFAULT_LADDER, select_policy_by_cv
+
+            candidates = opts.cv_policies or [str(plan_options.rank_policy), *DEFAULT_LADDER]
+            policy, _ = select_policy_by_cv(runner, plan_options, candidates, opts.cv_folds, opts.cv_epochs, log)
+            plan_options = replace(plan_options, rank_policy=policy)
+        if opts.nuclear > 0 or opts.deeptwist_every is not None:
+            from edgelr.compress.lowrank_train import lowrank_factorize
+
+            fact, factor_report = lowrank_factorize(runner, plan_options, log)
+        else:
+            fact, factor_report = _factorize(original, plan_options, opts.progress)
         attempt = runner.run(fact, factor_report, "factorized")
         budget_met = None
     else:

@@ -118,3 +118,61 @@ class LowRankGRUCell(_LowRankCellBase):
         hh = self.activation(x_h + r * r_h)
         h = z * h_prev + (1.0 - z) * hh
         return h, [h]
+
+
+@_keras.saving.register_keras_serializable(package="edgelr")
+class Tucker3LSTMCell(_keras.layers.Layer):
+    """LSTM cell whose gate weights are one Tucker-2-factorized tensor (:mod:`edgelr.factorize.tensor3`).
+
+    Input: ``x V_x`` (R_x values per step; the input projection runs outside the loop as a Dense layer).
+    Step: ``p = x V_x + h V_h`` (R_x), ``q = p C`` (4 R_h, the core of every gate), ``z_g = q_g U^T + b_g``
+    (the shared hidden factor expands each gate), then the stock LSTM gate math (order i, f, c, o).
+    Weights: recurrent_in ``V_h (H, R_x)``, core ``C (R_x, 4 R_h)``, hidden ``U^T (R_h, H)``, bias (4H,).
+    """
+
+    def __init__(self, units: int, hidden_rank: int, activation: Any = "tanh",
+                 recurrent_activation: Any = "sigmoid", use_bias: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.hidden_rank = int(hidden_rank)
+        self.activation = _keras.activations.get(activation)
+        self.recurrent_activation = _keras.activations.get(recurrent_activation)
+        self.use_bias = bool(use_bias)
+
+    @property
+    def state_size(self) -> list[int]:
+        return [self.units, self.units]
+
+    @property
+    def output_size(self) -> int:
+        return self.units
+
+    def build(self, input_shape: Any) -> None:
+        r_x = int(input_shape[-1])
+        self.recurrent_in = self.add_weight(name="recurrent_in", shape=(self.units, r_x), initializer="orthogonal")
+        self.core = self.add_weight(name="core", shape=(r_x, 4 * self.hidden_rank), initializer="glorot_uniform")
+        self.hidden = self.add_weight(name="hidden", shape=(self.hidden_rank, self.units), initializer="orthogonal")
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(4 * self.units,), initializer="zeros")
+        self.built = True
+
+    def call(self, inputs: Any, states: Any, training: Any = None) -> Any:
+        h_prev, c_prev = states[0], states[1]
+        q = _tf.matmul(inputs + _tf.matmul(h_prev, self.recurrent_in), self.core)
+        z = _tf.reshape(_tf.matmul(_tf.reshape(q, [-1, self.hidden_rank]), self.hidden), [-1, 4 * self.units])
+        if self.use_bias:
+            z = z + self.bias
+        z_i, z_f, z_c, z_o = _tf.split(z, 4, axis=-1)
+        i = self.recurrent_activation(z_i)
+        f = self.recurrent_activation(z_f)
+        c = f * c_prev + i * self.activation(z_c)
+        o = self.recurrent_activation(z_o)
+        h = o * self.activation(c)
+        return h, [h, c]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(units=self.units, hidden_rank=self.hidden_rank, use_bias=self.use_bias,
+                      activation=_keras.activations.serialize(self.activation),
+                      recurrent_activation=_keras.activations.serialize(self.recurrent_activation))
+        return config
