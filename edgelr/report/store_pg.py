@@ -1,0 +1,266 @@
+"""The PostgreSQL history backend: ``--history postgresql://user@host:port/dbname`` (psycopg 3).
+
+A history shared by runners on several hosts. The same guarantees as the SQLite store:
+
+- Atomic runs: a run's rows and its status change are one transaction (rows go in with ``COPY``); a
+  writer killed at any instant, or whose connection drops, leaves all of them or none.
+- Concurrent writers: inserts of different runs do not wait for each other; a run's own row is locked
+  (``SELECT ... FOR UPDATE``) while its status changes, so two writers can never both finish it.
+- Dead writers on any host: :meth:`PGStore.hold_lease` takes a session advisory lock
+  (``pg_advisory_lock(hashtextextended(run_id, ...))``) on a connection the writer keeps open from
+  ``begin_run`` until its run is complete. The server drops the lock when that process or its host goes
+  away, so a ``started`` run whose lock is free has no writer: readers show it ``failed`` and the next
+  writer persists that (the SQLite store can only check pids on its own host).
+- Versioned layout: ``meta.schema_version`` (:data:`PG_VERSION`); the first writer creates the tables and
+  later versions migrate in one transaction under ``pg_advisory_xact_lock``, so concurrent first writers
+  do not race. A newer layout is refused.
+- Deadlines: connecting gives up after ``connect_timeout`` seconds (10 unless the URL sets it) with one
+  line; passwords in the URL are masked in every message (prefer ``~/.pgpass`` or ``PGPASSWORD``).
+
+Model files (the content-addressed ``models/<sha[:2]>/<sha>.tflite``) do not go into the database: they go
+under the directory named by the URL's ``files`` parameter
+(``postgresql://edgelr@db.lab/edgelr?files=/mnt/lab/edgelr-files``; a shared mount when runners on
+several hosts must find each other's baseline models), else under
+``$XDG_DATA_HOME/edgelr/history-files/<host>_<port>_<dbname>`` on each runner.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from edgelr.bench.frame import COLUMNS
+from edgelr.errors import HistoryError
+from edgelr.report.store_base import TABLES, Store, Tx, column_type, mask_secrets, quoted
+
+SCHEMES = ("postgresql", "postgres")
+PG_VERSION = 1
+"""Version of the PostgreSQL layout (``meta`` row ``schema_version``)."""
+CONNECT_TIMEOUT_S = 10
+_LOCK_SEED = 7215          # seed of hashtextextended: edgelr's lock keys, apart from other applications'
+
+_PG_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
+_NOT_NULL = {("runs", "kind"), ("runs", "status"), ("runs", "started_at"), ("baselines", "name"),
+             ("baselines", "run_id"), ("baselines", "accepted_at"), ("comparisons", "run_id"),
+             ("noise_floor", "device"), ("noise_floor", "measured_at")}
+
+
+def _table_ddl(table: str) -> str:
+    cols = [f'"{c}" {_PG_TYPES[column_type(table, c)]}{" NOT NULL" if (table, c) in _NOT_NULL else ""}'
+            f'{" PRIMARY KEY" if (table, c) == ("runs", "run_id") else ""}' for c in TABLES[table]]
+    ident = "id BIGSERIAL UNIQUE" if table == "runs" else "id BIGSERIAL PRIMARY KEY"
+    return f"CREATE TABLE {table} ({ident}, {', '.join(cols)})"
+
+
+SCHEMA_V1 = [
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    *(_table_ddl(t) for t in TABLES),
+    "CREATE INDEX runs_started ON runs (started_at, id)",
+    "CREATE INDEX runs_open ON runs (run_id) WHERE status = 'started'",
+    "CREATE INDEX results_run ON results (run_id, id)",
+    "CREATE INDEX results_key ON results (model, device, metric)",
+]
+MIGRATIONS: dict[int, list[str]] = {}
+"""``MIGRATIONS[v]``: the statements that take a version-``v`` layout to ``v + 1`` (none yet)."""
+assert all(v + 1 <= PG_VERSION for v in MIGRATIONS) and len(COLUMNS) == len(TABLES["results"])
+
+_LEASES: dict[tuple[str, str], Any] = {}
+_LEASES_LOCK = threading.Lock()
+
+
+def is_url(history: Any) -> bool:
+    """Whether ``history`` names a PostgreSQL history (``postgresql://`` or ``postgres://``)."""
+    return isinstance(history, str) and history.split("://", 1)[0].lower() in SCHEMES and "://" in history
+
+
+class PGTx(Tx):
+    rowid = "id"
+    for_update = " FOR UPDATE"
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if params:
+            return self.con.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+        return self.con.execute(sql)
+
+    def insert_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        with self.con.cursor() as cur, cur.copy(f"COPY {table} ({quoted(cols)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self.con.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+
+
+class PGStore(Store):
+    """A history in a PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        files = [v for k, v in query if k == "files"]
+        self.conninfo = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "files"])))
+        self.label = mask_secrets(url)
+        self._timeout = None if any(k == "connect_timeout" for k, _ in query) else CONNECT_TIMEOUT_S
+        if files:
+            self._files = Path(files[-1]).expanduser()
+        else:
+            base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+            where = f"{parts.hostname or 'local'}_{parts.port or 5432}_{parts.path.strip('/') or 'default'}"
+            self._files = Path(base) / "edgelr" / "history-files" / "".join(
+                c if c.isalnum() or c in "-_." else "_" for c in where)
+
+    # -------------------------------------------------------------------------------------- connecting
+    def _connect(self) -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise HistoryError(f"--history {self.label} needs psycopg 3: pip install 'edgelr[postgresql]'") from None
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "edgelr"}
+        if self._timeout:
+            kwargs["connect_timeout"] = self._timeout
+        try:
+            return psycopg.connect(self.conninfo, **kwargs)
+        except psycopg.Error as exc:
+            raise HistoryError(f"cannot reach the history database {self.label}: {_text(exc)}") from None
+
+    def _error(self, doing: str, exc: BaseException) -> HistoryError:
+        import psycopg
+        import psycopg.errors as E
+
+        state = getattr(exc, "sqlstate", None) or ""
+        if isinstance(exc, (E.InsufficientPrivilege, E.ReadOnlySqlTransaction)):
+            return HistoryError(f"cannot write the history database {self.label}: {_text(exc)}")
+        if state.startswith(("08", "57P")) or isinstance(exc, psycopg.OperationalError) and not state:
+            return HistoryError(f"{doing} the history database {self.label} failed, the connection was lost: "
+                                f"{_text(exc)}")
+        return HistoryError(f"{doing} the history database {self.label} failed: {_text(exc)}")
+
+    def _version(self, con: Any) -> int | None:
+        if con.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+            return None
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _ensure_schema(self, con: Any) -> None:
+        """Create the tables, or migrate an older layout, once, whoever gets there first."""
+        version = self._version(con)
+        if version == PG_VERSION:
+            return
+        self._refuse_newer(version)
+        with con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(hashtextextended('edgelr.schema', %s))", (_LOCK_SEED,))
+            version = self._version(con)
+            self._refuse_newer(version)
+            if version is None:
+                for stmt in SCHEMA_V1:
+                    con.execute(stmt)
+                con.execute("INSERT INTO meta VALUES ('created_by', %s)", (f"edgelr store v{PG_VERSION}",))
+                con.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(PG_VERSION),))
+                return
+            for v in range(version, PG_VERSION):
+                for stmt in MIGRATIONS[v]:
+                    con.execute(stmt)
+            con.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(PG_VERSION),))
+
+    def _refuse_newer(self, version: int | None) -> None:
+        if version is not None and version > PG_VERSION:
+            raise HistoryError(f"history database {self.label} has layout version {version}, newer than this "
+                               f"edgelr knows ({PG_VERSION}); upgrade edgelr")
+
+    # ------------------------------------------------------------------------------------------ Store
+    def exists(self) -> bool:
+        con = self._connect()
+        try:
+            return self._version(con) is not None
+        except Exception as exc:  # noqa: BLE001 - psycopg errors become one line
+            raise self._error("reading", exc) from None
+        finally:
+            con.close()
+
+    def files_root(self) -> Path:
+        return self._files
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        import psycopg
+
+        con = self._connect()
+        try:
+            self._ensure_schema(con)
+            with con.transaction():
+                yield PGTx(con)
+        except psycopg.Error as exc:
+            raise self._error("writing", exc) from None
+        finally:
+            con.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        import psycopg
+
+        con = self._connect()
+        try:
+            version = self._version(con)
+            if version is None:
+                raise HistoryError(f"no history in the database {self.label}; run `edgelr bench` or `edgelr "
+                                   f"regress` with this --history first (or `edgelr history copy`)")
+            self._refuse_newer(version)
+            if version < PG_VERSION:
+                raise HistoryError(f"history database {self.label} has layout version {version}, older than "
+                                   f"this edgelr reads ({PG_VERSION}); any writing command (e.g. `edgelr bench`) "
+                                   f"migrates it")
+            con.read_only = True
+            with con.transaction():
+                yield PGTx(con)
+        except psycopg.Error as exc:
+            raise self._error("reading", exc) from None
+        finally:
+            con.close()
+
+    def hold_lease(self, run_id: str) -> None:
+        import psycopg
+
+        con = self._connect()
+        try:
+            # try-lock: a run id is new, so only a 64-bit hash collision could find it taken
+            con.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, %s))", (run_id, _LOCK_SEED))
+        except psycopg.Error as exc:
+            con.close()
+            raise self._error("writing", exc) from None
+        with _LEASES_LOCK:
+            old = _LEASES.pop((self.conninfo, run_id), None)
+            _LEASES[(self.conninfo, run_id)] = con
+        if old is not None:
+            old.close()
+
+    def release_lease(self, run_id: str) -> None:
+        with _LEASES_LOCK:
+            con = _LEASES.pop((self.conninfo, run_id), None)
+        if con is not None:
+            try:
+                con.close()   # the server drops the session's advisory lock
+            except Exception:  # noqa: BLE001 - a dead connection has no lock to drop
+                pass
+
+    def gone(self, tx: Tx, started: list[tuple[str, str | None, int | None]]) -> set[str]:
+        """Started runs whose writer's lease is free (its process or host has gone, on any host)."""
+        out = set()
+        for rid, _, _ in sorted(started):
+            if tx.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(?, ?))", (rid, _LOCK_SEED)).fetchone()[0]:
+                out.add(rid)
+        return out
+
+
+def _text(exc: BaseException) -> str:
+    """The first line of a driver error, passwords masked."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return mask_secrets(lines[0] if lines else type(exc).__name__)
