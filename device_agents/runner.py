@@ -33,6 +33,11 @@ from typing import Any, NoReturn
 
 RUNNER_VERSION = "litert_runner 1"
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_RUNTIME = 1, 2, 3
+#: What ``--enable_op_profiling`` gets: ai-edge-litert's Python ``Interpreter`` exposes no profiler (its
+#: C++ ``benchmark_model`` does: set ``benchmark_binary`` in the inventory to get per-op timings).
+OP_PROFILING_UNAVAILABLE = ("op profiling is not available in litert_runner: ai-edge-litert's Python interpreter "
+                            "exposes no per-op profiler; use LiteRT's benchmark_model (benchmark_binary in the "
+                            "inventory) for per-op timings")
 
 
 def _fail(msg: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -68,7 +73,7 @@ def _positive(minimum: int) -> Any:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one clear line, benchmark_model's flag names
         _fail(f"{message}; valid flags: --graph --num_threads --num_runs --warmup_runs --use_xnnpack "
-              f"--seed --version", EXIT_USAGE)
+              f"--seed --enable_op_profiling --version", EXIT_USAGE)
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -80,6 +85,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup_runs", type=_positive(0), default=1, help="untimed warm-up inferences")
     p.add_argument("--use_xnnpack", type=_bool, default=True, help="apply the XNNPACK delegate (true/false)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--enable_op_profiling", type=_bool, default=False,
+                   help="per-op timings: not available here (ai-edge-litert's Python interpreter has no op "
+                        "profiler); the result says so")
     p.add_argument("--version", action="store_true", help="print the runner and runtime versions and exit")
     args = p.parse_args(argv)
     if not args.version and not args.graph:
@@ -175,6 +183,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     print(f"INFO: Graph: [{args.graph}]")
     print(f"INFO: Num threads: [{args.num_threads}]")
     print(f"INFO: Use xnnpack: [{int(args.use_xnnpack)}]")
+    if args.enable_op_profiling:
+        print(f"WARNING: {OP_PROFILING_UNAVAILABLE}")
     if not os.path.isfile(args.graph):
         _fail(f"model file {args.graph} does not exist")
     resolver = (litert.OpResolverType.AUTO if args.use_xnnpack
@@ -242,6 +252,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "samples_us": [round(x, 3) for x in samples],
         "vm_hwm_mb": _vm_hwm_mb(),
         "maxrss_mb": rss_end,
+        "op_profiling": OP_PROFILING_UNAVAILABLE if args.enable_op_profiling else "",
         "inputs": [{"name": d["name"], "shape": [int(x) for x in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
                    for d in interp.get_input_details()],
     }

@@ -62,6 +62,23 @@ METRICS: dict[str, str] = {
 # Added with the benchmark core (issue 5): the throttling canary's time, and helpers.
 METRICS["canary"] = "ms"        # minimum time of the fixed sh canary workload before the run
 METRICS["rail_energy_per_inference"] = "mJ"  # per power rail (Pixel ODPM), note "rail=NAME"
+# `bench --profile-ops` (issue 15): a node's average time over the timed runs, ``sample`` = its run order,
+# note "type=<node type> node=<name>" (edgelr.bench.run.op_note); one NaN row says why when the tool gives none.
+METRICS["op_latency"] = "ms"
+
+
+def op_note(node_type: str, name: str) -> str:
+    """The note of an ``op_latency`` row: ``type=<node type> node=<node name>`` (the name last: it may hold
+    anything); :func:`parse_op_note` reads it back."""
+    return f"type={node_type} node={name}"
+
+
+def parse_op_note(note: str) -> tuple[str, str]:
+    """``(node_type, node_name)`` of an ``op_latency`` row's note ("" when it is not one)."""
+    if not note.startswith("type="):
+        return "", ""
+    node_type, _, name = note[5:].partition(" node=")
+    return node_type, name
 
 
 def new_run_id() -> str:
@@ -159,3 +176,27 @@ def _median(xs: "list[float]") -> float:
     xs = sorted(xs)
     n = len(xs)
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def top_ops(frame: "pandas.DataFrame", n: int = 5) -> "list[dict[str, Any]]":  # noqa: F821
+    """The ``n`` slowest ops of each model and device from ``op_latency`` rows (``bench --profile-ops``):
+    median over sessions of each node's average time, its share of the model's summed op time, and
+    ``why`` when the device's tool gave no per-op table (one row with ``op`` empty)."""
+    out: list[dict[str, Any]] = []
+    ops = frame[frame["metric"] == "op_latency"]
+    for (model, dev), g in ops.groupby(["model", "device"], sort=False):
+        timed = g[g["sample"] >= 0].dropna(subset=["value"])
+        if timed.empty:
+            notes = [x for x in g["note"] if x]
+            out.append({"model": model, "device": dev, "rank": 0, "op": "", "type": "", "ms": math.nan,
+                        "share": "", "why": notes[0] if notes else "no per-op timings"})
+            continue
+        per_node = timed.groupby(["sample", "note"], sort=False)["value"].median().reset_index()
+        total = float(per_node["value"].sum())
+        per_node = per_node.sort_values("value", ascending=False, kind="stable").head(n)
+        for rank, row in enumerate(per_node.itertuples(index=False), 1):
+            node_type, name = parse_op_note(str(row.note))
+            share = 100.0 * float(row.value) / total if total > 0 else math.nan
+            out.append({"model": model, "device": dev, "rank": rank, "op": name, "type": node_type,
+                        "ms": float(row.value), "share": f"{share:.1f}%" if math.isfinite(share) else "", "why": ""})
+    return out

@@ -46,7 +46,7 @@ from device_agents import probes
 from device_agents.files import sha256_file
 from device_agents.inventory import DeviceSpec
 from device_agents.transport import RunResult, Transport
-from edgelr.bench.frame import METRICS, new_run_id, to_frame, write_frame
+from edgelr.bench.frame import METRICS, new_run_id, op_note, to_frame, write_frame
 from edgelr.bench.harnesses import Harness, HarnessOutput, ProgramInfo, select_harness
 from edgelr.bench.output import BenchOutput
 from edgelr.errors import BenchmarkError, DeviceError, Interrupted, UsageError
@@ -100,6 +100,7 @@ class BenchSettings:
     cooldown_timeout_s: float = 300.0
     cooldown_poll_s: float = 5.0
     use_xnnpack: bool = True
+    profile_ops: bool = False
     timeout_s: float | None = None
     memory_poll_s: float = 0.05
     canary: bool = True
@@ -193,6 +194,20 @@ def _apply_harness_rows(rows: _Rows, bench: BenchOutput) -> None:
             rows.add(str(metric), float(value), str(note))
 
 
+def _op_rows(rows: _Rows, bench: BenchOutput) -> None:
+    """``--profile-ops``: one ``op_latency`` row per node (``sample`` = run order), or one NaN row saying
+    why the tool gave none."""
+    ops = bench.extra.get("op_profile")
+    if isinstance(ops, list) and ops:
+        for op in ops:
+            rows.add("op_latency", float(op["avg_ms"]), op_note(str(op["node_type"]), str(op["name"])),
+                     sample=int(op["order"]))
+        return
+    runner = bench.extra.get("runner")
+    why = runner.get("op_profiling", "") if isinstance(runner, dict) else ""
+    rows.add("op_latency", NAN, why or f"{bench.tool or 'the benchmark program'} printed no per-op table")
+
+
 @dataclass
 class _Session:
     """What is set up once per device: the program, sensors, canary baseline."""
@@ -251,7 +266,8 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
     temps_before = temps()
     e_before = session.meter.read(transport)
     cmd = harness.command(session.prog, remote_model, session.threads, settings.runs, settings.warmup,
-                          settings.use_xnnpack, session.mask, settings.memory_poll_s, session.workdir)
+                          settings.use_xnnpack, session.mask, settings.memory_poll_s, session.workdir,
+                          profile_ops=settings.profile_ops)
     result = transport.run(cmd, timeout=settings.timeout_s or device.command_timeout)
     e_after = session.meter.read(transport)
     temps_after = temps()
@@ -297,6 +313,8 @@ def _one_run(device: DeviceSpec, transport: Transport, harness: Harness, session
     rows.add("avg_power", energy.avg_power_w, energy.note)
     rows.add("model_size", float(model.path.stat().st_size))
     _apply_harness_rows(rows, bench)
+    if settings.profile_ops:
+        _op_rows(rows, bench)
     if notes:
         for r in rows.rows:
             if r["metric"] == "latency_avg":

@@ -50,6 +50,9 @@ Per-inference latencies are kept as `latency` rows (sample 0..N-1, repeat = sess
 @click.option("--cooldown-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Longest cool-down wait (s); then it runs hot and says so in the notes.")
 @click.option("--xnnpack/--no-xnnpack", default=True, show_default=True, help="Use the XNNPACK delegate.")
+@click.option("--profile-ops", is_flag=True,
+              help="Store per-op (node) timings where the device's tool gives them (benchmark_model "
+                   "--enable_op_profiling; edgelr's LiteRT runner cannot) and print each model's top ops.")
 @click.option("--canary/--no-canary", default=True, show_default=True,
               help="Time a tiny fixed workload before each run; > 1.10 x the first one means throttled.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
@@ -67,7 +70,7 @@ Per-inference latencies are kept as `latency` rows (sample 0..N-1, repeat = sess
 def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tuple[str, ...],
           reference: str | None, threads: int | None, sessions: int | None, repeat: int | None, runs: int | None,
           max_time: float | None, warmup: int, cooldown_c: float, cooldown_timeout: float, xnnpack: bool,
-          canary: bool, timeout: float | None, seed: int | None, out: Path | None, as_json: bool,
+          profile_ops: bool, canary: bool, timeout: float | None, seed: int | None, out: Path | None, as_json: bool,
           trust_new_host: bool, no_lock: bool, history: str | None, no_history: bool) -> None:
     """Benchmark MODEL.tflite [MODEL2 ...] on a device: latency, peak memory, temperature, energy.
 
@@ -94,7 +97,7 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
     settings = BenchSettings(threads=threads, runs=runs or DEFAULT_RUNS, warmup=warmup,
                              sessions=sessions or repeat or DEFAULT_SESSIONS, max_time_s=max_time, seed=seed,
                              cooldown_c=cooldown_c, cooldown_timeout_s=cooldown_timeout, use_xnnpack=xnnpack,
-                             timeout_s=timeout, out=out, canary=canary)
+                             profile_ops=profile_ops, timeout_s=timeout, out=out, canary=canary)
     settings.validate()
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
     lock = nullcontext() if no_lock else device_lock(spec.name, on_wait=info)
@@ -166,7 +169,7 @@ def comparisons(frame: "pd.DataFrame", reference: str | None = None) -> list[dic
 
 
 def _emit(frame: "pd.DataFrame", as_json: bool, reference: str | None = None) -> None:
-    from edgelr.bench.frame import summarize
+    from edgelr.bench.frame import summarize, top_ops
 
     rows = summarize(frame)
     comps = comparisons(frame, reference)
@@ -176,7 +179,7 @@ def _emit(frame: "pd.DataFrame", as_json: bool, reference: str | None = None) ->
     if as_json:
         records = frame.to_dict(orient="records")
         echo_json({"run_id": frame["run_id"].iloc[0] if len(frame) else "", "summary": rows,
-                   "comparisons": comps, "rows": records})
+                   "comparisons": comps, "top_ops": top_ops(frame), "rows": records})
     else:
         cols = ["model", "device", "sessions", "median_ms", "session_cv", "p90_ms"]
         if comps:
@@ -185,6 +188,23 @@ def _emit(frame: "pd.DataFrame", as_json: bool, reference: str | None = None) ->
         click.echo(table(rows, cols))
         if comps:
             info("speed-up = reference latency / model latency, 95 % interval over interleaved blocks of sessions")
+        _emit_top_ops(frame)
+
+
+def _emit_top_ops(frame: "pd.DataFrame") -> None:
+    """``--profile-ops``: each model's slowest ops (median over sessions), or why there are none."""
+    from edgelr.bench.frame import top_ops
+
+    ops = top_ops(frame)
+    if not ops:
+        return
+    timed = [r for r in ops if r["op"]]
+    if timed:
+        click.echo("")
+        click.echo(table(timed, ["model", "device", "rank", "type", "op", "ms", "share"]))
+    for r in ops:
+        if not r["op"]:
+            info(f"{r['model']} on {r['device']}: no per-op timings: {r['why']}")
 
 
 # --- results history ----------------------------------------------------------------------------------

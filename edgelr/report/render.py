@@ -72,7 +72,24 @@ def report_data(frame: "pd.DataFrame", comparisons: "pd.DataFrame", runs: "pd.Da
     regressions = comparisons[comparisons["status"] == "regression"].copy() if len(comparisons) else comparisons.copy()
     regressions["model_changed"] = [_model_changed(r, runs_tbl, changes) for r in regressions.to_dict("records")]
     return {"latest": latest, "trend": trend, "sessions": S.session_table(frame), "speedups": speed,
-            "model_changes": changes, "regressions": regressions.reset_index(drop=True), "runs": runs}
+            "model_changes": changes, "regressions": regressions.reset_index(drop=True), "runs": runs,
+            "ops": latest_top_ops(frame)}
+
+
+def latest_top_ops(frame: "pd.DataFrame", n: int = 5) -> "pd.DataFrame":
+    """Each model's slowest ops on each device from its latest run with ``op_latency`` rows
+    (:func:`edgelr.bench.frame.top_ops`); columns model, device, rank, op, type, ms, share, why, run_id."""
+    import pandas as pd
+
+    from edgelr.bench.frame import top_ops
+
+    cols = ["model", "device", "rank", "op", "type", "ms", "share", "why", "run_id"]
+    ops = frame[frame["metric"] == "op_latency"] if len(frame) else frame
+    rows: list[dict[str, Any]] = []
+    for (_model, _dev), g in ops.groupby(["model", "device"], sort=True):
+        last = max(g["run_id"])  # run ids sort by time
+        rows += [{**r, "run_id": last} for r in top_ops(g[g["run_id"] == last], n)]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _model_changed(comp: dict[str, Any], runs_tbl: "pd.DataFrame", changes: "pd.DataFrame") -> str:
@@ -192,8 +209,11 @@ DISPLAY = [
     ("regressions", "Regressions found", 3),
     ("speedups", "Speed-ups over the reference model", 2),
     ("trend", "Per-run trend", 3),
+    ("ops", "Slowest ops per model (latest `bench --profile-ops` run)", 2),
 ]
 """(key, heading, number of key columns repeated when a wide Markdown table is split)."""
+OPTIONAL = {"changes", "ops"}
+"""Tables left out when they have no rows."""
 
 
 def display_tables(data: dict[str, "pd.DataFrame"]) -> dict[str, "pd.DataFrame"]:
@@ -262,6 +282,12 @@ def display_tables(data: dict[str, "pd.DataFrame"]) -> dict[str, "pd.DataFrame"]
                      "p95 (ms)": fmt_ms(r["latency_p95_ms"]), "peak memory (MB)": fmt_fixed(r["peak_memory_mb"], 1),
                      "energy (mJ)": fmt_ms(r["energy_mj"]), "sha256": sha})
     out["trend"] = _drop_empty(pd.DataFrame(rows), keep=3)
+
+    out["ops"] = pd.DataFrame([{"model": r["model"], "device": r["device"], "rank": str(r["rank"]) if r["op"] else "",
+                                "op type": r["type"], "op": r["op"] or f"none: {r['why']}",
+                                "avg time (ms)": fmt_ms(r["ms"]), "share of op time": r["share"],
+                                "run (UTC)": fmt_time(started.get(r["run_id"], r["run_id"]))}
+                               for r in data["ops"].to_dict("records")])
     return out
 
 
@@ -526,7 +552,7 @@ def render_markdown(data: dict[str, "pd.DataFrame"], figs: list[Figure], out: st
     shown = display_tables(data)
     parts = [f"# {title}\n", *(line + "\n" for line in _intro(data))]
     for key, head, keys in DISPLAY:
-        if key == "changes" and not len(shown[key]):
+        if key in OPTIONAL and not len(shown[key]):
             continue
         parts.append(f"## {head}\n")
         parts.append(_md_table(shown[key], keys=keys))
@@ -567,7 +593,7 @@ def render_html(data: dict[str, "pd.DataFrame"], figs: list[Figure], out: str | 
     for line in _intro(data):
         body.append("<p>" + esc(line).replace("**", "") + "</p>")
     for key, head, keys in DISPLAY:
-        if key == "changes" and not len(shown[key]):
+        if key in OPTIONAL and not len(shown[key]):
             continue
         body.append(f'<h2 id="{key}">{esc(head)}</h2>')
         body.append(_html_table(shown[key], keys))

@@ -310,12 +310,12 @@ class AndroidHarness(Harness):
                            wrapper_options=wrapper_options(t, workdir))
 
     def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
-                affinity_mask: str, poll_s: float, workdir: str) -> str:
+                affinity_mask: str, poll_s: float, workdir: str, profile_ops: bool = False) -> str:
         argv = ["sh", f"{workdir}/{HARNESS_NAME}", "--bin", prog.argv[0], "--interval", f"{max(poll_s, 0.02):g}",
                 "--workdir", workdir]
         if affinity_mask:
             argv += ["--mask", affinity_mask]
-        flags = benchmark_flags(model, threads, runs, warmup, use_xnnpack)
+        flags = benchmark_flags(model, threads, runs, warmup, use_xnnpack, profile_ops)
         # under edgelr's wrapper (no sampling of its own: harness.sh samples the binary): its own process
         # group and a pid file, stopped on adbd's SIGHUP when the host goes away, found by the next run
         return wrap_command(workdir, prog.wrapper_options, 0, [*argv, "--", *flags])

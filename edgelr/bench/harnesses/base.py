@@ -66,8 +66,9 @@ class Harness(ABC):
 
     @abstractmethod
     def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
-                affinity_mask: str, poll_s: float, workdir: str) -> str:
-        """The shell line that benchmarks ``model`` (a path on the device)."""
+                affinity_mask: str, poll_s: float, workdir: str, profile_ops: bool = False) -> str:
+        """The shell line that benchmarks ``model`` (a path on the device); ``profile_ops`` asks the program
+        for per-op timings."""
 
     @abstractmethod
     def parse(self, prog: ProgramInfo, result: RunResult) -> HarnessOutput:
@@ -84,7 +85,10 @@ class Harness(ABC):
 HARNESSES: Registry[type[Harness]] = Registry("harness", name_attr="key")
 
 
-def benchmark_flags(model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool) -> list[str]:
-    """``benchmark_model``'s flags for one run (edgelr's runner.py takes the same ones)."""
-    return [f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}", f"--warmup_runs={warmup}",
-            f"--use_xnnpack={'true' if use_xnnpack else 'false'}"]
+def benchmark_flags(model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
+                    profile_ops: bool = False) -> list[str]:
+    """``benchmark_model``'s flags for one run (edgelr's runner.py takes the same ones). ``profile_ops``
+    adds ``--enable_op_profiling=true`` (per-node timings, see :mod:`edgelr.bench.parsers.op_profile`)."""
+    flags = [f"--graph={model}", f"--num_threads={threads}", f"--num_runs={runs}", f"--warmup_runs={warmup}",
+             f"--use_xnnpack={'true' if use_xnnpack else 'false'}"]
+    return flags + (["--enable_op_profiling=true"] if profile_ops else [])

@@ -45,8 +45,8 @@ class LinuxHarness(Harness):
         return prog
 
     def command(self, prog: ProgramInfo, model: str, threads: int, runs: int, warmup: int, use_xnnpack: bool,
-                affinity_mask: str, poll_s: float, workdir: str) -> str:
-        argv = [*prog.argv, *benchmark_flags(model, threads, runs, warmup, use_xnnpack)]
+                affinity_mask: str, poll_s: float, workdir: str, profile_ops: bool = False) -> str:
+        argv = [*prog.argv, *benchmark_flags(model, threads, runs, warmup, use_xnnpack, profile_ops)]
         pinned = (["taskset", affinity_mask] if affinity_mask and prog.taskset else []) + argv
         return wrap_command(workdir, prog.wrapper_options, poll_s, pinned)
 

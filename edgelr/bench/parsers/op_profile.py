@@ -33,3 +33,32 @@ def _op_row(m: re.Match[str], out: BenchOutput) -> None:
     rows.append({"node_type": m.group(1), "count": int(m.group(2)), "avg_ms": to_float(m.group(3)),
                  "avg_pct": to_float(m.group(4)), "cdf_pct": to_float(m.group(5)), "mem_kb": to_float(m.group(6)),
                  "times_called": int(m.group(7))})
+
+
+# Per node: ``--enable_op_profiling`` prints a "Run Order" table for the initialization and another for the
+# regular runs (after "Operator-wise Profiling Info for Regular Benchmark Runs:"); only the latter is the
+# model's ops. Rows go to ``BenchOutput.extra["op_profile"]`` (dicts: node_type, first_ms, avg_ms, pct,
+# cdf_pct, mem_kb, times_called, name, order), in run order.
+def _forget_phase(out: BenchOutput) -> None:
+    out.extra.pop("_op_phase", None)
+
+
+@LINE_PARSERS.register("op_profile_phase", priority=OP_PROFILE)
+@on_line(r"^(?:Operator-wise )?Profiling Info for (Benchmark Initialization|Regular Benchmark Runs):\s*$",
+         finish=_forget_phase)
+def _op_phase(m: re.Match[str], out: BenchOutput) -> None:
+    out.extra["_op_phase"] = "runs" if m.group(1).startswith("Regular") else "init"
+    if out.extra["_op_phase"] == "runs":
+        out.extra["op_profile"] = []  # a second regular-runs table replaces the first
+
+
+@LINE_PARSERS.register("op_run_order_row", priority=OP_PROFILE)
+@on_line(rf"^(\S+)\s+({NUM})\s+({NUM})\s+({NUM})%\s+({NUM})%\s+({NUM})\s+(\d+)\s+(\S.*?)\s*$")
+def _op_node_row(m: re.Match[str], out: BenchOutput) -> None:
+    if out.extra.get("_op_section") != "Run Order" or out.extra.get("_op_phase") != "runs":
+        return
+    rows = out.extra.setdefault("op_profile", [])
+    assert isinstance(rows, list)
+    rows.append({"node_type": m.group(1), "first_ms": to_float(m.group(2)), "avg_ms": to_float(m.group(3)),
+                 "pct": to_float(m.group(4)), "cdf_pct": to_float(m.group(5)), "mem_kb": to_float(m.group(6)),
+                 "times_called": int(m.group(7)), "name": m.group(8), "order": len(rows)})
