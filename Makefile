@@ -8,8 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 # Debian packages the tests use: a real sshd, the real adb server, Fashion-MNIST, a headless browser,
-# a POSIX shell for the Android harness, ip netns for a separate "device" host.
-APT_PACKAGES := openssh-server adb dataset-fashion-mnist chromium iproute2 dash busybox procps mksh
+# a POSIX shell for the Android harness, ip netns for a separate "device" host, a PostgreSQL server
+# for the shared history.
+APT_PACKAGES := openssh-server adb dataset-fashion-mnist chromium iproute2 dash busybox procps mksh postgresql
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast test-emulated venv clean perf-deps

@@ -200,10 +200,10 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
     name, _ = parse_baseline(baseline)
     if not 0 < alpha < 1:
         raise UsageError(f"--alpha {alpha}: expected a probability between 0 and 1, e.g. 0.01")
-    if name not in ("accepted", "window") and H.store_path(history).exists():
+    if name not in ("accepted", "window") and H.exists(history):
         known = set(H.baselines(history)["name"])
         if name not in known:   # check before spending an hour on the devices
-            raise UsageError(f"--baseline {baseline}: no baseline of that name in {H.store_path(history)} "
+            raise UsageError(f"--baseline {baseline}: no baseline of that name in {H.describe(history)} "
                              f"(names: {sorted(known) or 'none'}); create it with --accept-as {baseline}")
     lock = threading.Lock()
 
@@ -213,7 +213,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
 
     run_id = H.begin_run(history, kind="regress", suite=suite.name)
     tell(f"regress {suite.name}: run {run_id}, {len(suite.models)} model(s) x {len(suite.devices)} device(s), "
-         f"{suite.sessions} sessions of {suite.runs} runs each, history {H.store_path(history)}")
+         f"{suite.sessions} sessions of {suite.runs} runs each, history {H.describe(history)}")
     warnings: list[str] = []
     for m in suite.models:
         try:

@@ -64,7 +64,7 @@ Per-inference latencies are kept as `latency` rows (sample 0..N-1, repeat = sess
 @click.option("--trust-new-host", is_flag=True, help="SSH: accept and remember an unknown host key.")
 @click.option("--no-lock", is_flag=True, help="Do not take the device lock (experts: measurements may collide).")
 @click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
-              help="Results history the run is appended to (directory or .sqlite) [env: EDGELR_HISTORY; "
+              help="Results history the run is appended to (directory, .sqlite or postgresql://...) [env: EDGELR_HISTORY; "
                    "default: ~/.local/share/edgelr/history].")
 @click.option("--no-history", is_flag=True, help="Do not append this run to the results history.")
 def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tuple[str, ...],
@@ -213,7 +213,7 @@ def _record_history(frame: "pd.DataFrame", history: str | None = None, status: s
     """Append the run to the results history (nothing with ``--no-history``); says where on stderr."""
     if not history:
         return
-    from edgelr.report.history import append_or_spool
+    from edgelr.report.history import append_or_spool, describe
 
     run_id = append_or_spool(frame, history, kind="bench", status=status, error=error)
-    info(f"recorded run {run_id} in {history}")
+    info(f"recorded run {run_id} in {describe(history)}")

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "devices": ("edgelr.cli.devices", "devices", "List and check the devices of the inventory."),
     "regress": ("edgelr.cli.regress", "regress", "Run a regression suite on devices and compare with a baseline."),
     "report": ("edgelr.cli.report", "report", "Render the results history as Markdown/HTML with plots."),
+    "history": ("edgelr.cli.history", "history", "Copy a results history between SQLite and PostgreSQL; show one."),
     "targets": ("edgelr.cli.targets", "targets", "List the target device profiles."),
 }
 

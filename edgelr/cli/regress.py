@@ -48,7 +48,8 @@ and are stored). A regression outranks a device error.
 @click.option("--accept-as", "accept_as", default=None, metavar="NAME",
               help="Record this run as the baseline called NAME (compare later with --baseline NAME).")
 @click.option("--alpha", type=float, default=None, help="Significance level [default: the suite's, else 0.01].")
-@click.option("--history", "history_override", type=click.Path(), help="History store (overrides the suite's).")
+@click.option("--history", "history_override", type=click.Path(),
+              help="History store, a path or postgresql://... (overrides the suite's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON on stdout.")
 @click.option("--confirm/--no-confirm", default=True, show_default=True,
               help="Confirm a suggested change by re-measuring the baseline's model and the current one "
@@ -66,10 +67,11 @@ def regress(suite_file: str, inventory: str | None, baseline: str | None, accept
             history_override: str | None, as_json: bool, confirm: bool, install_schedule: str | None, every: str,
             schedule_dir: str | None, log_dir: str | None) -> None:
     """Run a regression suite: benchmark its models on its devices, store and compare with a baseline."""
+    from edgelr.report.history import locate
     from edgelr.report.suite import load_suite
 
     suite = load_suite(suite_file)
-    history = Path(history_override).expanduser().resolve() if history_override else suite.history
+    history = locate(history_override) if history_override else suite.history
     if install_schedule:
         _install(suite, install_schedule, every, schedule_dir, log_dir, history, inventory, baseline)
         return
@@ -80,11 +82,11 @@ def regress(suite_file: str, inventory: str | None, baseline: str | None, accept
 
 def _install(suite: "Suite", kind: str, every: str, schedule_dir: str | None, log_dir: str | None, history: Path,
              inventory: str | None, baseline: str | None) -> None:
-    from edgelr.report.history import store_path
+    from edgelr.report.history import files_root
     from edgelr.report.schedule import install_hint, write_schedule
 
     out = Path(schedule_dir).expanduser() if schedule_dir else Path.home() / ".config" / "edgelr" / "schedule"
-    store_dir = store_path(history).parent
+    store_dir = files_root(history)
     logs = Path(log_dir).expanduser().resolve() if log_dir else store_dir / "logs"
     lock = store_dir / f"regress-{suite.name}.lock"
     written = write_schedule(kind, suite.name, suite.path, every, out.resolve(), logs, lock, inventory, baseline)
@@ -110,7 +112,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     for w in res.warnings:
         info(f"warning: {w}")
     if as_json:
-        echo_json({"run_id": run_id, "suite": suite.name, "history": str(H.store_path(history)),
+        echo_json({"run_id": run_id, "suite": suite.name, "history": H.describe(history),
                    "baseline": baseline, "alpha": alpha, "accepted": accept or res.auto_accepted,
                    "errors": errors, "regressions": int(len(regressions)), "noise": res.noise,
                    "comparisons": comps.astype(object).where(comps.notna(), None).to_dict("records")})

@@ -207,8 +207,9 @@ def noise_floor(history: str | os.PathLike[str], device: str, source: str | None
     with store.read() as tx:
         if "noise_floor" not in tx.tables():
             return None
-        cur = tx.execute(f"SELECT {quoted(NOISE_COLUMNS)} FROM noise_floor WHERE device=? AND (? IS NULL OR "
-                         f"source=?) ORDER BY measured_at DESC LIMIT 1", (device, source, source))
+        only = "" if source is None else " AND source=?"
+        cur = tx.execute(f"SELECT {quoted(NOISE_COLUMNS)} FROM noise_floor WHERE device=?{only} "
+                         f"ORDER BY measured_at DESC LIMIT 1", (device,) if source is None else (device, source))
         row = cur.fetchone()
         return None if row is None else dict(zip([c[0] for c in cur.description], row))
 

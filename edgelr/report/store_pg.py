@@ -130,7 +130,9 @@ class PGStore(Store):
         try:
             return psycopg.connect(self.conninfo, **kwargs)
         except psycopg.Error as exc:
-            raise HistoryError(f"cannot reach the history database {self.label}: {_text(exc)}") from None
+            hint = (f"; create it first (createdb, or CREATE DATABASE as a superuser)"
+                    if "does not exist" in str(exc) and "database" in str(exc) else "")
+            raise HistoryError(f"cannot connect to the history database {self.label}: {_text(exc)}{hint}") from None
 
     def _error(self, doing: str, exc: BaseException) -> HistoryError:
         import psycopg

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgelr.bench.lock import device_lock, lock_dir  # noqa: F401  (re-exported for suite users)
-from edgelr.errors import UsageError
+from edgelr.errors import HistoryError, UsageError
+from edgelr.report.history import locate
 from edgelr.report.stats import DEFAULT_ALPHA, metric_of, parse_baseline, parse_threshold
 from edgelr.report.suite_format import SUITE_FORMAT  # noqa: F401  (re-exported)
 
@@ -35,7 +36,8 @@ class Suite:
 
     name: str
     path: Path
-    history: Path
+    history: "Path | str"
+    """A path (SQLite), or a ``postgresql://`` URL kept as written."""
     models: list[SuiteModel]
     devices: list[str]
     thresholds: dict[str, str]
@@ -98,9 +100,12 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
         raise _bad(p, f"[suite] confirm={confirm!r}; expected true or false")
     hist = head.get("history", "reports/history")
     if not isinstance(hist, str) or not hist:
-        raise _bad(p, f"[suite] history={hist!r}; expected a path such as \"reports/history\"")
-    base = p.parent
-    history = (base / Path(hist).expanduser()).resolve()
+        raise _bad(p, f"[suite] history={hist!r}; expected a path such as \"reports/history\" or a "
+                      f"postgresql:// URL")
+    try:
+        history = locate(hist, base=p.parent)
+    except HistoryError as exc:
+        raise _bad(p, str(exc)) from None
     baseline = str(head.get("baseline", "last"))
     parse_baseline(baseline)
     alpha = head.get("alpha", DEFAULT_ALPHA)
