@@ -13,6 +13,10 @@
   dilation), ``1 x kw`` conv ``R -> C_out`` (horizontal stride and dilation, bias, activation).
 - ``svd`` (1x1 Conv2D, any Conv1D): the kernel reshaped to ``(prod(k) * C_in, C_out)`` is truncated:
   the original conv with ``R`` filters and no bias, then a 1x1 conv ``R -> C_out``.
+
+Data-aware (calibration inputs, :mod:`edgelr.factorize.whiten`): ``svd`` whitens by the im2col patch second
+moment (the exact output-error optimum); ``spatial-svd`` by the ``kh x 1`` vertical-patch second moment;
+``tucker2`` by the input-channel second moment (pooled over positions). ``cp`` stays weights-only.
 """
 
 from __future__ import annotations
@@ -115,8 +119,15 @@ class ConvSVD(SingleSVDRewriter):
         g = _geometry(layer)
         return g.out_spatial * (g.c_out + (0 if ranks is None else int(ranks[0])))
 
-    def decompose(self, layer: Any) -> MatrixSVD:
-        return MatrixSVD.of(self._matrix(layer))
+    def input_statistic(self, layer: Any) -> Any:
+        from edgelr.rewrite.calibration import InputStatistic
+
+        if _prod(layer.kernel_size) == 1 and _prod(layer.strides) == 1:
+            return InputStatistic("features")
+        return InputStatistic.conv_patches(layer)
+
+    def decompose(self, layer: Any, stats: np.ndarray | None = None) -> MatrixSVD:
+        return MatrixSVD.of(self._matrix(layer), stats)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         ranks = self.check_ranks(layer, ranks)
@@ -141,11 +152,13 @@ the first sweeps and each costs as much as the HOSVD on a 512-channel ResNet ker
 
 @dataclass
 class TuckerState:
-    """Kernel ``(kh, kw, C_in, C_out)`` and the spectra of its mode-2/mode-3 unfoldings (HOSVD factors)."""
+    """Kernel ``(kh, kw, C_in, C_out)`` and the spectra of its mode-2/mode-3 unfoldings (HOSVD factors); with
+    ``whitening`` (input-channel statistics) the spectra are those of the whitened kernel."""
 
     kernel: np.ndarray
     spectra: Any
     cache: dict[tuple[Ranks, bool], Any] = field(default_factory=dict)
+    whitening: Any = None
 
 
 @register_rewriter("tucker2", priority=30)  # the preferred method for k x k convs
@@ -185,11 +198,22 @@ class ConvTucker2(Rewriter):
         return ((0 if fold_in else g.in_spatial * int(ranks[0])) + (0 if fold_out else g.out_spatial * int(ranks[1]))
                 + g.out_spatial * g.c_out)
 
-    def decompose(self, layer: Any) -> TuckerState:
+    def input_statistic(self, layer: Any) -> Any:
+        from edgelr.rewrite.calibration import InputStatistic
+
+        return InputStatistic("features")
+
+    def decompose(self, layer: Any, stats: np.ndarray | None = None) -> TuckerState:
         from edgelr.factorize.spectrum import unfolding_spectra
 
         kernel = _kernel4(layer)
-        return TuckerState(kernel, unfolding_spectra(kernel.astype(np.float64)))
+        if stats is None:
+            return TuckerState(kernel, unfolding_spectra(kernel.astype(np.float64)))
+        from edgelr.factorize.tucker import whiten_kernel
+        from edgelr.factorize.whiten import whitening
+
+        white = whitening(stats)
+        return TuckerState(kernel, unfolding_spectra(whiten_kernel(kernel, white)), whitening=white)
 
     def select_ranks(self, layer: Any, decomposition: TuckerState, policy: Any, multiple: int, floor: int) -> Ranks:
         from edgelr.factorize import select_tucker2_ranks
@@ -212,7 +236,7 @@ class ConvTucker2(Rewriter):
         key = (ranks, exact)
         if key not in state.cache:
             state.cache[key] = tucker2(state.kernel, ranks, max_iter=HOOI_SWEEPS if exact else 0,
-                                       spectra=state.spectra)
+                                       spectra=state.spectra, whitening=state.whitening)
         return state.cache[key]
 
     def materialize(self, layer: Any, decomposition: TuckerState, ranks: Ranks, *, exact: bool = True) -> Rewrite:
@@ -429,17 +453,27 @@ class ConvSpatialSVD(SingleSVDRewriter):
         g = _geometry(layer)
         return g.out_spatial * g.c_out + (0 if ranks is None else g.after_vertical * int(ranks[0]))
 
-    def decompose(self, layer: Any) -> MatrixSVD:
+    def input_statistic(self, layer: Any) -> Any:
+        from edgelr.rewrite.calibration import InputStatistic
+
+        (sh, _), (dh, _) = layer.strides, layer.dilation_rate
+        return InputStatistic.conv_patches(layer, (int(layer.kernel_size[0]), 1), (sh, 1), (dh, 1))
+
+    def decompose(self, layer: Any, stats: np.ndarray | None = None) -> MatrixSVD:
         from edgelr.factorize.svd import spatial_matrix
 
-        return MatrixSVD.of(spatial_matrix(_kernel4(layer)))
+        if stats is not None:  # vertical patches come ordered (i, c); spatial_matrix's rows are (c, i)
+            kh, c_in = int(layer.kernel_size[0]), int(layer.kernel.shape[-2])
+            order = np.arange(kh * c_in).reshape(kh, c_in).T.ravel()
+            stats = stats[np.ix_(order, order)]
+        return MatrixSVD.of(spatial_matrix(_kernel4(layer)), stats)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         from edgelr.factorize import spatial_svd
 
         ranks = self.check_ranks(layer, ranks)
         (r,) = ranks
-        res = spatial_svd(_kernel4(layer), r, spectrum=decomposition.spectrum)
+        res = spatial_svd(_kernel4(layer), r, spectrum=decomposition.spectrum, whitening=decomposition.whitening)
         (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
         kh, kw = (int(k) for k in layer.kernel_size)
         cls = _conv_cls(layer)

@@ -109,8 +109,17 @@ class Rewriter:
         spectra (model-wide rank allocation, :mod:`edgelr.rewrite.allocate`); None when there is none."""
         return None
 
-    def decompose(self, layer: Any) -> Any:
-        """A full-rank decomposition of the layer's weights, reusable across ranks."""
+    def input_statistic(self, layer: Any) -> Any:
+        """The second moment of ``layer``'s input that makes :meth:`decompose` data-aware (an
+        :class:`edgelr.rewrite.calibration.InputStatistic`), or None: this rewriter minimises the weight error
+        only (the default)."""
+        return None
+
+    def decompose(self, layer: Any, stats: np.ndarray | None = None) -> Any:
+        """A full-rank decomposition of the layer's weights, reusable across ranks. ``stats`` (only for a
+        rewriter whose :meth:`input_statistic` is not None): the ``(d, d)`` second moment it asked for, collected
+        on calibration inputs; the decomposition then minimises the layer's output error and its spectra are
+        the data-aware ones (:mod:`edgelr.factorize.whiten`)."""
         raise NotImplementedError
 
     def select_ranks(self, layer: Any, decomposition: Any, policy: Any, multiple: int, floor: int) -> Ranks:

@@ -2,7 +2,8 @@
 
 ``SeparableConv2D`` becomes ``DepthwiseConv2D`` (same kernel, strides, padding, dilation, multiplier; no bias)
 ``-> 1x1 Conv2D (C_in*mult -> R, no bias) -> 1x1 Conv2D (R -> C_out, bias, activation)``; names
-``<layer>/depthwise``, ``<layer>/svd_in``, ``<layer>/svd_out``.
+``<layer>/depthwise``, ``<layer>/svd_in``, ``<layer>/svd_out``. Data-aware with the second moment of the
+depthwise part's output channels (the pointwise kernel's input), computed from the layer's input.
 """
 
 from __future__ import annotations
@@ -45,9 +46,21 @@ class SeparablePointwiseSVD(SingleSVDRewriter):
         inner = 0 if ranks is None else int(ranks[0])  # TFLite runs the depthwise and pointwise parts as two ops
         return out_sp * (c_in * mult + inner + int(layer.filters))
 
-    def decompose(self, layer: Any) -> MatrixSVD:
+    def input_statistic(self, layer: Any) -> Any:
+        from edgelr.rewrite.calibration import InputStatistic
+
+        def depthwise(t: Any) -> Any:
+            import tensorflow as tf
+
+            (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+            return tf.nn.depthwise_conv2d(t, layer.depthwise_kernel, strides=(1, sh, sw, 1),
+                                          padding=str(layer.padding).upper(), dilations=(dh, dw))
+
+        return InputStatistic("features", pre=depthwise)
+
+    def decompose(self, layer: Any, stats: np.ndarray | None = None) -> MatrixSVD:
         pw = np.asarray(layer.pointwise_kernel.numpy(), dtype=np.float32)
-        return MatrixSVD.of(pw.reshape(pw.shape[2], pw.shape[3]))
+        return MatrixSVD.of(pw.reshape(pw.shape[2], pw.shape[3]), stats)
 
     def materialize(self, layer: Any, decomposition: MatrixSVD, ranks: Ranks, *, exact: bool = True) -> Rewrite:
         from edgelr.tfcompat import keras2

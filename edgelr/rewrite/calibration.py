@@ -1,0 +1,208 @@
+"""Input statistics of layers on calibration data, for data-aware factorization (:mod:`edgelr.factorize.whiten`).
+
+A rewriter says which second moment of its layer's input makes its decomposition data-aware
+(:meth:`edgelr.rewrite.registry.Rewriter.input_statistic` returns an :class:`InputStatistic`):
+
+- ``features``: ``E[x^T x]`` over the last axis of the input, pooled over batch and positions (Dense,
+  TimeDistributed(Dense); the input channels of a conv for Tucker-2);
+- ``patches``: the same over im2col patches ``(kh*kw*c_in)`` taken with the conv's kernel size, strides,
+  dilation and padding, ordered as ``kernel.reshape(-1, c_out)`` (convs by SVD of the unfolded kernel;
+  ``(kh, 1)`` vertical patches for spatial SVD);
+- either after ``pre``, a function of the input batch (a SeparableConv2D's depthwise part, whose output feeds
+  the factorized pointwise kernel).
+
+:func:`collect_statistics` runs the original model ONCE over the calibration batch, in batches, with every
+requested layer input as an extra output, and accumulates ``X^T X`` (float64) per layer: no im2col matrix
+of the whole batch is ever held. A few hundred inputs are enough (REFERENCE §9). Layers whose input cannot
+be reached from the model's inputs (inside a nested model) get no statistics and stay weights-only.
+:func:`check_calibration` gives one clear error for a batch that does not fit the model.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+
+from edgelr.errors import FactorizeError
+
+DEFAULT_BATCH = 32
+
+
+@dataclass(frozen=True, eq=False)
+class InputStatistic:
+    """Which second moment of a layer's input a data-aware decomposition needs (module docstring).
+
+    Attributes
+    ----------
+    kind : ``"features"`` or ``"patches"``
+    kernel_size, strides, dilation : tuple of int
+        Patch geometry (``patches``), 1-D for Conv1D inputs, 2-D for Conv2D inputs.
+    padding : str
+        ``valid``, ``same`` or ``causal`` (Conv1D), as the conv's.
+    pre : callable, optional
+        Applied to each input batch (a TF tensor) before the statistic (e.g. a depthwise conv).
+    """
+
+    kind: Literal["features", "patches"]
+    kernel_size: tuple[int, ...] = (1,)
+    strides: tuple[int, ...] = (1,)
+    dilation: tuple[int, ...] = (1,)
+    padding: str = "valid"
+    pre: Callable[[Any], Any] | None = field(default=None)
+
+    @classmethod
+    def conv_patches(cls, layer: Any, kernel_size: tuple[int, ...] | None = None,
+                     strides: tuple[int, ...] | None = None, dilation: tuple[int, ...] | None = None) -> "InputStatistic":
+        """Patches of a Conv1D/Conv2D ``layer``'s own geometry (or of the given parts of it)."""
+        return cls("patches", tuple(int(k) for k in (kernel_size or layer.kernel_size)),
+                   tuple(int(s) for s in (strides or layer.strides)),
+                   tuple(int(d) for d in (dilation or layer.dilation_rate)), str(layer.padding))
+
+
+def check_calibration(model: Any, x: Any) -> list[np.ndarray]:
+    """``x`` as a list of float32 arrays, one per model input, after checking it fits ``model``.
+
+    Raises
+    ------
+    FactorizeError
+        Not an array (or a list of arrays for a multi-input model), empty, NaN/Inf values, or a shape the
+        model does not take; the message names the shape received and the one expected.
+    """
+    inputs = list(model.inputs)
+    xs = list(x) if isinstance(x, (list, tuple)) else [x]
+    expected = ", ".join(str(tuple(t.shape)) for t in inputs)
+    if len(xs) != len(inputs):
+        raise FactorizeError(f"calibration: got {len(xs)} array(s); model '{model.name}' has {len(inputs)} "
+                             f"input(s) of shape {expected}; pass a batch of model inputs (e.g. x_train[:256])")
+    out = []
+    for arr, tensor in zip(xs, inputs):
+        try:
+            a = np.asarray(arr, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise FactorizeError(f"calibration: got {type(arr).__name__}; expected a NumPy batch of model inputs "
+                                 f"of shape {expected}") from None
+        want = tuple(tensor.shape)
+        ok = a.ndim == len(want) and all(w is None or int(w) == int(g) for w, g in zip(want[1:], a.shape[1:]))
+        if not ok:
+            raise FactorizeError(f"calibration: got an array of shape {a.shape}; model '{model.name}' takes "
+                                 f"{want} (batch first); pass a batch of model inputs (e.g. x_train[:256])")
+        if a.shape[0] < 1:
+            raise FactorizeError("calibration: got an empty batch; pass a few hundred model inputs")
+        if not np.isfinite(a).all():
+            raise FactorizeError("calibration: the batch has NaN or Inf values; pass finite model inputs")
+        out.append(a)
+    if len({a.shape[0] for a in out}) > 1:
+        raise FactorizeError(f"calibration: the input arrays have different batch sizes {[a.shape[0] for a in out]}")
+    return out
+
+
+def _rows(tf: Any, tensor: Any, stat: InputStatistic) -> Any:
+    """The ``(rows, d)`` float32 matrix whose ``X^T X`` this batch contributes."""
+    t = tf.convert_to_tensor(tensor)
+    if stat.pre is not None:
+        t = stat.pre(t)
+    t = tf.cast(t, tf.float32)
+    if stat.kind == "features":
+        return tf.reshape(t, [-1, int(t.shape[-1])])
+    if len(t.shape) == 3:  # Conv1D input (b, L, c) -> (b, 1, L, c) with a 1 x k kernel
+        k, s, d = stat.kernel_size[-1], stat.strides[-1], stat.dilation[-1]
+        t = t[:, None]
+        padding = stat.padding
+        if padding == "causal":
+            t = tf.pad(t, [[0, 0], [0, 0], [(k - 1) * d, 0], [0, 0]])
+            padding = "valid"
+        sizes, strides, rates = [1, 1, k, 1], [1, 1, s, 1], [1, 1, d, 1]
+    elif len(t.shape) == 4:
+        (kh, kw), (sh, sw), (dh, dw) = stat.kernel_size, stat.strides, stat.dilation
+        padding = stat.padding
+        sizes, strides, rates = [1, kh, kw, 1], [1, sh, sw, 1], [1, dh, dw, 1]
+    else:
+        raise FactorizeError(f"calibration: patches of a {len(t.shape)}-D input are not supported")
+    patches = tf.image.extract_patches(t, sizes=sizes, strides=strides, rates=rates, padding=padding.upper())
+    return tf.reshape(patches, [-1, int(patches.shape[-1])])
+
+
+def _input_tensors(layer: Any) -> list[Any]:
+    nodes = len(getattr(layer, "_inbound_nodes", []) or [None])
+    tensors = []
+    for i in range(nodes):
+        t = layer.get_input_at(i)
+        if isinstance(t, (list, tuple)):  # extra call inputs (an RNN's state): the first is the data
+            t = t[0]
+        tensors.append(t)
+    return tensors
+
+
+def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatistic]], x: Any, *,
+                       batch_size: int = DEFAULT_BATCH, progress: bool = True) -> dict[str, np.ndarray]:
+    """Second moments of the inputs of the requested layers, from one pass of ``model`` over ``x``.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        The original model (read only).
+    requests : mapping
+        Qualified layer name -> ``(layer, InputStatistic)``.
+    x : numpy.ndarray or list of numpy.ndarray
+        A batch of model inputs (a few hundred); checked by :func:`check_calibration`.
+    batch_size : int
+        Inputs per forward pass.
+    progress : bool
+        A progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        Qualified layer name -> ``(d, d)`` float64 ``E[row^T row]`` (``d``: features, or patch size
+        ``kh*kw*c_in``). Layers whose input is not reachable from the model's inputs are absent.
+
+    Raises
+    ------
+    FactorizeError
+        A calibration batch that does not fit the model.
+    """
+    xs = check_calibration(model, x)
+    if not requests:
+        return {}
+    from tqdm import tqdm
+
+    from edgelr.tfcompat import keras2
+
+    import tensorflow as tf
+
+    keras = keras2()
+    paths: list[str] = []
+    outputs: list[Any] = []
+    owners: list[int] = []
+    for path, (layer, _) in requests.items():
+        try:
+            tensors = _input_tensors(layer)
+            keras.Model(model.inputs, tensors)  # reachable from the model's inputs?
+        except Exception:  # noqa: BLE001 - a layer inside a nested model: no statistics, weights-only
+            continue
+        paths.append(path)
+        for t in tensors:
+            outputs.append(t)
+            owners.append(len(paths) - 1)
+    if not outputs:
+        return {}
+    extractor = keras.Model(model.inputs, outputs)
+    sums: list[np.ndarray | None] = [None] * len(paths)
+    counts = [0] * len(paths)
+    n = xs[0].shape[0]
+    with tqdm(total=n, desc="calibrate", unit="input", file=sys.stderr, disable=not progress, leave=False) as bar:
+        for start in range(0, n, max(1, int(batch_size))):
+            batch = [a[start:start + batch_size] for a in xs]
+            outs = extractor(batch if len(batch) > 1 else batch[0], training=False)
+            if not isinstance(outs, (list, tuple)):
+                outs = [outs]
+            for tensor, owner in zip(outs, owners):
+                rows = _rows(tf, tensor, requests[paths[owner]][1])
+                gram = tf.matmul(rows, rows, transpose_a=True).numpy().astype(np.float64)
+                sums[owner] = gram if sums[owner] is None else sums[owner] + gram
+                counts[owner] += int(rows.shape[0])
+            bar.update(len(batch[0]))
+    return {p: s / max(c, 1) for p, s, c in zip(paths, sums, counts) if s is not None}
