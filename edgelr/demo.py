@@ -87,6 +87,9 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
     Outputs under ``out_dir``: ``digits_cnn.keras``, ``compressed/`` (model.tflite, baseline.tflite,
     report.json, layers.csv, summary.md, ...), ``history/`` (results store), ``report.html``/``report.md``.
     """
+    from edgelr.targets import get_target
+
+    get_target(target)  # an unknown target fails here, in a second, not after training (TargetError)
     from edgelr.compress.pipeline import compress
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,7 @@ def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
     if {"x_train", "y_train", "x_test", "y_test"} <= keys:
         x_train, y_train = arrays["x_train"], arrays["y_train"]
         x_test, y_test = arrays["x_test"], arrays["y_test"]
+        _check_pair(x_train, y_train, "train", path)
         if {"x_val", "y_val"} <= keys:
             x_val, y_val = arrays["x_val"], arrays["y_val"]
         else:
@@ -172,12 +173,43 @@ def _npz(path: Path, val_fraction: float, seed: int) -> Dataset:
 
 
 def _check_pair(x: np.ndarray, y: np.ndarray, name: str, source: Any) -> None:
+    if np.ndim(x) == 0 or np.ndim(y) == 0:
+        raise DataError(f"{source}: {name} inputs and labels must be arrays with one row per example; got shapes "
+                        f"{np.shape(x)} and {np.shape(y)}")
     if len(x) != len(y):
         raise DataError(f"{source}: {name} has {len(x)} inputs but {len(y)} labels; they must match")
     if len(x) == 0:
         raise DataError(f"{source}: the {name} split is empty")
     if x.dtype.kind not in "fiub":
         raise DataError(f"{source}: {name} inputs have dtype {x.dtype}; expected numbers")
+    _check_finite(x, f"{name} inputs", source)
+    if y.dtype.kind == "f":
+        _check_finite(y, f"{name} labels", source)
+
+
+def _check_finite(a: np.ndarray, what: str, source: Any) -> None:
+    """Refuse NaN/Inf: training on them "succeeds" with NaN weights and a meaningless model."""
+    if a.dtype.kind not in "fc":
+        return
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        share = "all" if bad == a.size else f"{bad:,} of {a.size:,}"
+        raise DataError(f"{source}: {share} values of the {what} are NaN or infinite; clean or impute them "
+                        f"(e.g. numpy.nan_to_num) before compressing")
+
+
+def check_dataset(data: Dataset) -> Dataset:
+    """Check every split of ``data``: as many labels as inputs, not empty, numbers, no NaN/Inf.
+
+    Raises
+    ------
+    DataError
+        One line naming the split and what is wrong.
+    """
+    for name, (x, y) in {"train": (data.x_train, data.y_train), "val": (data.x_val, data.y_val),
+                         "test": (data.x_test, data.y_test)}.items():
+        _check_pair(np.asarray(x), np.asarray(y), name, f"data '{data.name}'")
+    return data
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
@@ -284,8 +316,9 @@ def fit_to_model(data: Dataset, model: Any) -> Dataset:
     Raises
     ------
     DataError
-        Input shape or label range that does not fit the model.
+        Input shape or label range that does not fit the model; bad splits (:func:`check_dataset`).
     """
+    check_dataset(data)
     in_shape, out_shape = _model_io(model)
     got = data.input_shape
     if len(got) + 1 == len(in_shape) and in_shape[-1] == 1 and _shape_ok(got + (1,), in_shape):
