@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("edgelr.cli.inspect", "inspect", "Show a model's layers, parameters, MACs and low-rank options."),
     "compress": ("edgelr.cli.compress", "compress", "Factorize, fine-tune, quantize and convert a model to TFLite."),
     "bench": ("edgelr.cli.bench", "bench", "Benchmark .tflite models on a device (latency, memory, energy)."),
+    "profile": ("edgelr.cli.profile", "profile", "Measure per-layer latency tables (layer vs low-rank chains) on a device."),
     "devices": ("edgelr.cli.devices", "devices", "List and check the devices of the inventory."),
     "regress": ("edgelr.cli.regress", "regress", "Run a regression suite on devices and compare with a baseline."),
     "report": ("edgelr.cli.report", "report", "Render the results history as Markdown/HTML with plots."),

@@ -1,0 +1,293 @@
+"""Per-layer latency tables measured on the target device (``edgelr profile``).
+
+MACs are not latency: a factorized chain writes more activations and runs more, smaller kernels, and
+whether that pays depends on the device. :func:`profile_model` measures it: for every factorizable layer
+of a model, micro-models (:mod:`edgelr.profile.micro`) of the layer as is and of its low-rank chain over a
+ladder of ranks (both Tucker-2 modes), converted with the target's quantization and benchmarked on the
+device with its thread count, K sessions each, the micro-models of a batch interleaved in a random order
+per session (:mod:`edgelr.profile.measure`). The whole original model is measured in the same sessions, so
+the unfactorized remainder (model minus its factorizable layers) is known too.
+
+Results go to a cache (:mod:`edgelr.profile.cache`) keyed by (device, runtime version, layer signature,
+ranks, quantization, threads): layers another model shares are not measured again, an interrupted or
+``max_time_s``-bounded run keeps the batches it finished and the next run measures only the rest.
+
+The result's :class:`~edgelr.rewrite.cost.MeasuredLatency` is what ``compress --latency-device`` hands to
+the rank plan, the latency allocation and the accuracy search (``latency_table``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgelr.errors import Interrupted, UsageError
+from edgelr.profile.cache import Context, Entry, LatencyCache
+from edgelr.profile.micro import LEVELS, MicroSpec, build_micro, layer_specs, profiled_layers
+from edgelr.rewrite.cost import MeasuredLatency, latency_estimate, layer_signature, ranks_key
+
+__all__ = ["ProfileResult", "profile_model", "model_signature", "predict_model_ms"]
+
+DEFAULT_SESSIONS = 5
+"""K sessions per micro-model: the table entry is the median of K session medians."""
+BATCH = 60
+"""Micro-models measured together (one process per session measures them all); finished batches are kept."""
+
+
+@dataclass
+class ProfileResult:
+    """What :func:`profile_model` measured and found in the cache.
+
+    Attributes
+    ----------
+    table : MeasuredLatency
+        Every entry of the model's layers (ms) and ``model_ms``, the whole model.
+    rows : list of dict
+        One per micro-model: layer, method, ranks, ms, spread, sessions, source (``measured``/``cached``).
+    complete : bool
+        False when ``max_time_s`` stopped the run before every micro-model was measured.
+    missing : int
+        Micro-models not measured (run again to continue).
+    seconds : float
+        Wall time of this call (building micro-models and measuring).
+    """
+
+    table: MeasuredLatency
+    rows: list[dict[str, Any]]
+    complete: bool
+    missing: int
+    seconds: float
+    device: str
+    runtime: str
+    quantization: str
+    threads: int
+    cache: str
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def model_signature(model: Any) -> str:
+    """The whole model's table key: ``model-`` + a hash of its configuration and input shape."""
+    doc = json.dumps([model.get_config(), [None if d is None else int(d) for d in model.inputs[0].shape[1:]]],
+                     sort_keys=True, default=str)
+    return "model-" + hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def _estimates(layers: list[tuple[str, Any, Any]], specs: list[MicroSpec], output_cost: float
+               ) -> dict[tuple[str, Any], float]:
+    by_path = {p: (layer, rw) for p, layer, rw in layers}
+    out = {}
+    for s in specs:
+        layer, rw = by_path[s.path]
+        macs = rw.cost(layer, s.ranks)[1] if s.ranks is not None else None
+        if macs is None:
+            from edgelr.rewrite.cost import layer_cost
+
+            macs = layer_cost(layer)[1]
+        out[(s.signature, s.ranks)] = latency_estimate(macs, rw.outputs(layer, s.ranks), output_cost)
+    return out
+
+
+def _parse_ranks(text: str) -> tuple[int, ...] | None:
+    return None if text == "whole" else tuple(int(x) for x in text.split("x"))
+
+
+def profile_model(model: Any, device: str, *, target: str | None = None, method: str = "auto",
+                  threads: int | None = None, quantization: str | None = None, sessions: int = DEFAULT_SESSIONS,
+                  runs: int = 20, warmup: int = 2, max_time_s: float | None = None,
+                  cache: str | os.PathLike[str] | None = None, inventory: str | None = None, seed: int = 0,
+                  include_model: bool = True, levels: tuple[float, ...] = LEVELS, targets_file: str | None = None,
+                  trust_new_host: bool = False, lock: bool = True,
+                  progress: Callable[[str], None] | None = None) -> ProfileResult:
+    """Build (or complete, or just read) the latency table of ``model``'s layers on ``device``.
+
+    Parameters
+    ----------
+    model : str, path or tf_keras.Model
+        What :func:`edgelr.load_model` reads, or a built tf_keras model (read only).
+    device : str
+        An inventory device (``local`` always exists).
+    target : str, optional
+        Target profile for quantization, threads and rank multiple; default the device's.
+    method : str
+        ``auto`` (each layer's preferred rewriter, as ``compress`` uses) or a registered method.
+    threads, quantization : optional
+        Default the target's (threads 0 -> 1).
+    sessions, runs, warmup : int
+        K sessions, N timed inferences per micro-model and session, untimed warm-up inferences.
+    max_time_s : float, optional
+        No new batch starts that would end after this many seconds (the rest stays for the next call).
+    cache : path, optional
+        The table's SQLite file (default :func:`edgelr.profile.cache.default_cache`).
+    include_model : bool
+        Measure the whole model too (``table.model_ms``: the unfactorized remainder).
+    levels : tuple of float
+        Shares of each full rank profiled (:data:`edgelr.profile.micro.LEVELS`).
+    progress : callable, optional
+        Receives one-line progress messages (the CLI prints them on stderr).
+
+    Raises
+    ------
+    UsageError, InventoryError, DeviceError, BenchmarkError
+    Interrupted
+        Ctrl-C: the batches finished so far are in the cache (the message says how many rows).
+    """
+    from contextlib import nullcontext
+
+    from device_agents.inventory import get_device, open_transport
+    from edgelr.bench.lock import device_lock
+    from edgelr.profile.measure import measure, open_station, summarize
+    from edgelr.rewrite.options import check_method
+    from edgelr.targets import get_target
+
+    say = progress or (lambda _m: None)
+    if sessions < 1 or runs < 1 or warmup < 0:
+        raise UsageError(f"sessions={sessions}, runs={runs}, warmup={warmup}; expected sessions, runs >= 1, warmup >= 0")
+    if max_time_s is not None and not max_time_s > 0:
+        raise UsageError(f"--max-time {max_time_s!r}: expected a positive number of seconds")
+    from edgelr.errors import FactorizeError
+
+    try:
+        check_method(method)
+    except FactorizeError as exc:
+        raise UsageError(f"--method: {exc}") from None
+    t0 = time.monotonic()
+    spec = get_device(device, inventory)
+    tgt = get_target(target or spec.target, targets_file)
+    quant = quantization or tgt.quantization
+    nthreads = int(threads or (tgt.threads if tgt.threads > 0 else 1))
+    store = LatencyCache(cache)
+    if isinstance(model, (str, os.PathLike)):
+        from edgelr import load_model
+
+        model = load_model(model)
+    layers = profiled_layers(model, method)
+    specs = layer_specs(layers, int(tgt.rank_multiple), tuple(levels))
+    by_path = {p: layer for p, layer, _ in layers}
+    msig = model_signature(model) if include_model else None
+    overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
+    rows: list[dict[str, Any]] = []
+    todo_total = 0
+    with (device_lock(spec.name, on_wait=say) if lock else nullcontext()):
+        transport = open_transport(spec, **overrides)
+        try:
+            station = open_station(spec, transport, spec.affinity_mask if spec.affinity_mask is not None
+                                   else tgt.affinity_mask)
+            ctx = Context(spec.name, station.runtime, quant, nthreads)
+            sigs = {s.signature for s in specs} | ({msig} if msig else set())
+            have = store.get(ctx, sigs)
+            todo = [s for s in specs if (s.signature, ranks_key(s.ranks)) not in have]
+            want_model = msig is not None and (msig, "whole") not in have
+            todo_total = len(todo) + int(want_model)
+            say(f"profile: {len(layers)} layer(s), {len(specs)} micro-model(s) ({len(specs) - len(todo)} cached), "
+                f"device {spec.name} ({station.runtime}), {quant}, {nthreads} thread(s), K={sessions}")
+            batches: list[list[MicroSpec]] = []
+            for s in todo:
+                if not batches or (len(batches[-1]) >= BATCH and s.path != batches[-1][-1].path):
+                    batches.append([])
+                batches[-1].append(s)
+            if want_model and not batches:
+                batches.append([])
+            last_s, done = 0.0, 0
+            with tempfile.TemporaryDirectory(prefix="edgelr-profile-") as tmp:
+                for i, batch in enumerate(batches):
+                    elapsed = time.monotonic() - t0
+                    if max_time_s is not None and i > 0 and elapsed + last_s > max_time_s:
+                        say(f"--max-time {max_time_s:g} s: stopping after {i} of {len(batches)} batch(es) "
+                            f"({elapsed:.0f} s spent); run again to measure the rest")
+                        break
+                    tb = time.monotonic()
+                    files: dict[str, Path] = {}
+                    meta: dict[str, tuple[str, str, str, str]] = {}
+                    for path in dict.fromkeys(s.path for s in batch):
+                        mine = [s for s in batch if s.path == path]
+                        for key, content in build_micro(mine, by_path[path], quant, tgt.io_dtype).items():
+                            f = Path(tmp) / f"{len(files)}.tflite"
+                            f.write_bytes(content)
+                            files[key] = f
+                        for s in mine:
+                            meta[s.key] = (s.signature, ranks_key(s.ranks), s.method, path)
+                    if i == 0 and want_model:
+                        from edgelr.compress.convert import convert
+                        import numpy as np
+
+                        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+                        calib = np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)
+                        f = Path(tmp) / "model.tflite"
+                        f.write_bytes(convert(model, quant, io_dtype=tgt.io_dtype, representative=calib).content)
+                        files[f"{msig}/whole"] = f
+                        meta[f"{msig}/whole"] = (str(msig), "whole", "", "(model)")
+                    say(f"profile: batch {i + 1}/{len(batches)}: {len(files)} micro-model(s) built, measuring")
+                    medians = measure(station, files, nthreads, sessions, runs, warmup, seed + 1000 * i, say)
+                    entries = []
+                    for key, ms_list in medians.items():
+                        sig, rk, meth, path = meta[key]
+                        mid, spread = summarize(ms_list)
+                        entries.append(Entry(sig, rk, meth, path, mid, spread, tuple(ms_list)))
+                    store.put(ctx, entries)
+                    done += len(entries)
+                    for f in files.values():
+                        f.unlink()
+                    last_s = time.monotonic() - tb
+                    say(f"profile: batch {i + 1}/{len(batches)} stored ({done}/{todo_total} new rows, "
+                        f"{time.monotonic() - t0:.0f} s)")
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; the finished batches are kept in {store.path} "
+                              f"(run again to measure the rest)") from None
+        finally:
+            transport.close()
+    have = store.get(ctx, sigs)
+    entries_by_sig: dict[str, dict[Any, float]] = {}
+    for (sig, rk), e in have.items():
+        entries_by_sig.setdefault(sig, {})[_parse_ranks(rk)] = e.ms
+    model_ms = have[(msig, "whole")].ms if msig and (msig, "whole") in have else float("nan")
+    table = MeasuredLatency({k: v for k, v in entries_by_sig.items() if not k.startswith("model-")},
+                            device=spec.name, model_ms=model_ms)
+    table.fit_scale(_estimates(layers, specs, tgt.effective_output_cost))
+    measured_now = set()
+    for s in specs:
+        e = have.get((s.signature, ranks_key(s.ranks)))
+        rows.append({"layer": s.path, "method": s.method, "ranks": ranks_key(s.ranks),
+                     "ms": None if e is None else e.ms, "spread": None if e is None else e.spread,
+                     "sessions": 0 if e is None else len(e.sessions)})
+        if e is not None:
+            measured_now.add(s.signature)
+    missing = sum(1 for r in rows if r["ms"] is None) + int(bool(msig) and not (model_ms == model_ms))
+    layer_rows = _layer_summary(layers, table)
+    return ProfileResult(table, rows, missing == 0, missing, time.monotonic() - t0, spec.name, station.runtime,
+                         quant, nthreads, str(store.path), layer_rows)
+
+
+def _layer_summary(layers: list[tuple[str, Any, Any]], table: MeasuredLatency) -> list[dict[str, Any]]:
+    """Per layer: its measured time as is, and its fastest measured chain (ranks, ms, speed-up)."""
+    out = []
+    for path, layer, rw in layers:
+        entry = table.entries.get(layer_signature(layer, rw.method), {})
+        whole = entry.get(None)
+        chains = {r: v for r, v in entry.items() if r is not None}
+        best = min(chains.items(), key=lambda kv: kv[1]) if chains else None
+        out.append({"layer": path, "method": rw.method, "whole_ms": whole,
+                    "fastest_ranks": ranks_key(best[0]) if best else "", "fastest_ms": best[1] if best else None,
+                    "fastest_speedup": (whole / best[1]) if best and whole else None,
+                    "micro_models": len(entry)})
+    return out
+
+
+def predict_model_ms(table: MeasuredLatency, plan: Any, ranks: dict[str, Any]) -> float:
+    """Predicted latency (ms) of ``plan``'s model with layers rewritten at ``ranks`` (path -> ranks or None):
+    the measured whole model minus its profiled layers as is, plus each layer's entry at its ranks.
+    NaN without a measured whole model."""
+    total = table.model_ms
+    for path, lp in plan.layers.items():
+        before = plan.latency(path, None)
+        if before is None:
+            continue
+        r = ranks.get(path)
+        total += (plan.latency(path, tuple(r)) if r is not None else before) - before
+    return float(total)
