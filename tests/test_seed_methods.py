@@ -47,7 +47,7 @@ def test_nuclear_prox_step_lowers_every_layers_nuclear_norm_and_keeps_shapes(sma
     names = ["c2", "p1", "fc1"]
     before = {n: (model.get_layer(n).kernel.shape, [nuclear_norm(np.asarray(getattr(m, "get", lambda: m)()))
                                                     for m, _ in layer_matrices(model.get_layer(n))]) for n in names}
-    assert nuclear_prox(model, strength=0.5, step=1.0) >= 5
+    assert nuclear_prox(model, shrink=0.5) >= 5
     for n in names:
         layer = model.get_layer(n)
         after = [nuclear_norm(np.asarray(getattr(m, "get", lambda: m)())) for m, _ in layer_matrices(layer)]
@@ -100,6 +100,23 @@ def test_orthonormalized_factors_keep_the_function_and_start_the_penalty_at_zero
     assert penalty is not None and float(penalty()) < 1e-6
 
 
+def test_full_rank_factor_chains_merge_back_into_the_original_weights(small_cnn: Any) -> None:
+    from edgelr.compress.lowrank_train import merge_chain
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    plan = plan_factorization(small_cnn, method="auto", rank_policy="rank:2", min_reduction=None, progress=False)
+    full = {p: plan.layers[p].full_ranks for p in plan.candidates()}
+    wide, _ = build_factorized(small_cnn, plan, full, progress=False)
+    assert wide.count_params() > small_cnn.count_params()
+    for path in full:
+        chain = [lay.get_weights() for lay in wide.layers if lay.name.startswith(path + "/")]
+        assert len(chain) >= 2
+        original = small_cnn.get_layer(path).get_weights()
+        merged = merge_chain(chain, original[0].shape)
+        for a, b in zip(merged, original):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny_lstm(tf_keras: ModuleType) -> Any:
     k2 = tf_keras
@@ -132,12 +149,13 @@ def test_tensor3_lstm_tucker_is_exact_at_full_rank_and_converts_to_tflite(tiny_l
 
 
 def test_one_se_rule_picks_the_most_compressed_candidate_within_one_standard_error() -> None:
-    scores = {"full": [90, 92, 91], "half": [89, 91, 90], "quarter": [80, 85, 82], "noisy": [70, 95, 90]}
+    scores = {"full": [89, 93, 91], "half": [89, 91, 90], "quarter": [80, 85, 82], "noisy": [70, 95, 90]}
     costs = {"full": 100, "half": 50, "quarter": 25, "noisy": 10}
     choice = one_se_choice(scores, costs)
-    # best mean: full (91, SE 0.577); half (90) is within; quarter (82.3) is not; noisy (85) is not
+    # best mean: full (91, SE 2/sqrt(3) = 1.15); half (90) is within; quarter (82.3) and noisy (85) are not
     assert choice.best == "full" and choice.choice == "half"
-    assert choice.threshold == pytest.approx(91 - np.std([90, 92, 91], ddof=1) / np.sqrt(3))
+    assert choice.threshold == pytest.approx(91 - 2 / np.sqrt(3))
+    assert one_se_choice({**scores, "full": [90.9, 91.1, 91.0]}, costs).choice == "full"  # SE 0.06: half is out
     losses = {k: [100 - v for v in vals] for k, vals in scores.items()}
     assert one_se_choice(losses, costs, higher_is_better=False).choice == "half"
     folds = kfold_indices(10, 3, seed=0)
@@ -153,6 +171,7 @@ def test_compress_options_check_the_low_rank_training_flags() -> None:
     for bad, flag in (({"deeptwist_every": 0}, "--deeptwist"), ({"nuclear": -1.0}, "--nuclear"),
                       ({"cv_folds": 1}, "--cv-folds"), ({"cv_policies": ["params:0.5"]}, "--cv-policy"),
                       ({"nuclear": 0.5, "max_accuracy_drop": 1.0}, "--nuclear"),
-                      ({"cv_folds": 3, "cv_policies": ["bogus"]}, "--cv-policy")):
+                      ({"cv_folds": 3, "cv_policies": ["bogus"]}, "--cv-policy"),
+                      ({"overparam_epochs": 2}, "--overparam-epochs")):
         with pytest.raises(UsageError, match=flag):
             check_options(bad)

@@ -37,10 +37,26 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--min-saving", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Leave a layer whole when its split saves fewer than N parameters and fewer than N MACs, or it "
                    "is a conv on <= 3 input channels that does not pay by the latency estimate (0: only the latter).")
+@click.option("--data-aware/--no-data-aware", default=True, show_default=True,
+              help="Factorize each layer to keep its OUTPUT on calibration inputs (training samples) instead of its "
+                   "weights; ranks read the data-aware spectrum.")
+@click.option("--latency-device", default=None, metavar="NAME",
+              help="Optimize latency measured on this inventory device: builds or reuses its per-layer latency table "
+                   "(`edgelr profile`) for the plan, --allocate latency and the rank search; layers whose chains "
+                   "do not pay there stay whole. Default: the MAC-based estimate.")
+@click.option("--max-latency-ms", type=float, default=None,
+              help="With --latency-device: least accuracy loss among configurations predicted within this latency.")
+@click.option("--min-speedup", type=float, default=None,
+              help="With --latency-device: least accuracy loss among configurations predicted at least this much "
+                   "faster than the measured original.")
+@click.option("--profile-max-time", type=float, default=None,
+              help="Time budget (s) for building the latency table; unmeasured layers use the scaled estimate.")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None, help="Inventory TOML file (--latency-device).")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Distillation fine-tuning epochs (0 = none).")
 @click.option("--nuclear", type=float, default=0.0, show_default=True,
-              help="Low-rank training before factorization: nuclear-norm strength (proximal singular-value "
-                   "thresholding every --nuclear-every steps; e.g. 0.5). 0 = off.")
+              help="Low-rank training before factorization: nuclear-norm proximal steps (singular-value "
+                   "thresholding every --nuclear-every steps) shrinking by this share of the mean singular "
+                   "value (e.g. 0.05). 0 = off.")
 @click.option("--nuclear-every", type=int, default=10, show_default=True, help="Steps between proximal steps.")
 @click.option("--deeptwist", "deeptwist_every", type=int, default=None, metavar="N",
               help="Low-rank training before factorization: DeepTwist, weights projected to the plan's ranks "
@@ -49,6 +65,9 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
               help="Epochs of --nuclear / --deeptwist training.")
 @click.option("--orthogonal", type=float, default=0.0, show_default=True,
               help="Soft orthogonality of the factors during fine-tuning (lambda ||A^T A - I||^2; e.g. 1e-3). 0 = off.")
+@click.option("--overparam-epochs", type=int, default=0, show_default=True,
+              help="With --orthogonal: first train N epochs over-parameterized (full-rank factor chains, soft "
+                   "orthogonality), merge back, then choose ranks and factorize (He, Jiang & Wu 2024).")
 @click.option("--cv-folds", type=int, default=None, metavar="K",
               help="Choose the rank policy by K-fold cross-validation (small data sets): the most compressed "
                    "candidate within one standard error of the best.")
@@ -73,11 +92,15 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.pass_context
 def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: str, max_accuracy_drop: float | None,
              method: str | None, rank_policy: str | None, layer_policy: tuple[str, ...],
-             min_efficiency: float | None, allocate: str, min_saving: int, epochs: int, nuclear: float, nuclear_every: int,
-             deeptwist_every: int | None, lowrank_epochs: int, orthogonal: float, cv_folds: int | None,
+             min_efficiency: float | None, allocate: str, data_aware: bool,
+             min_saving: int, epochs: int, nuclear: float, nuclear_every: int,
+             deeptwist_every: int | None, lowrank_epochs: int, orthogonal: float, overparam_epochs: int,
+             cv_folds: int | None,
              cv_policies: tuple[str, ...], qat: bool,
              quantize: str | None, batch_size: int, learning_rate: float, max_train: int | None,
              include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
+             latency_device: str | None, max_latency_ms: float | None, min_speedup: float | None,
+             profile_max_time: float | None, inventory: str | None,
              targets_file: str | None, force: bool, as_json: bool) -> None:
     """Compress MODEL for a target device: low-rank factorization, distillation fine-tuning,
     quantization-aware training, TFLite conversion and validation with ai-edge-litert.
@@ -99,17 +122,32 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
     """
     from edgelr.compress.pipeline import compress as run
 
+    latency_table = None
+    if latency_device is not None:
+        from edgelr.profile import profile_model
+
+        prof = profile_model(model, latency_device, target=target, method=method or "auto",
+                             quantization={"float32": "none"}.get(quantize or "", quantize), inventory=inventory,
+                             max_time_s=profile_max_time, targets_file=targets_file, progress=info)
+        if not prof.complete:
+            info(f"edgelr compress: latency table incomplete ({prof.missing} micro-model(s) not measured): those "
+                 "layers use the estimate, scaled to ms")
+        latency_table = prof.table
+
     policies = parse_layer_policies(layer_policy)
 
     result = run(model, data, target, out_dir, force=force, max_accuracy_drop=max_accuracy_drop, method=method,
                  rank_policy=rank_policy, layer_policies=policies, min_efficiency=min_efficiency, allocate=allocate,
+                 data_aware=data_aware,
                  min_saving=min_saving,
                  epochs=epochs, nuclear=nuclear, nuclear_every=nuclear_every, deeptwist_every=deeptwist_every,
-                 lowrank_epochs=lowrank_epochs, orthogonal=orthogonal, cv_folds=cv_folds,
+                 lowrank_epochs=lowrank_epochs, orthogonal=orthogonal, overparam_epochs=overparam_epochs,
+                 cv_folds=cv_folds,
                  cv_policies=list(cv_policies) or None,
                  qat=qat, quantize=quantize,
                  batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
                  skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,
+                 latency_table=latency_table, max_latency_ms=max_latency_ms, min_speedup=min_speedup,
                  progress=True)
     if as_json:
         echo_json(result.summary)

@@ -6,9 +6,9 @@ Three seed methods for low-rank training (REFERENCE section 9), each a plain fun
 - **Nuclear norm** (trace norm; Cai, Candes & Shen 2010). The penalty ``lambda * sum_i sigma_i(W)`` is
   applied in its proximal form, singular-value thresholding after an optimizer step,
   ``W <- U max(S - tau, 0) V^T`` (:func:`svt`), every ``every`` steps (an SVD per step would cost more than
-  the step). ``tau = lambda * lr * every * mean(S)``: the step size of the ``every`` optimizer steps it
-  stands for, with the penalty of each matrix scaled by its mean singular value so one ``lambda`` suits
-  layers of any scale (0.5 shrinks every singular value by half the mean over 1/lr steps).
+  the step). ``tau = shrink * mean(S)``: ``shrink`` is ``eta * lambda`` of the ``every`` steps a prox stands
+  for, in units of the matrix's mean singular value, so one value suits layers of any scale (0.05 takes 5 %
+  of the mean singular value off every singular value per prox; those below it reach zero).
   The matrices are the ones the rewriters decompose (:func:`layer_matrices`): a Dense kernel; a 1x1 conv's
   ``(C_in, C_out)``; a k x k conv's channel-mode unfoldings (both, in turn: Tucker-2 truncates both modes);
   an LSTM/GRU's input and recurrent kernels.
@@ -134,12 +134,11 @@ def _value(m: Any) -> np.ndarray:
     return m.get() if isinstance(m, _Lazy) else m
 
 
-def nuclear_prox(model: Any, strength: float, step: float) -> int:
+def nuclear_prox(model: Any, shrink: float) -> int:
     """One proximal step of the (scaled) nuclear-norm penalty on every decomposable layer of ``model``.
 
-    Each matrix ``W`` (:func:`layer_matrices`) becomes ``svt(W, strength * step * mean(sigma(W)))``
-    (module docstring). ``step`` is the optimizer step size the penalty's gradient would have had over the
-    steps since the last prox (learning rate x steps). Returns the number of matrices shrunk.
+    Each matrix ``W`` (:func:`layer_matrices`) becomes ``svt(W, shrink * mean(sigma(W)))`` (module
+    docstring). Returns the number of matrices shrunk.
     """
     from edgelr.rewrite.rebuild import walk_layers
 
@@ -150,7 +149,7 @@ def nuclear_prox(model: Any, strength: float, step: float) -> int:
             s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
             if s.size == 0 or s.mean() <= 0:
                 continue
-            set_m(svt(w, float(strength) * float(step) * float(s.mean())))
+            set_m(svt(w, float(shrink) * float(s.mean())))
             n += 1
     return n
 
@@ -329,9 +328,8 @@ def _callback_base() -> Any:
     return keras2().callbacks.Callback
 
 
-def nuclear_callback(strength: float, every: int, learning_rate: float) -> Any:
-    """A ``tf_keras`` callback: :func:`nuclear_prox` every ``every`` training batches (step size
-    ``learning_rate * every``) and once at the end of training."""
+def nuclear_callback(shrink: float, every: int) -> Any:
+    """A ``tf_keras`` callback: :func:`nuclear_prox` with ``shrink`` every ``every`` training batches."""
     base = _callback_base()
 
     class NuclearNormProx(base):  # type: ignore[misc, valid-type]
@@ -342,7 +340,7 @@ def nuclear_callback(strength: float, every: int, learning_rate: float) -> Any:
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.steps += 1
             if self.steps % every == 0:
-                nuclear_prox(self.model, strength, learning_rate * every)
+                nuclear_prox(self.model, shrink)
                 self.applied += 1
 
     _check_every(every, "nuclear_every")
@@ -409,8 +407,8 @@ def lowrank_factorize(runner: Any, plan_options: Any, log: Callable[[str], None]
         callback = deeptwist_callback(twist, opts.deeptwist_every)
         what = f"DeepTwist every {opts.deeptwist_every} steps on {len(twist)} layer(s)"
     else:
-        callback = nuclear_callback(opts.nuclear, opts.nuclear_every, cfg.learning_rate)
-        what = f"nuclear-norm prox (strength {opts.nuclear:g}) every {opts.nuclear_every} steps"
+        callback = nuclear_callback(opts.nuclear, opts.nuclear_every)
+        what = f"nuclear-norm prox (shrink {opts.nuclear:g} x mean singular value) every {opts.nuclear_every} steps"
     log(f"low-rank training before factorization: {what}, {opts.lowrank_epochs} epoch(s)")
     res = distill(copy, runner.teacher, runner.x_fit, runner.y_fit, data.x_val, data.y_val, runner.task, cfg,
                   progress=opts.progress, desc="low-rank training", callbacks=[callback])
@@ -426,3 +424,69 @@ def lowrank_factorize(runner: Any, plan_options: Any, log: Callable[[str], None]
         fact, report = build_factorized(copy, plan)
     report.attrs["lowrank_training"] = info
     return fact, report
+
+
+# -- over-parameterized orthogonal training (He, Jiang & Wu 2024) ---------------------------------------------
+
+MERGEABLE = ("svd", "tucker2")
+"""Methods whose full-rank chain :func:`merge_chain` composes back into the original layer's weights."""
+
+
+def merge_chain(chain_weights: list[list[np.ndarray]], kernel_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The original layer's weights from a linear replacement chain's weights (the inverse of a rewrite).
+
+    ``chain_weights[i][0]`` are the chain's kernels ``(..., c_i, c_{i+1})`` (at most one with a spatial
+    extent; Dense, 1x1 / k x k conv, or an LSTM/GRU kernel last), composed on their channel axes; the last
+    element's other weights (bias, recurrent kernel) are kept. Returns ``[kernel (kernel_shape), *rest]``.
+    """
+    acc = np.asarray(chain_weights[0][0], np.float64)
+    for weights in chain_weights[1:]:
+        w = np.asarray(weights[0], np.float64)
+        if int(np.prod(w.shape[:-2])) == 1:
+            acc = acc.reshape(*acc.shape[:-1], acc.shape[-1]) @ w.reshape(w.shape[-2], w.shape[-1])
+        else:
+            acc = np.einsum("ij,...jk->...ik", acc.reshape(-1, acc.shape[-1]), w)
+    dtype = np.asarray(chain_weights[-1][0]).dtype
+    return [acc.reshape(kernel_shape).astype(dtype), *chain_weights[-1][1:]]
+
+
+def overparam_orthogonal(runner: Any, plan_options: Any, log: Callable[[str], None]) -> Any:
+    """The flow of He, Jiang & Wu 2024 up to rank selection: a copy of the original over-parameterized
+    (each ``svd``/``tucker2`` layer replaced by its exact full-rank factor chain, factors orthonormalized),
+    trained by distillation with soft orthogonality on the factors (``opts.orthogonal``, for
+    ``opts.overparam_epochs`` epochs), and merged back into the original structure (:func:`merge_chain`).
+    The caller then chooses ranks (VBMF in the paper), factorizes and fine-tunes as usual.
+    """
+    from edgelr.compress.distill import distill
+    from edgelr.rewrite import build_factorized, plan_factorization
+    from edgelr.tfcompat import keras2
+
+    opts, data = runner.opts, runner.data
+    k2 = keras2()
+    plan = plan_factorization(runner.original, progress=False, **plan_options.kwargs(min_reduction=None))
+    paths = [p for p in plan.candidates() if plan.layers[p].method in MERGEABLE and _kind(plan.layers[p].layer)]
+    if not paths:
+        log("over-parameterized training: no svd/tucker2 layer to over-parameterize; skipped")
+        return runner.original
+    wide, _ = build_factorized(runner.original, plan, {p: plan.layers[p].rewriter.full_ranks(plan.layers[p].layer)
+                                                       for p in paths}, progress=False)
+    n = orthonormalize_factors(wide)
+    penalty = orthogonal_penalty(wide, opts.orthogonal)
+    p0, p1 = runner.original.count_params(), wide.count_params()
+    log(f"over-parameterized training: {len(paths)} layer(s) as full-rank chains ({p0:,} -> {p1:,} params), "
+        f"soft orthogonality {opts.orthogonal:g} on {n} factor(s), {opts.overparam_epochs} epoch(s)")
+    distill(wide, runner.teacher, runner.x_fit, runner.y_fit, data.x_val, data.y_val, runner.task,
+            runner.distill_config(opts.overparam_epochs), progress=opts.progress, desc="over-parameterized",
+            penalty=penalty)
+    merged = k2.models.clone_model(runner.original)
+    merged.set_weights(runner.original.get_weights())
+    wide_layers = _layers_by_path(wide)
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        prefix = path[: len(path) - len(name)]
+        chain = [lay for p, lay in wide_layers.items() if p.startswith(path + "/")]
+        if path in wide_layers:  # a recurrent layer keeps its name after its input projection
+            chain.append(wide_layers[path])
+        target = _layers_by_path(merged)[prefix + name]
+        target.set_weights(merge_chain([lay.get_weights() for lay in chain], tuple(target.get_weights()[0].shape)))
+    return merged

@@ -3,7 +3,7 @@ options they resolve to (:func:`resolve_plan_options`, once per run)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgelr.errors import EdgelrError, UsageError
@@ -66,6 +66,18 @@ class CompressOptions:
         parameters and MACs, or it is a conv on <= 3 input channels that does not pay by the latency estimate
         (:func:`edgelr.rewrite.plan.saving_reason`). Default 1024 (``DEFAULT_MIN_SAVING``); 0 keeps only the
         small-input conv rule; None turns the rule off.
+    data_aware : bool
+        [--no-data-aware sets False] Data-aware factorization: the plan collects each layer's input statistics on
+        the ``calibration_samples`` training inputs and minimises the layers' output error instead of their weight
+        error, and ranks read the data-aware spectrum (:mod:`edgelr.factorize.whiten`); the rank search's
+        candidates and sensitivities are built from those decompositions. Resolved by :func:`with_calibration`.
+    latency_table : edgelr.rewrite.cost.MeasuredLatency or None
+        [--latency-device NAME builds or reuses it, :func:`edgelr.profile.profile_model`] Per-layer latencies
+        measured on the device: the plan, ``allocate="latency"`` and the rank search use them instead of the
+        estimate, and layers whose chains do not pay on that device stay whole.
+    max_latency_ms, min_speedup : float or None
+        [--max-latency-ms, --min-speedup] With ``latency_table``: the rank search picks the least validation
+        drop among the candidates predicted within this latency (or this speed-up over the measured original).
     search_subset : int
         Validation samples used to score rank-search candidates.
     max_trials : int
@@ -78,8 +90,9 @@ class CompressOptions:
     progress : bool
         Progress bars and messages on stderr.
     nuclear : float
-        [--nuclear] Nuclear-norm (trace-norm) strength of the low-rank training before factorization
-        (proximal singular-value thresholding, :mod:`edgelr.compress.lowrank_train`); 0 = off.
+        [--nuclear] Nuclear-norm (trace-norm) low-rank training before factorization: the shrinkage of each
+        proximal singular-value thresholding step as a share of the matrix's mean singular value (e.g. 0.05;
+        :mod:`edgelr.compress.lowrank_train`); 0 = off.
     nuclear_every : int
         [--nuclear-every] Training steps between two proximal steps.
     deeptwist_every : int or None
@@ -91,6 +104,11 @@ class CompressOptions:
     orthogonal : float
         [--orthogonal] Soft-orthogonality strength on the chains' input factors during fine-tuning
         (``lambda ||A^T A - I||^2``, factors first orthonormalized exactly); 0 = off.
+    overparam_epochs : int
+        [--overparam-epochs N] The flow of He, Jiang & Wu 2024 (needs ``orthogonal``): before rank selection,
+        train N epochs over-parameterized (each svd/tucker2 layer as its full-rank factor chain) with soft
+        orthogonality on the factors, merge back, then choose ranks (``vbmf`` in the paper), factorize and
+        fine-tune. 0 = off.
     cv_folds : int or None
         [--cv-folds K] Choose the rank policy among ``cv_policies`` by K-fold cross-validation on the
         training split (fine-tune on K-1 folds, score the held-out fold; the most compressed candidate
@@ -122,6 +140,10 @@ class CompressOptions:
     min_reduction: float = 0.1
     min_efficiency: float | None = None
     allocate: str = "layer"
+    latency_table: Any = None
+    max_latency_ms: float | None = None
+    min_speedup: float | None = None
+    data_aware: bool = True
     min_saving: int | None = DEFAULT_MIN_SAVING
     search_subset: int = 1000
     max_trials: int = 3
@@ -134,6 +156,7 @@ class CompressOptions:
     deeptwist_every: int | None = None
     lowrank_epochs: int = 1
     orthogonal: float = 0.0
+    overparam_epochs: int = 0
     cv_folds: int | None = None
     cv_policies: list[str] | None = None
     cv_epochs: int = 2
@@ -168,6 +191,11 @@ def check_options(options: dict[str, Any]) -> CompressOptions:
             opts.layer_policies = check_layer_policies(opts.layer_policies)
         except EdgelrError as exc:
             raise UsageError(f"--layer-policy: {exc}") from None
+    for flag, value in (("--max-latency-ms", opts.max_latency_ms), ("--min-speedup", opts.min_speedup)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise UsageError(f"{flag}: got {value!r}; expected a positive number")
+        if value is not None and opts.latency_table is None:
+            raise UsageError(f"{flag}: needs a latency table measured on the device; add --latency-device NAME")
     for flag, check, value in (("--min-efficiency", check_min_efficiency, opts.min_efficiency),
                                ("--allocate", check_allocate, opts.allocate),
                                ("--min-saving", check_min_saving, opts.min_saving)):
@@ -206,8 +234,15 @@ def _check_lowrank_training(opts: CompressOptions) -> None:
                 parse_rank_policy(spec)
             except EdgelrError as exc:
                 raise UsageError(f"--cv-policy: {exc}") from None
+    if isinstance(opts.overparam_epochs, bool) or not isinstance(opts.overparam_epochs, int) or opts.overparam_epochs < 0:
+        raise UsageError(f"--overparam-epochs: got {opts.overparam_epochs!r}; expected a whole number >= 0")
+    if opts.overparam_epochs and not opts.orthogonal:
+        raise UsageError("--overparam-epochs: the over-parameterized training needs --orthogonal STRENGTH (e.g. 1e-3)")
+    if opts.overparam_epochs and (opts.nuclear > 0 or opts.deeptwist_every is not None):
+        raise UsageError("--overparam-epochs with --nuclear/--deeptwist: pick one training before factorization")
     pre = [f for f, on in (("--nuclear", opts.nuclear > 0), ("--deeptwist", opts.deeptwist_every is not None),
-                           ("--cv-folds", opts.cv_folds is not None)) if on]
+                           ("--cv-folds", opts.cv_folds is not None),
+                           ("--overparam-epochs", opts.overparam_epochs > 0)) if on]
     if pre and opts.max_accuracy_drop is not None:
         raise UsageError(f"{', '.join(pre)}: not combined with --max-accuracy-drop yet (the rank search picks its "
                          "own ranks); drop one of them")
@@ -221,4 +256,11 @@ def resolve_plan_options(opts: CompressOptions, target: Target) -> PlanOptions:
     return plan_options(target, method=opts.method, rank_policy=opts.rank_policy,
                         layer_policies=opts.layer_policies, include=opts.include, skip=opts.skip,
                         min_reduction=opts.min_reduction, min_efficiency=opts.min_efficiency,
-                        allocate=opts.allocate, min_saving=opts.min_saving)
+                        allocate=opts.allocate, min_saving=opts.min_saving,
+                        latency_table=opts.latency_table)
+
+
+def with_calibration(plan_options: PlanOptions, opts: CompressOptions, inputs: Any) -> PlanOptions:
+    """The run's plan options with its calibration ``inputs`` (data-aware factorization) when ``opts.data_aware``,
+    else unchanged: the one place a compress run decides it (once, after the data is loaded)."""
+    return replace(plan_options, calibration=inputs) if opts.data_aware else plan_options

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from edgelr.compress.attempt import AttemptRunner, RunSetup
 from edgelr.compress.convert import check_quantization, convert
 from edgelr.compress.evaluate import detect_task
-from edgelr.compress.options import CompressOptions, check_options, resolve_plan_options
+from edgelr.compress.options import CompressOptions, check_options, resolve_plan_options, with_calibration
 from edgelr.compress.outputs import OUTPUT_FILES, append_history, check_out_dir, write_outputs
 from edgelr.compress.result import Baseline, CompressResult, RunRecord, assemble
 from edgelr.compress.validate import validate_tflite
@@ -94,8 +94,12 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
     setup = RunSetup(name, original, d, task, tgt, quantization, opts)
     runner = AttemptRunner(setup, log)
     log(f"original: {task.metric} val {runner.original_val:.4g}, test {runner.original_test:.4g}")
+    plan_options = with_calibration(plan_options, opts, runner.calibration)
+    if plan_options.calibration is not None:
+        log(f"data-aware factorization: layer input statistics from {len(runner.calibration)} training inputs "
+            "(--no-data-aware: weights only)")
     search_info: dict[str, Any] | None = None
-    if opts.max_accuracy_drop is None:
+    if opts.max_accuracy_drop is None and opts.max_latency_ms is None and opts.min_speedup is None:
         if opts.cv_folds is not None:
             from edgelr.compress.cv_ranks import DEFAULT_LADDER, select_policy_by_cv
 
@@ -106,6 +110,11 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
             from edgelr.compress.lowrank_train import lowrank_factorize
 
             fact, factor_report = lowrank_factorize(runner, plan_options, log)
+        elif opts.overparam_epochs:
+            from edgelr.compress.lowrank_train import overparam_orthogonal
+
+            fact, factor_report = _factorize(overparam_orthogonal(runner, plan_options, log), plan_options,
+                                             opts.progress)
         else:
             fact, factor_report = _factorize(original, plan_options, opts.progress)
         attempt = runner.run(fact, factor_report, "factorized")
@@ -114,7 +123,7 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         from edgelr.compress.search import search_and_run
 
         attempt, search_info = search_and_run(runner, plan_options, log)
-        budget_met = bool(search_info["budget_met"])
+        budget_met = bool(search_info["budget_met"]) if opts.max_accuracy_drop is not None else None
     log(f"converting the original model ({quantization}) for baseline.tflite")
     base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.calibration,
                         strip=opts.strip_names)
