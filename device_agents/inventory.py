@@ -19,10 +19,14 @@ Example ``~/.config/edgelr/inventory.toml``::
     serial = "33141FDH2000AB"
     benchmark_binary = "/data/local/tmp/android_aarch64_benchmark_model"
 
-Fields (all optional but ``transport``): ``transport`` (a registered transport: local | ssh | adb, see
-:mod:`device_agents.builtin`), ``target`` (profile, default ``host``), ``os`` (linux | android; default
+Fields (all optional but ``transport``): ``transport`` (a registered transport: local | ssh | adb | labgrid,
+see :mod:`device_agents.builtin`), ``target`` (profile, default ``host``), ``os`` (linux | android; default
 the transport's, android for adb); ssh: ``host port user key known_hosts
-trust_new_host``; adb: ``serial adb_host adb_port``; ``benchmark_binary`` (path on the device of LiteRT's
+trust_new_host``; adb: ``serial adb_host adb_port``; labgrid (:mod:`device_agents.labgrid`): ``place`` or
+``tags`` (a table: the place's labgrid tags to match), ``coordinator`` (default: the file's
+``[lab] coordinator = "host:port"``, else ``$LG_COORDINATOR``), ``place_wait`` (s to wait while busy),
+and the ssh fields ``user key known_hosts trust_new_host`` (``os = "android"``: a phone on the lab host,
+``serial adb_port``); ``benchmark_binary`` (path on the device of LiteRT's
 ``benchmark_model``; empty = edgelr's runner.py), ``benchmark_binary_local`` (a local file edgelr pushes
 to ``benchmark_binary``), ``python`` (device interpreter for runner.py), ``workdir``, ``affinity_mask``
 (hex, overrides the target's), ``shell`` (local only), ``connect_timeout``, ``command_timeout`` (s),
@@ -33,6 +37,9 @@ keys must be options the transport declares (its constructor's keyword parameter
 The file is found at ``--inventory FILE``, else ``$EDGELR_INVENTORY``, else
 ``$XDG_CONFIG_HOME/edgelr/inventory.toml`` (``~/.config/...``). A device ``local`` (this machine,
 target ``host``, run with this Python) is always available unless the file defines its own ``local``.
+
+A labgrid device that matches ``tags`` stands for every matching place: ``NAME@PLACE`` names it on one
+place (``edgelr bench --device pi4@rpi4-a``), and ``regress`` runs it on each matching place.
 """
 
 from __future__ import annotations
@@ -77,6 +84,11 @@ class DeviceSpec:
     serial: str = ""
     adb_host: str = "127.0.0.1"
     adb_port: int = 5037
+    # labgrid
+    coordinator: str = ""
+    place: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    place_wait: float = 600.0
     # what runs the benchmark
     benchmark_binary: str = ""
     benchmark_binary_local: str = ""
@@ -108,6 +120,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(DeviceSpec)}
 _TYPES: dict[str, tuple[type, ...]] = {
     "port": (int,), "adb_port": (int,), "trust_new_host": (bool,),
     "connect_timeout": (int, float), "command_timeout": (int, float), "options": (dict,),
+    "tags": (dict,), "place_wait": (int, float),
 }
 
 BUILTIN_LOCAL = DeviceSpec(name="local", transport="local", target="host", python=sys.executable or "python3",
@@ -130,7 +143,7 @@ def inventory_path(path: str | os.PathLike[str] | None = None) -> tuple[Path, bo
     return default_inventory_path(), False
 
 
-def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
+def _parse_device(name: str, raw: Any, source: str, lab: dict[str, Any] | None = None) -> DeviceSpec:
     if not isinstance(raw, dict):
         raise InventoryError(f"device '{name}' in {source} is not a table; write [devices.{name}]")
     unknown = sorted(set(raw) - set(_FIELDS) - {"name", "source"})
@@ -156,6 +169,8 @@ def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
                              f"{sorted(TRANSPORTS)}")
     if values.get("options"):
         _check_options(name, source, transport, values["options"])
+    if transport == "labgrid":
+        _check_lab(name, source, values, lab or {})
     cls = TRANSPORTS[transport]
     for key, example in cls.required_fields.items():
         if not values.get(key):
@@ -173,6 +188,25 @@ def _parse_device(name: str, raw: Any, source: str) -> DeviceSpec:
             raise InventoryError(f"device '{name}' in {source}: affinity_mask={mask!r}; expected a hex CPU "
                                  f"mask such as 'f0'") from None
     return DeviceSpec(name=name, source=source, **values)
+
+
+def _check_lab(name: str, source: str, values: dict[str, Any], lab: dict[str, Any]) -> None:
+    """A labgrid entry names a place or string tags, and has a coordinator (its own, ``[lab]``'s or
+    ``$LG_COORDINATOR``); fills ``coordinator`` in ``values``."""
+    tags = values.get("tags") or {}
+    bad = {k: v for k, v in tags.items() if not isinstance(v, str)}
+    if bad:
+        raise InventoryError(f"device '{name}' in {source}: tags {bad} must be strings, e.g. tags = {{board = \"rpi4\"}}")
+    if not values.get("place") and not tags:
+        raise InventoryError(f"device '{name}' in {source} uses transport 'labgrid' but names no place; add "
+                             f"place = \"NAME\" or tags = {{board = \"rpi4\"}}")
+    if values.get("place") and tags:
+        raise InventoryError(f"device '{name}' in {source}: set place or tags, not both")
+    coord = values.get("coordinator") or lab.get("coordinator") or os.environ.get("LG_COORDINATOR", "")
+    if not coord:
+        raise InventoryError(f"device '{name}' in {source} uses transport 'labgrid' but no coordinator is set; "
+                             f"add [lab] coordinator = \"host:20408\" to the file (or set LG_COORDINATOR)")
+    values["coordinator"] = coord
 
 
 def _check_options(name: str, source: str, transport: str, options: dict[str, Any]) -> None:
@@ -224,14 +258,20 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> dict[str, Devi
     tables = doc.get("devices", {})
     if not isinstance(tables, dict):
         raise InventoryError(f"inventory file {file}: 'devices' must be tables [devices.NAME]")
+    lab = doc.get("lab", {})
+    if not isinstance(lab, dict) or not isinstance(lab.get("coordinator", ""), str):
+        raise InventoryError(f"inventory file {file}: [lab] must be a table with coordinator = \"host:port\"")
     for name, raw in tables.items():
-        devices[name] = _parse_device(name, raw, str(file))
+        devices[name] = _parse_device(name, raw, str(file), lab)
     return devices
 
 
 def get_device(name: str, path: str | os.PathLike[str] | None = None) -> DeviceSpec:
     """The device called ``name``; an unknown name raises InventoryError listing the known ones."""
     devices = load_inventory(path)
+    base, _, place = name.partition("@")
+    if name not in devices and place and base in devices and devices[base].transport == "labgrid":
+        return dataclasses.replace(devices[base], name=name, place=place, tags={})   # NAME@PLACE
     if name not in devices:
         file, _ = inventory_path(path)
         raise InventoryError(f"unknown device '{name}'; known devices: {', '.join(sorted(devices))} "

@@ -76,6 +76,12 @@ class Transport(ABC):
         """Where an inventory entry's device is, for ``edgelr devices list`` (``pi@192.168.1.40:22``)."""
         return "-"
 
+    @classmethod
+    def expand(cls, spec: Any) -> list[Any]:
+        """The devices an inventory entry stands for: itself, or one spec per physical device it matches
+        (a labgrid entry with tags: one per matching place). ``regress`` measures each."""
+        return [spec]
+
     @abstractmethod
     def run(self, cmd: Command, timeout: float, env: dict[str, str] | None = None) -> RunResult:
         """Run ``cmd`` (argv list, quoted for the remote shell; or a shell string) within ``timeout`` s."""

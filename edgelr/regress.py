@@ -7,7 +7,9 @@ Flow (regress -> bench + history + stats):
    content-addressed model store (sha256) so a later run can re-measure it.
 2. Each device (one thread each, under its device lock) measures all suite models in interleaved
    sessions (:func:`edgelr.bench.run.benchmark`). A device that fails keeps its partial rows; the others
-   go on.
+   go on. A suite device that stands for several (a labgrid entry with tags) is measured on each of them
+   (``NAME@PLACE``, :func:`expand_devices`), in parallel, each place reserved and locked through the
+   labgrid coordinator for the time of its run.
 3. The run is stored in one transaction, then compared with its baseline (:func:`compare_run`: session
    medians, Mann-Whitney U). Runs at different times share no drift, so a flagged change there is only a
    suggestion.
@@ -120,6 +122,24 @@ def _measure(device: str, inventory: str | None, models: list[Any], settings: An
             transport.close()
 
 
+def expand_devices(names: list[str], inventory: str | None) -> list[str]:
+    """The devices to measure for the suite's ``names``: an inventory entry that stands for several
+    devices (:meth:`~device_agents.transport.Transport.expand`: a labgrid entry with tags, one device
+    per matching place, ``NAME@PLACE``) becomes each of them. A name that cannot be resolved is kept: its
+    own thread reports the error, the other devices go on."""
+    from device_agents.builtin import TRANSPORTS
+    from device_agents.inventory import get_device
+
+    out: list[str] = []
+    for name in names:
+        try:
+            spec = get_device(name, inventory)
+            out.extend(s.name for s in TRANSPORTS[spec.transport].expand(spec))
+        except EdgelrError:
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
 def _in_threads(jobs: dict[str, Callable[[], "pd.DataFrame"]], devices: _Devices, say: Progress
                 ) -> tuple[list["pd.DataFrame"], dict[str, str], bool]:
     """Run one job per device in daemon threads; Ctrl-C aborts them all at once.
@@ -211,8 +231,9 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
         with lock:
             say(msg)
 
+    targets = expand_devices(list(suite.devices), inventory)
     run_id = H.begin_run(history, kind="regress", suite=suite.name)
-    tell(f"regress {suite.name}: run {run_id}, {len(suite.models)} model(s) x {len(suite.devices)} device(s), "
+    tell(f"regress {suite.name}: run {run_id}, {len(suite.models)} model(s) x {len(targets)} device(s), "
          f"{suite.sessions} sessions of {suite.runs} runs each, history {H.describe(history)}")
     warnings: list[str] = []
     for m in suite.models:
@@ -225,7 +246,7 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None = None, ba
     settings = _settings(suite, run_id)
     try:
         frames, errors, interrupted = _in_threads(
-            {d: (lambda d=d: _measure(d, inventory, models, settings, devices, tell)) for d in suite.devices},
+            {d: (lambda d=d: _measure(d, inventory, models, settings, devices, tell)) for d in targets},
             devices, tell)
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         err_text = "; ".join(f"{d}: {e}" for d, e in errors.items()) or None

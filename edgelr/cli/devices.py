@@ -40,7 +40,8 @@ def devices() -> None:
 @click.option("--inventory", type=click.Path(dir_okay=False), help=INVENTORY_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_devices(inventory: str | None, as_json: bool) -> None:
-    """List the inventory's devices (name, transport, target, address, benchmark program)."""
+    """List the inventory's devices (name, transport, target, address, benchmark program), and the places
+    of the labgrid coordinators they use (state free/reserved/acquired, owner, tags)."""
     from device_agents.builtin import TRANSPORTS
     from device_agents.inventory import inventory_path, load_inventory
 
@@ -50,10 +51,20 @@ def list_devices(inventory: str | None, as_json: bool) -> None:
         where = TRANSPORTS[d.transport].address(d)
         rows.append({"name": d.name, "transport": d.transport, "target": d.target, "os": d.os, "address": where,
                      "program": d.benchmark_binary or f"runner.py ({d.python})", "source": d.source})
+    places: list[dict[str, Any]] = []
+    if any(d.transport == "labgrid" for d in devs.values()):
+        from device_agents.labgrid import lab_places
+
+        places, errors = lab_places(devs.values())
+        for err in errors:
+            info(f"WARNING: {err}")
     if as_json:
-        echo_json({"inventory": str(inventory_path(inventory)[0]), "devices": rows})
+        echo_json({"inventory": str(inventory_path(inventory)[0]), "devices": rows, "lab_places": places})
     else:
         click.echo(table(rows))
+        if places:
+            click.echo("\nlab places:")
+            click.echo(table(places))
 
 
 @devices.command("check")
