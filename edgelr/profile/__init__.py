@@ -279,15 +279,10 @@ def _layer_summary(layers: list[tuple[str, Any, Any]], table: MeasuredLatency) -
     return out
 
 
-def predict_model_ms(table: MeasuredLatency, plan: Any, ranks: dict[str, Any]) -> float:
-    """Predicted latency (ms) of ``plan``'s model with layers rewritten at ``ranks`` (path -> ranks or None):
-    the measured whole model minus its profiled layers as is, plus each layer's entry at its ranks.
-    NaN without a measured whole model."""
-    total = table.model_ms
-    for path, lp in plan.layers.items():
-        before = plan.latency(path, None)
-        if before is None:
-            continue
-        r = ranks.get(path)
-        total += (plan.latency(path, tuple(r)) if r is not None else before) - before
-    return float(total)
+def predict_model_ms(plan: Any, ranks: dict[str, Any]) -> float:
+    """Predicted latency (ms) of ``plan``'s model (made with ``latency_table``) with layers rewritten at
+    ``ranks``: the measured whole model minus its profiled layers as is plus each layer's table entry at its
+    ranks (:func:`edgelr.rewrite.allocate.model_latency`). NaN without a measured whole model."""
+    from edgelr.rewrite.allocate import model_latency
+
+    return model_latency(plan, ranks)

@@ -239,3 +239,24 @@ def allocate_ranks(plan: FactorizationPlan, paths: list[str], min_reduction: flo
     chosen = {p: table[p][int(pick[i])].ranks for i, p in enumerate(names)}
     return Allocation(chosen, (int(budget_p), budget_t), (int(par[rows, pick].sum()), float(lat[rows, pick].sum())),
                       loss_policy, float(loss[rows, pick].sum()), any(chosen[p] != policy[p].ranks for p in names))
+
+
+def model_latency(plan: FactorizationPlan, ranks: dict[str, Ranks | None]) -> float:
+    """Latency of the plan's model with the layers of ``ranks`` rewritten (path -> ranks, None = as is; layers
+    not named stay as is).
+
+    With a device table (``plan.measured``) in ms: the whole model as measured (``model_ms``) minus its layers
+    as is plus each layer at its ranks, i.e. the unfactorized remainder (measured) plus the per-layer entries;
+    NaN when the table has no whole-model measurement. Without one: the sum of the layers' estimates
+    (MAC-equivalents; the layers without a latency model left out), comparable only between configurations."""
+    total = 0.0
+    if plan.measured is not None:
+        total = float(plan.measured.model_ms)
+    for path in plan.layers:
+        before = plan.latency(path, None)
+        if before is None:
+            continue
+        r = ranks.get(path)
+        after = plan.latency(path, tuple(int(x) for x in r)) if r is not None else before
+        total += (after - before) if plan.measured is not None else after
+    return total
