@@ -237,3 +237,34 @@ def test_calibration_of_the_wrong_shape_gives_one_clear_error(tf_keras: Any, tin
     assert "calibration: got an array of shape (256, 8, 4, 3)" in message and "(None, 8, 8, 3)" in message
     with pytest.raises(FactorizeError, match="NaN or Inf"):
         factorize_model(model, calibration=np.full((4, 8, 8, 3), np.nan, np.float32), progress=False)
+
+
+def test_compress_is_data_aware_by_default_and_no_data_aware_turns_it_off(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Any) -> None:
+    """The decision is made once (compress.options.with_calibration) and reaches the plan through PlanOptions
+    (so the plain path and the rank search alike); --no-data-aware reaches the options."""
+    from click.testing import CliRunner
+
+    import edgelr.compress.pipeline as pipeline
+    from edgelr.cli.compress import compress
+    from edgelr.compress.options import CompressOptions, resolve_plan_options, with_calibration
+    from edgelr.errors import UsageError
+    from edgelr.targets import get_target
+
+    plan = resolve_plan_options(CompressOptions(), get_target("host"))
+    x = np.zeros((4, 3), np.float32)
+    assert plan.calibration is None
+    assert with_calibration(plan, CompressOptions(), x).kwargs()["calibration"] is x
+    assert with_calibration(plan, CompressOptions(data_aware=False), x).kwargs()["calibration"] is None
+
+    seen: list[dict] = []
+
+    def fake(*args: object, **kwargs: object) -> None:
+        seen.append(kwargs)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(pipeline, "compress", fake)
+    base = ["m.keras", "--data", "digits", "--out", str(tmp_path / "o")]
+    CliRunner().invoke(compress, base)
+    CliRunner().invoke(compress, [*base, "--no-data-aware"])
+    assert [s["data_aware"] for s in seen] == [True, False]
