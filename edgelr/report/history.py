@@ -395,9 +395,7 @@ def fail_run(history: str | os.PathLike[str], run_id: str, error: str) -> None:
 
 
 def _run_status(store: Store, run_id: str) -> str | None:
-    if not store.exists():
-        return None
-    with store.write() as tx:
+    with store.write() as tx:   # a writer is on its way anyway: creating the store here costs nothing
         row = tx.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
     return None if row is None else str(row[0])
 

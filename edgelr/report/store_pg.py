@@ -147,7 +147,10 @@ class PGStore(Store):
         return HistoryError(f"{doing} the history database {self.label} failed: {_text(exc)}")
 
     def _version(self, con: Any) -> int | None:
-        if con.execute("SELECT to_regclass('meta')").fetchone()[0] is None:
+        # pg_tables, not to_regclass(): a catalog query sees a table another session has just committed
+        # (to_regclass may answer from this backend's stale catalog cache)
+        if con.execute("SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'meta'"
+                       ).fetchone() is None:
             return None
         row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else 0
