@@ -71,3 +71,29 @@ def test_missing_model_file(tmp_path: Path) -> None:
     proc = subprocess.run([*EDGELR, "inspect", str(tmp_path / "nope.keras")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "nope.keras" in proc.stderr
+
+
+def test_low_rank_columns_and_verdict_weights_and_data_aware(tf_keras) -> None:
+    """A Dense layer planted at rank 3 needs rank 3 for 1 % weight error; a compact model gets the verdict."""
+    import numpy as np
+
+    from edgelr.inspect import inspect_model, rank_for_error
+
+    assert rank_for_error(np.array([3.0, 4.0, 0.0]), 0.01) == 2 and rank_for_error(np.array([4.0, 3.0]), 0.9) == 1
+    rng = np.random.default_rng(0)
+    inp = tf_keras.Input((48,))
+    big = tf_keras.layers.Dense(64, use_bias=False, name="big")
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="head")(big(inp)))
+    big.set_weights([rng.standard_normal((48, 3)) @ rng.standard_normal((3, 64))])
+    rep = inspect_model(model)
+    rows = {r["layer"]: r for r in rep["layers"]}
+    assert (rows["big"]["rank_1pct"], rows["big"]["rank_5pct"], rows["big"]["full_rank"]) == (3, 3, 48)
+    assert rows["big"]["error"] == "weights"
+    assert rep["verdict"]["text"].startswith("worth compressing")  # 3072 weights -> 3 * 112
+    # data-aware: inputs living in a 2-D subspace make the layer's OUTPUT rank 2
+    x = (rng.standard_normal((200, 2)) @ rng.standard_normal((2, 48))).astype("float32")
+    rows = {r["layer"]: r for r in inspect_model(model, calibration=x)["layers"]}
+    assert rows["big"]["error"] == "output" and rows["big"]["rank_1pct"] == 2
+    # the head (48 -> 2, full rank 2) cannot shrink: a model of it alone has little to gain
+    small = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="only")(inp))
+    assert inspect_model(small)["verdict"]["text"].startswith("little to gain: this model is already compact")
