@@ -89,7 +89,7 @@ def test_unknown_device_lists_the_known_ones(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[devices.x]\ntransport = "serial"\n', r"transport='serial'; expected one of \['adb', 'local', 'ssh'\]"),
+    ('[devices.x]\ntransport = "serial"\n', r"transport='serial'; expected one of \['adb', 'labgrid', 'local', 'ssh'\]"),
     ('[devices.x]\ntransport = "ssh"\n', "sets no host"),
     ('[devices.x]\ntransport = "local"\nhots = "a"\n', r"unknown field\(s\) \['hots'\]"),
     ('[devices.x]\ntransport = "ssh"\nhost = "h"\nport = "22"\n', "port='22'; expected int"),

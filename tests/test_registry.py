@@ -50,7 +50,7 @@ def test_every_extension_point_holds_its_builtin_plugins() -> None:
     from edgelr.bench.harnesses import HARNESSES
     from edgelr.bench.parsers import LINE_PARSERS
 
-    assert sorted(TRANSPORTS) == ["adb", "local", "ssh"]
+    assert sorted(TRANSPORTS) == ["adb", "labgrid", "local", "ssh"]
     assert [c.name for c in TRANSPORTS.values()] == TRANSPORTS.names()
     assert ENERGY_PROBES.names() == ["rapl", "ina2xx", "pi5_pmic", "pixel_odpm", "android_battery"]
     assert THERMAL_PROBES.names() == ["thermal_zones", "vcgencmd"]

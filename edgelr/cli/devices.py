@@ -95,7 +95,10 @@ def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool,
     spec = get_device(name, inventory)
     report: dict[str, Any] = {"device": spec.name, "transport": spec.transport, "target": spec.target,
                               "reachable": False, "ready": False, "problems": []}
-    overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
+    from device_agents.builtin import TRANSPORTS
+
+    takes_trust = "trust_new_host" in TRANSPORTS[spec.transport].declared_options()   # ssh, labgrid
+    overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and takes_trust else {}
     try:
         transport = open_transport(spec, **overrides)
         try:
