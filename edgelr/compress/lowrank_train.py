@@ -490,3 +490,26 @@ def overparam_orthogonal(runner: Any, plan_options: Any, log: Callable[[str], No
         target = _layers_by_path(merged)[prefix + name]
         target.set_weights(merge_chain([lay.get_weights() for lay in chain], tuple(target.get_weights()[0].shape)))
     return merged
+
+
+def train_and_factorize(runner: Any, plan_options: Any, log: Callable[[str], None]) -> tuple[Any, Any]:
+    """The plain compress path's factorized model and report (no budget), per ``runner.opts``: the rank
+    policy chosen by cross-validation when ``cv_folds`` is set (:mod:`edgelr.compress.cv_ranks`), then
+    low-rank training before factorization (``nuclear`` or ``deeptwist_every``: :func:`lowrank_factorize`;
+    ``overparam_epochs``: :func:`overparam_orthogonal`) or none. Returns ``(model, report)`` as
+    :func:`edgelr.rewrite.factorize_model`."""
+    from dataclasses import replace
+
+    from edgelr.rewrite import factorize_model
+
+    opts = runner.opts
+    if opts.cv_folds is not None:
+        from edgelr.compress.cv_ranks import DEFAULT_LADDER, select_policy_by_cv
+
+        candidates = opts.cv_policies or [str(plan_options.rank_policy), *DEFAULT_LADDER]
+        policy, _ = select_policy_by_cv(runner, plan_options, candidates, opts.cv_folds, opts.cv_epochs, log)
+        plan_options = replace(plan_options, rank_policy=policy)
+    if opts.nuclear > 0 or opts.deeptwist_every is not None:
+        return lowrank_factorize(runner, plan_options, log)
+    model = overparam_orthogonal(runner, plan_options, log) if opts.overparam_epochs else runner.original
+    return factorize_model(model, progress=opts.progress, **plan_options.kwargs())

@@ -5,8 +5,9 @@ For the Fashion-MNIST reference CNN (tests/perf/bench_compress_fmnist.py) and Ja
 (int8 full-integer, post-training quantization; same fine-tuning settings for every column) with:
 
 - plain: the rank policy ``macs:F`` (F by bisection for the whole-model target; CNN ``auto`` = Tucker-2 +
-  SVD; LSTM ``svd-recurrent``);
-- data-aware: the data-aware factorization option when it exists in ``CompressOptions`` (else n/a);
+  SVD; LSTM ``svd-recurrent``), weights-only factorization (``data_aware=False``);
+- data-aware: the same with data-aware factorization (``data_aware=True``, compress's default); every
+  column below is data-aware plus its method;
 - + nuclear: ``nuclear`` (proximal SVT) during ``lowrank_epochs`` of training before factorization;
 - + orthogonal: the He-Jiang-Wu flow (``overparam_epochs`` over-parameterized with soft orthogonality, then
   the same policy) and soft orthogonality of the factors during fine-tuning;
@@ -69,39 +70,65 @@ def bisect_kind(model: Any, target_x: float, kind: str, **kw: Any) -> tuple[str,
     return best
 
 
-def run_one(model: Any, data: Any, column: str, policy: str, extra: dict[str, Any], common: dict[str, Any]) -> dict:
-    from edgelr.compress.pipeline import compress
+class Part:
+    """One model and data set: the run setup, the original's int8 score and its teacher outputs, shared by
+    every column (the columns differ only in their compress options)."""
 
-    with tempfile.TemporaryDirectory() as tmp:
+    def __init__(self, name: str, model: Any, data: Any, common: dict[str, Any]) -> None:
+        from edgelr.compress.attempt import AttemptRunner, RunSetup
+        from edgelr.compress.convert import convert
+        from edgelr.compress.evaluate import detect_task
+        from edgelr.compress.options import check_options
+        from edgelr.compress.validate import validate_tflite
+        from edgelr.targets import get_target
+
+        self.name, self.model, self.data, self.common = name, model, data, common
+        self.target = get_target("host")
+        opts = check_options(dict(common))
+        self.setup = RunSetup(name, model, data, detect_task(model, data.num_classes), self.target, "int8", opts)
+        self.base = AttemptRunner(self.setup, lambda msg: None)
+        conv = convert(model, "int8", io_dtype=self.target.io_dtype, representative=self.base.calibration)
+        val = validate_tflite(conv.content, data.x_test, data.y_test, classifier=True, progress=False)
+        self.acc_float, self.acc_int8 = self.base.original_test, float(val.accuracy)
+
+    def run(self, column: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Factorize (with the column's seed method), fine-tune, convert to int8 and validate."""
+        from edgelr.compress.attempt import AttemptRunner
+        from edgelr.compress.lowrank_train import train_and_factorize
+        from edgelr.compress.options import check_options, resolve_plan_options, with_calibration
+        from edgelr.rewrite.cost import model_cost
+
+        def log(msg: str) -> None:
+            print(f"  [{self.name} {column}] {msg}", file=sys.stderr, flush=True)
+
+        opts = check_options({**self.common, **options})
+        runner = AttemptRunner(dataclasses.replace(self.setup, options=opts), log)
+        runner._teacher = self.base.teacher
+        plan_options = with_calibration(resolve_plan_options(opts, self.target), opts, runner.calibration)
         t0 = time.perf_counter()
-        res = compress(model, data, "host", Path(tmp) / "out", rank_policy=policy, **common, **extra)
-        secs = time.perf_counter() - t0
-    s, r = res.summary, res.report
-    return {"column": column, "policy": policy, "macs_x": s["reduction"]["macs_x"],
-            "params_x": s["reduction"]["params_x"], "acc_float_original": r["original"]["test"],
-            "acc_factorized": r["factorized"]["test_before_finetune"],
-            "acc_finetuned": r["factorized"]["test_after_finetune"], "acc_int8_original": s["original"]["tflite_score"],
-            "acc_int8": s["compressed"]["tflite_score"], "seconds": secs,
-            "ranks": {str(row["layer"]): str(row["ranks"]) for row in r["layers"] if not row.get("skipped")}}
+        fact, report = train_and_factorize(runner, plan_options, log)
+        attempt = runner.run(fact, report, column)
+        p0, m0 = model_cost(self.model)
+        used = [str(p) for p in report["policy"] if str(p)]
+        return {"column": column, "policy": used[0] if used else str(plan_options.rank_policy),
+                "macs_x": m0 / attempt.macs,
+                "params_x": p0 / attempt.params, "acc_factorized": attempt.test_factorized,
+                "acc_finetuned": attempt.test_finetuned, "acc_int8": float(attempt.validation.accuracy),
+                "seconds": time.perf_counter() - t0,
+                "ranks": {str(r["layer"]): str(r["ranks"]) for _, r in report.iterrows() if not r["skipped"]}}
 
 
-def run_part(name: str, model: Any, data: Any, targets: list[float], common: dict[str, Any], method: str,
-             columns: list[str], settings: dict[str, Any], out: Path, doc: dict[str, Any]) -> None:
-    from edgelr.compress.options import CompressOptions
-
-    has_data_aware = "data_aware" in {f.name for f in dataclasses.fields(CompressOptions)}
+def run_part(part: Part, targets: list[float], method: str, columns: list[str], settings: dict[str, Any],
+             out: Path, doc: dict[str, Any]) -> None:
+    doc["meta"]["parts"][part.name].update(acc_float=part.acc_float, acc_int8=part.acc_int8)
     for target_x in targets:
         kw = {"target": "host", "min_reduction": 0.1, "method": method}
-        policy, planned = bisect_policy(model, target_x, "macs", steps=10, **kw)
-        print(f"[{name}] {target_x:g}x: {policy} (planned {planned:.2f}x)", file=sys.stderr, flush=True)
+        policy, planned = bisect_policy(part.model, target_x, "macs", steps=10, **kw)
+        print(f"[{part.name}] {target_x:g}x: {policy} (planned {planned:.2f}x)", file=sys.stderr, flush=True)
         for column in columns:
-            extra: dict[str, Any] = {"method": method}
-            pol = policy
-            if column == "data-aware":
-                if not has_data_aware:
-                    doc["rows"].append({"part": name, "target_x": target_x, "column": column, "na": "not landed"})
-                    continue
-                extra["data_aware"] = True
+            extra: dict[str, Any] = {"method": method, "rank_policy": policy, "data_aware": True}
+            if column == "plain":
+                extra["data_aware"] = False
             elif column == "nuclear":
                 extra.update(nuclear=settings["nuclear"], nuclear_every=settings["every"],
                              lowrank_epochs=settings["lowrank_epochs"])
@@ -110,21 +137,22 @@ def run_part(name: str, model: Any, data: Any, targets: list[float], common: dic
             elif column == "deeptwist":
                 extra.update(deeptwist_every=settings["every"], lowrank_epochs=settings["lowrank_epochs"])
             elif column == "cv":
-                others = [bisect_kind(model, target_x, kind, **kw)[0] for kind in ("rank", "energy")]
+                others = [bisect_kind(part.model, target_x, kind, **kw)[0] for kind in ("rank", "energy")]
                 extra.update(cv_folds=3, cv_policies=[policy, *others], cv_epochs=settings["cv_epochs"])
             elif column == "tensor3":
                 if method != "svd-recurrent":
                     continue
                 extra["method"] = "tensor3"
-                pol, _ = bisect_policy(model, target_x, "macs", steps=10, **{**kw, "method": "tensor3"})
+                extra["rank_policy"], _ = bisect_policy(part.model, target_x, "macs", steps=10,
+                                                        **{**kw, "method": "tensor3"})
             try:
-                row = run_one(model, data, column, pol, extra, common)
+                row = part.run(column, extra)
             except Exception as exc:  # a failing method must not lose the other columns
-                row = {"column": column, "policy": pol, "error": f"{type(exc).__name__}: {exc}"}
-            row.update(part=name, target_x=target_x, loadavg=os.getloadavg()[0])
+                row = {"column": column, "policy": extra["rank_policy"], "error": f"{type(exc).__name__}: {exc}"}
+            row.update(part=part.name, target_x=target_x, loadavg=os.getloadavg()[0])
             doc["rows"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-            (out / "seed_methods.json").write_text(json.dumps(doc, indent=1))
+            (out / f"seed_methods{doc['meta']['suffix']}.json").write_text(json.dumps(doc, indent=1))
 
 
 def render(doc: dict[str, Any]) -> list[str]:
@@ -167,15 +195,27 @@ def main() -> int:
     ap.add_argument("--fmnist-ft", type=int, default=2000, help="training samples per fine-tuning epoch")
     ap.add_argument("--lstm-epochs", type=int, default=40)
     ap.add_argument("--out", default=str(ROOT / "reports"))
-    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--render-only", action="store_true",
+                    help="merge seed_methods*.json (parts run as separate processes) into seed_methods.md")
+    ap.add_argument("--suffix", default="", help="json file suffix (run the parts in two processes)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.render_only:
-        doc = json.loads((out / "seed_methods.json").read_text())
+        docs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_methods*.json"))]
+        doc = docs[0]
+        for other in docs[1:]:
+            doc["rows"] += other["rows"]
+            doc["meta"]["parts"].update(other["meta"]["parts"])
+            doc["meta"]["command"] += " ; " + other["meta"]["command"]
+            doc["meta"]["seconds"] = max(doc["meta"].get("seconds", 0), other["meta"].get("seconds", 0))
+            doc["meta"]["loadavg_end"] = other["meta"].get("loadavg_end", doc["meta"].get("loadavg_end", 0))
+            doc.setdefault("notes", []).extend(other.get("notes", []))
+        notes = out / "seed_methods_notes.md"
+        if notes.exists():
+            doc["notes"] = notes.read_text().splitlines()
         write_report(out / "seed_methods.md", render(doc))
         return 0
 
-    from edgelr.compress.evaluate import detect_task  # noqa: F401  (edgelr importable)
     from edgelr.data import load_data
     from edgelr.tfcompat import keras2
 
@@ -184,9 +224,10 @@ def main() -> int:
     targets = [float(v) for v in args.targets.split(",")]
     columns = args.columns.split(",")
     doc: dict[str, Any] = {"meta": {"columns": columns, "parts": {}, "loadavg_start": os.getloadavg()[0],
+                                    "suffix": args.suffix,
                                     "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "rows": []}
     doc["meta"]["command"] = ".venv/bin/python tests/perf/bench_seed_methods.py " + " ".join(sys.argv[1:])
-    common = {"qat": False, "progress": False, "batch_size": 128, "learning_rate": 1e-3}
+    common = {"qat": False, "progress": False, "batch_size": 128, "learning_rate": 1e-3, "strip_names": True}
     if "fmnist" in args.parts:
         from bench_compress_fmnist import reference_cnn
 
@@ -204,13 +245,8 @@ def main() -> int:
                             "lr 1e-3, no QAT (post-training int8). Low-rank training before factorization: 1 epoch "
                             f"(same sampling). Settings: {settings}."),
             "settings": settings}
-        from edgelr.compress.evaluate import evaluate  # noqa: F401
-        run_part("Fashion-MNIST CNN", model, data, targets, part_common, "auto", [c for c in columns if c != "tensor3"],
-                 settings, out, doc)
-        rows = [r for r in doc["rows"] if r["part"] == "Fashion-MNIST CNN" and "acc_int8_original" in r]
-        if rows:
-            doc["meta"]["parts"]["Fashion-MNIST CNN"].update(acc_float=rows[0]["acc_float_original"],
-                                                            acc_int8=rows[0]["acc_int8_original"])
+        run_part(Part("Fashion-MNIST CNN", model, data, part_common), targets, "auto",
+                 [c for c in columns if c != "tensor3"], settings, out, doc)
     if "lstm" in args.parts:
         from bench_compress_lstm import LENGTH, load
 
@@ -229,15 +265,12 @@ def main() -> int:
                             f"lr 1e-3, no QAT (int8 with the recurrent layer unrolled). Low-rank training before "
                             f"factorization: 5 epochs. Settings: {settings}."),
             "settings": settings}
-        run_part("JapaneseVowels LSTM", model, data, targets, part_common, "svd-recurrent", columns, settings, out, doc)
-        rows = [r for r in doc["rows"] if r["part"] == "JapaneseVowels LSTM" and "acc_int8_original" in r]
-        if rows:
-            doc["meta"]["parts"]["JapaneseVowels LSTM"].update(acc_float=rows[0]["acc_float_original"],
-                                                              acc_int8=rows[0]["acc_int8_original"])
+        run_part(Part("JapaneseVowels LSTM", model, data, part_common), targets, "svd-recurrent", columns, settings,
+                 out, doc)
     doc["meta"]["seconds"] = time.perf_counter() - t_start
     doc["meta"]["loadavg_end"] = os.getloadavg()[0]
-    (out / "seed_methods.json").write_text(json.dumps(doc, indent=1))
-    write_report(out / "seed_methods.md", render(doc))
+    (out / f"seed_methods{args.suffix}.json").write_text(json.dumps(doc, indent=1))
+    write_report(out / f"seed_methods{args.suffix}.md", render(doc))
     return 0
 
 
