@@ -51,8 +51,9 @@ def test_plain_path_passes_every_option(monkeypatch: pytest.MonkeyPatch) -> None
     assert {k: seen[0][k] for k in CHOSEN} == CHOSEN
 
 
-def test_search_passes_every_option_but_min_reduction(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The search explores the ranks itself (min_reduction=None); allocate and min_efficiency reach it."""
+def test_search_passes_every_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search plans with the run's own options (min_reduction too: its policy candidate is what a run
+    without a budget builds; the sweep sets ranks itself); allocate and min_efficiency reach it."""
     import edgelr.rewrite
     from edgelr.compress.search import search_and_run
 
@@ -62,7 +63,7 @@ def test_search_passes_every_option_but_min_reduction(monkeypatch: pytest.Monkey
     runner = SimpleNamespace(opts=opts, data=None, task=None, original=object())
     with pytest.raises(_Stop):
         search_and_run(runner, resolve_plan_options(opts, get_target("host")), lambda msg: None)
-    assert {k: seen[0][k] for k in CHOSEN} == {**CHOSEN, "min_reduction": None}
+    assert {k: seen[0][k] for k in CHOSEN} == CHOSEN
     assert seen[0]["allocate"] == "latency" and seen[0]["min_efficiency"] == 0.5
 
 

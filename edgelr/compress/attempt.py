@@ -5,8 +5,9 @@ expensive parts they share (teacher outputs, the original's scores, calibration 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class RunSetup:
     quantization : str
         ``int8`` | ``float16`` | ``dynamic`` | ``none``.
     options : CompressOptions
+    distribution : edgelr.compress.distribute.Distribution or None
+        The started strategy of ``options.distribute`` (fine-tuning and QAT run on it); None = one process.
     """
 
     name: str
@@ -45,6 +48,7 @@ class RunSetup:
     target: Target
     quantization: str
     options: CompressOptions
+    distribution: Any = None
 
 
 @dataclass
@@ -73,6 +77,39 @@ class Attempt:
     int8_path: dict[str, Any] = field(default_factory=dict)
 
 
+def set_seeds(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and TensorFlow (``tf.keras.utils.set_random_seed``):
+    weight initializers of new layers, tf_keras' own draws and dropout then repeat from run to run."""
+    from edgelr.tfcompat import tf
+
+    tf().keras.utils.set_random_seed(int(seed))
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seeds set (:func:`set_seeds`) and TensorFlow's op determinism on for the duration (restored after).
+
+    Same seed, same result on the same machine and builds. Left nondeterministic, and why: a different
+    TensorFlow / oneDNN / XNNPACK build or a CPU with other vector instructions sums in another order (the
+    last bits of a fine-tuned weight, and through it a borderline prediction, can change); LiteRT validation
+    runs on one thread, so its reduction order does not depend on scheduling.
+    """
+    from edgelr.tfcompat import tf
+
+    tf()
+    from tensorflow.python.framework import config as tf_config  # the public API cannot query or undo it
+
+    was_on = bool(tf_config.is_op_determinism_enabled())
+    set_seeds(seed)
+    if not was_on:
+        tf_config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_on:
+            tf_config.disable_op_determinism()
+
+
 def calibration_samples(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
     """``n`` training inputs (a seeded draw, in their original order) for int8 calibration, float32."""
     rng = np.random.default_rng(seed)
@@ -90,6 +127,7 @@ class AttemptRunner:
     def __init__(self, setup: RunSetup, log: Callable[[str], None]) -> None:
         self.original, self.data, self.task = setup.original, setup.data, setup.task
         self.quantization, self.io_dtype, self.opts = setup.quantization, setup.target.io_dtype, setup.options
+        self.distribution = setup.distribution
         self.log = log
         self.calibration = calibration_samples(self.data.x_train, self.opts.calibration_samples, self.opts.seed)
         self.x_fit, self.y_fit = self.data.x_train, self.data.y_train
@@ -116,6 +154,7 @@ class AttemptRunner:
         from edgelr.compress.qat import QatResult, calibrate_ranges, quantize_aware
 
         data, task, opts, log = self.data, self.task, self.opts, self.log
+        set_seeds(opts.seed)  # each attempt starts from the seed, whatever attempts ran before it
         test_fact = score(predict(model, data.x_test), data.y_test, task)
         log(f"[{label}] fine-tuning with distillation ({opts.epochs} epoch(s) max)")
         penalty = None
@@ -127,7 +166,7 @@ class AttemptRunner:
             log(f"[{label}] soft orthogonality ({opts.orthogonal:g}) on {n} input factor(s)")
         ft = distill(model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
                      self.distill_config(opts.epochs), progress=opts.progress, desc=f"fine-tune {label}",
-                     penalty=penalty)
+                     penalty=penalty, distribution=self.distribution)
         val_ft = ft.best_val if ft.best_val is not None else score(predict(model, data.x_val), data.y_val, task)
         test_out = predict(model, data.x_test)
         test_ft = score(test_out, data.y_test, task)
@@ -145,7 +184,8 @@ class AttemptRunner:
                     f"{len(qat.float_layers)} float)")
                 calibrate_ranges(qat.model, self.calibration, batch_size=min(opts.batch_size, len(self.calibration)))
                 qat_ft = distill(qat.model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
-                                 self.distill_config(opts.qat_epochs, 0.2), progress=opts.progress, desc=f"QAT {label}")
+                                 self.distill_config(opts.qat_epochs, 0.2), progress=opts.progress, desc=f"QAT {label}",
+                                 distribution=self.distribution)
                 qat_conv = convert(qat.model, self.quantization, io_dtype=self.io_dtype,
                                    representative=self.calibration, strip=opts.strip_names)
                 # keep whichever int8 model scores better on the validation split (a short QAT run on little

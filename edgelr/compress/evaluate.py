@@ -79,6 +79,24 @@ def score(outputs: np.ndarray, y: np.ndarray, task: Task) -> float:
     return float(np.mean((o - np.asarray(y, dtype=np.float64).reshape(len(o), -1)) ** 2))
 
 
+def fidelity(outputs: np.ndarray, reference: np.ndarray, task: Task) -> float:
+    """How close ``outputs`` are to the original model's ``reference`` outputs on the same inputs (no labels):
+    % of inputs with the same top-1 class for classifiers (higher is better), else the mean squared
+    difference (lower is better)."""
+    out, ref = np.asarray(outputs, np.float64), np.asarray(reference, np.float64)
+    if task.classifier:
+        return float(100.0 * np.mean(out.argmax(-1) == ref.argmax(-1))) if len(out) else 100.0
+    return float(np.mean((out.reshape(len(out), -1) - ref.reshape(len(ref), -1)) ** 2)) if len(out) else 0.0
+
+
+def fidelity_drop(outputs: np.ndarray, reference: np.ndarray, task: Task) -> float:
+    """:func:`fidelity` as a drop from the original's own (positive = worse): 100 - agreement in % for
+    classifiers (an upper bound of the accuracy drop on those inputs, whatever their labels), else the mean
+    squared difference."""
+    f = fidelity(outputs, reference, task)
+    return 100.0 - f if task.classifier else f
+
+
 def evaluate(model: Any, x: np.ndarray, y: np.ndarray, task: Task, batch_size: int = 256) -> float:
     """Score of ``model`` on ``(x, y)`` (see :func:`score`)."""
     return score(predict(model, x, batch_size), y, task)

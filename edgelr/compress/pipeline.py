@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from edgelr.compress.attempt import AttemptRunner, RunSetup
+from edgelr.compress.attempt import AttemptRunner, RunSetup, deterministic
 from edgelr.compress.convert import check_quantization, convert
 from edgelr.compress.evaluate import detect_task
 from edgelr.compress.options import CompressOptions, check_options, resolve_plan_options, with_calibration
@@ -36,12 +37,12 @@ from edgelr.rewrite.options import PlanOptions
 __all__ = ["OUTPUT_FILES", "CompressOptions", "CompressResult", "check_out_dir", "compress"]
 
 
-def _logger(progress: bool) -> Callable[[str], None]:
-    """Progress messages to stderr (``edgelr compress: ...``), or nowhere."""
+def _logger(progress: bool, prefix: str = "") -> Callable[[str], None]:
+    """Progress messages to stderr (``edgelr compress: [prefix]...``), or nowhere."""
 
     def log(msg: str) -> None:
         if progress:
-            print(f"edgelr compress: {msg}", file=sys.stderr, flush=True)
+            print(f"edgelr compress: {prefix}{msg}", file=sys.stderr, flush=True)
 
     return log
 
@@ -85,56 +86,68 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         from edgelr.errors import ModelLoadError
 
         raise ModelLoadError(f"model file {model} does not exist; pass a .keras/.h5 file or a SavedModel directory")
-    log = _logger(opts.progress)
+    dist = None
+    if opts.distribute is not None:  # before TensorFlow runs any op (collective ops, logical devices)
+        from edgelr.compress.distribute import start
+
+        dist = start(opts.distribute)
+    log = _logger(opts.progress, "" if dist is None or dist.is_chief else f"[worker {dist.spec.worker}] ")
+    if dist is not None:
+        log(f"fine-tuning and QAT on tf.distribute: {dist.describe()}")
     t0 = time.perf_counter()
     original, name = _load_model(model)
     d = _load_data(data, original)
     task = detect_task(original, d.num_classes)
     log(f"model '{name}', data '{d.name}' {d.sizes()}, target {tgt.name}, quantization {quantization}")
-    setup = RunSetup(name, original, d, task, tgt, quantization, opts)
-    runner = AttemptRunner(setup, log)
-    log(f"original: {task.metric} val {runner.original_val:.4g}, test {runner.original_test:.4g}")
-    plan_options = with_calibration(plan_options, opts, runner.calibration)
-    if plan_options.calibration is not None:
-        log(f"data-aware factorization: layer input statistics from {len(runner.calibration)} training inputs "
-            "(--no-data-aware: weights only)")
-    search_info: dict[str, Any] | None = None
-    if opts.max_accuracy_drop is None and opts.max_latency_ms is None and opts.min_speedup is None:
-        if opts.cv_folds is not None:
-            from edgelr.compress.cv_ranks import DEFAULT_LADDER, select_policy_by_cv
+    setup = RunSetup(name, original, d, task, tgt, quantization, opts, dist)
+    with deterministic(opts.seed):  # same seed, same result (edgelr.compress.attempt.deterministic)
+        runner = AttemptRunner(setup, log)
+        log(f"original: {task.metric} val {runner.original_val:.4g}, test {runner.original_test:.4g}")
+        plan_options = with_calibration(plan_options, opts, runner.calibration)
+        if plan_options.calibration is not None:
+            log(f"data-aware factorization: layer input statistics from {len(runner.calibration)} training inputs "
+                "(--no-data-aware: weights only)")
+        search_info: dict[str, Any] | None = None
+        if opts.max_accuracy_drop is None and opts.max_latency_ms is None and opts.min_speedup is None:
+            if opts.cv_folds is not None:
+                from edgelr.compress.cv_ranks import DEFAULT_LADDER, select_policy_by_cv
 
-            candidates = opts.cv_policies or [str(plan_options.rank_policy), *DEFAULT_LADDER]
-            policy, _ = select_policy_by_cv(runner, plan_options, candidates, opts.cv_folds, opts.cv_epochs, log)
-            plan_options = replace(plan_options, rank_policy=policy)
-        if opts.nuclear > 0 or opts.deeptwist_every is not None:
-            from edgelr.compress.lowrank_train import lowrank_factorize
+                candidates = opts.cv_policies or [str(plan_options.rank_policy), *DEFAULT_LADDER]
+                policy, _ = select_policy_by_cv(runner, plan_options, candidates, opts.cv_folds, opts.cv_epochs, log)
+                plan_options = replace(plan_options, rank_policy=policy)
+            if opts.nuclear > 0 or opts.deeptwist_every is not None:
+                from edgelr.compress.lowrank_train import lowrank_factorize
 
-            fact, factor_report = lowrank_factorize(runner, plan_options, log)
-        elif opts.overparam_epochs:
-            from edgelr.compress.lowrank_train import overparam_orthogonal
+                fact, factor_report = lowrank_factorize(runner, plan_options, log)
+            elif opts.overparam_epochs:
+                from edgelr.compress.lowrank_train import overparam_orthogonal
 
-            fact, factor_report = _factorize(overparam_orthogonal(runner, plan_options, log), plan_options,
-                                             opts.progress)
+                fact, factor_report = _factorize(overparam_orthogonal(runner, plan_options, log), plan_options,
+                                                 opts.progress)
+            else:
+                fact, factor_report = _factorize(original, plan_options, opts.progress)
+            attempt = runner.run(fact, factor_report, "factorized")
+            budget_met = None
         else:
-            fact, factor_report = _factorize(original, plan_options, opts.progress)
-        attempt = runner.run(fact, factor_report, "factorized")
-        budget_met = None
-    else:
-        from edgelr.compress.search import search_and_run
+            from edgelr.compress.search import search_and_run
 
-        attempt, search_info = search_and_run(runner, plan_options, log)
-        budget_met = bool(search_info["budget_met"]) if opts.max_accuracy_drop is not None else None
-    log(f"converting the original model ({quantization}) for baseline.tflite")
-    base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.calibration,
-                        strip=opts.strip_names)
-    base_val = validate_tflite(base_conv.content, d.x_test, d.y_test, reference=runner.original_test_out,
-                               classifier=task.classifier, progress=opts.progress)
-    baseline = Baseline(runner.original_val, runner.original_test, base_conv, base_val)
+            attempt, search_info = search_and_run(runner, plan_options, log)
+            budget_met = bool(search_info["budget_met"]) if opts.max_accuracy_drop is not None else None
+        log(f"converting the original model ({quantization}) for baseline.tflite")
+        base_conv = convert(original, quantization, io_dtype=tgt.io_dtype, representative=runner.calibration,
+                            strip=opts.strip_names)
+        base_val = validate_tflite(base_conv.content, d.x_test, d.y_test, reference=runner.original_test_out,
+                                   classifier=task.classifier, progress=opts.progress)
+        baseline = Baseline(runner.original_val, runner.original_test, base_conv, base_val)
     result = assemble(RunRecord(setup, baseline, attempt, search_info, budget_met, time.perf_counter() - t0))
-    if out is not None:
+    chief = dist is None or dist.is_chief
+    if out is not None and chief:
         write_outputs(out, result)
         result.out_dir = out
-    if opts.history:
+    elif out is not None:  # another worker: the same files to a temporary directory, removed (the chief's count)
+        with tempfile.TemporaryDirectory(prefix=f"edgelr-worker{dist.spec.worker}-") as tmp:
+            write_outputs(Path(tmp), result)
+    if opts.history and chief:
         append_history(opts.history, result, name, tgt.name)
     log(result.message)
     return result

@@ -1,22 +1,45 @@
-"""Accuracy-aware per-layer rank search (``--max-accuracy-drop X``).
+"""Accuracy-aware rank search (``--max-accuracy-drop X``): the most compressed model whose validated
+``.tflite`` stays within the budget.
 
-After AIMET's greedy compression-ratio selection, made cheap:
+1. **One decomposition per layer** (:func:`edgelr.rewrite.plan_factorization`, with the run's own plan
+   options, so the plan's policy ranks are exactly what a run without a budget would build), re-materialized
+   at every candidate rank (SVD truncation / HOSVD core truncation, ``exact=False``).
+2. **The search signal** (:func:`search_inputs`, :func:`edgelr.compress.evaluate.fidelity`): how far a
+   factorized (not yet fine-tuned) model is from the original, on the validation inputs topped up with a
+   seeded draw of *training inputs* to ``search_subset`` samples. Labels are not used: for a classifier the
+   signal is the % of inputs where its top-1 class differs from the original's (``val_drop``; an upper bound
+   of its accuracy drop on the same inputs), else the mean squared difference of the outputs. With few
+   labels (a 7-sample validation split scored every candidate 100 %) this still tells candidates apart, and
+   unlabeled inputs are as good as labelled ones for it.
+3. **Per-layer sensitivity**: for each factorizable layer and each kept share of its MACs in
+   :data:`RATIOS`, only that layer is compressed and the signal is measured.
+4. **Candidates**, each built once and measured (the candidates table / accuracy-vs-MACs plot):
+   the target's rank policy as the run would apply it (``policy ...``, plus ``--layer-policy`` overrides);
+   greedy configurations (for a per-layer tolerance ``t``, every layer takes its smallest share whose
+   signal is ``<= t``, ``t`` swept over the measured values); uniform ladders (every layer at the same share
+   of its MACs, :data:`LADDER`, and of its parameters).
+5. **Trials** (fine-tune with distillation, QAT, int8 conversion, validation of the ``.tflite`` on the test
+   split against the float original), at most ``max_trials``, chosen by :func:`next_trial`:
 
-1. **One decomposition per layer** (:func:`edgelr.rewrite.plan_factorization`), re-materialized at every
-   candidate rank (SVD truncation / HOSVD core truncation, ``exact=False``).
-2. **Per-layer sensitivity**: for each factorizable layer and each kept share of its MACs in
-   :data:`RATIOS`, only that layer is compressed and the model is scored on a validation subset.
-3. **Greedy configurations**: for a per-layer tolerance ``t``, every layer takes its smallest share whose
-   drop is ``<= t``; sweeping ``t`` over the measured drops gives a family of configurations from mild to
-   aggressive. Uniform configurations (every layer at the same share) and the rank policy's own choice are
-   added (per-layer ``layer_policies`` overrides only shape that last one: the sweep sets every layer's
-   ranks itself). Each is built once and scored on the subset (the candidates table / accuracy-vs-MACs plot).
-4. **One fine-tune** of the chosen configuration: the most compressed candidate whose un-fine-tuned drop is
-   within the recoverable slack ``max(4 X, X + 3)`` points (distillation recovers most of it), then QAT,
-   int8 conversion and validation on the test split against the float original.
-5. **Back off** when the validated ``.tflite`` misses the budget: the next candidate with a smaller
-   un-fine-tuned drop and at least 5 % more MACs, up to ``max_trials`` attempts. If none meets the budget
-   the attempt with the smallest drop is returned and the result says the budget was not met.
+   - first the policy candidate (what the run gives without a budget);
+   - then, while a trial met the budget, candidates at least 5 % more compressed than the best one met;
+     while none did (backing off), any untried candidate;
+   - skipping a candidate *predicted to fail*: one that is no less compressed than a failed trial (within
+     5 %) and whose signal is no better;
+   - in that pool, first the candidates whose signal is within the budget (most compressed first), then
+     those within the recoverable slack ``max(4 X, X + 3)`` (distillation recovers most of it; most
+     compressed first), then (only when nothing met the budget yet) the rest by signal, best first.
+
+   The result is the **least-MACs trial that met the budget**, so it is never less compressed than any
+   tried candidate whose ``.tflite`` met it, nor than the policy candidate when that met it. If none met
+   it, the trial with the smallest drop is returned and the result says the budget was not met.
+
+Same seed, same result: every trial starts from the run's seed (:func:`edgelr.compress.attempt.set_seeds`,
+Python ``random``, NumPy and TensorFlow) with TensorFlow's op determinism on during the run (see
+:func:`edgelr.compress.attempt.deterministic`), the search inputs and int8 calibration samples are seeded
+draws, and validation runs LiteRT on one thread. What is left is outside edgelr: a different TensorFlow,
+oneDNN or XNNPACK build, or a CPU with other vector instructions, sums in another order and can change
+the last bits of a fine-tuned weight, and through it a borderline prediction.
 """
 
 from __future__ import annotations
@@ -28,12 +51,19 @@ from typing import Any, Callable
 import numpy as np
 
 from edgelr.compress.attempt import Attempt, AttemptRunner
-from edgelr.compress.evaluate import drop, predict, score
+from edgelr.compress.evaluate import fidelity, fidelity_drop, predict
 from edgelr.rewrite.options import PlanOptions
 from edgelr.rewrite.plan import FactorizationPlan, LayerPlan
 
 RATIOS: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 """Kept share of a layer's MACs (params for layers without MACs) tried in the sensitivity sweep."""
+
+LADDER: tuple[float, ...] = (0.0625, 0.09375, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.5, 0.625, 0.75)
+"""Kept shares of the uniform candidates (every layer at the same share of its MACs, and of its params)."""
+
+MIN_GAIN = 0.05
+"""A trial after a met budget must save at least this share more MACs than the best met; a candidate within
+this share of a failed trial's MACs and no better signal is predicted to fail."""
 
 
 def _round_up(r: int, multiple: int, full: int) -> int:
@@ -42,14 +72,15 @@ def _round_up(r: int, multiple: int, full: int) -> int:
     return max(1, min(full, r))
 
 
-def ranks_for_share(lp: LayerPlan, share: float, multiple: int) -> tuple[int, ...] | None:
-    """The largest ranks (full ranks scaled together, rounded up to ``multiple``) whose MACs (params when
-    the layer has no MACs) are at most ``share`` of the original layer's; None when even rank 1 is too big."""
+def ranks_for_share(lp: LayerPlan, share: float, multiple: int, by: str = "macs") -> tuple[int, ...] | None:
+    """The largest ranks (full ranks scaled together, rounded up to ``multiple``) whose MACs (``by="macs"``;
+    params when the layer has no MACs, or ``by="params"``) are at most ``share`` of the original layer's;
+    None when even rank 1 is too big."""
     full = tuple(int(f) for f in lp.full_ranks)
     top = max(full)
     p0, m0 = lp.cost_before
-    idx = 1 if m0 > 0 else 0
-    budget = share * (m0 if m0 > 0 else p0)
+    idx = 1 if m0 > 0 and by == "macs" else 0
+    budget = share * (m0 if idx == 1 else p0)
     best = None
     seen: set[tuple[int, ...]] = set()
     for k in range(1, top + 1):
@@ -77,6 +108,55 @@ def _config_cost(plan: FactorizationPlan, config: dict[str, tuple[int, ...] | No
     return params, macs
 
 
+def search_inputs(x_val: np.ndarray, x_train: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, int]:
+    """The inputs the search signal is measured on: the first ``n`` validation inputs, topped up to ``n``
+    with a seeded draw of training inputs (in their original order) when the validation split is smaller.
+
+    Returns
+    -------
+    (ndarray of shape (m, *input_shape), int)
+        The inputs (``m = min(n, len(x_val) + len(x_train))``) and how many of them are training inputs.
+    """
+    x_val = np.asarray(x_val[:n], np.float32)
+    extra = min(max(0, n - len(x_val)), len(x_train))
+    if extra == 0:
+        return x_val, 0
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(x_train), size=extra, replace=False))
+    return np.concatenate([x_val, np.asarray(x_train[idx], np.float32)]), extra
+
+
+def next_trial(candidates: list[dict[str, Any]], budget: float, slack: float) -> dict[str, Any] | None:
+    """The next candidate to fine-tune, convert and validate (module docstring, step 5), or None to stop.
+
+    Parameters
+    ----------
+    candidates : list of dict
+        Each with ``macs``, ``val_drop`` (the search signal), ``tried`` and, when tried, ``tflite_drop``.
+    budget : float
+        Allowed drop of the validated ``.tflite``, points.
+    slack : float
+        Largest signal still worth a trial.
+    """
+    tried = [c for c in candidates if c["tried"]]
+    met = [c for c in tried if c["tflite_drop"] is not None and c["tflite_drop"] <= budget]
+    failed = [c for c in tried if c not in met]
+    best = min((c["macs"] for c in met), default=None)
+
+    def predicted_to_fail(c: dict[str, Any]) -> bool:
+        return any(f["macs"] >= (1.0 - MIN_GAIN) * c["macs"] and f["val_drop"] <= c["val_drop"] for f in failed)
+
+    pool = [c for c in candidates if not c["tried"] and not predicted_to_fail(c)
+            and (best is None or c["macs"] <= (1.0 - MIN_GAIN) * best)]
+    for limit in (budget, slack):
+        tier = [c for c in pool if c["val_drop"] <= limit]
+        if tier:
+            return min(tier, key=lambda c: (c["macs"], c["val_drop"]))
+    if best is None and pool:
+        return min(pool, key=lambda c: (c["val_drop"], -c["macs"]))
+    return None
+
+
 def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
                    log: Callable[[str], None]) -> tuple[Attempt, dict[str, Any]]:
     """Run the search (module docstring), each attempt through ``runner``; ``log`` reports progress.
@@ -84,121 +164,127 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
     Returns
     -------
     (Attempt, dict)
-        The chosen attempt and the search record: ``budget``, ``budget_met``, ``sensitivity`` rows
-        (layer, share, ranks, macs, val_score, val_drop), ``candidates`` rows (label, ranks, params, macs,
-        macs_x, val_score, val_drop, tried, tflite_score, tflite_drop), ``trials``.
+        The chosen attempt and the search record: ``budget``, ``budget_met``, ``signal``, ``subset`` (search
+        inputs, ``subset_from_train`` of them training inputs), ``sensitivity`` rows (layer, share, ranks,
+        macs, val_score, val_drop), ``candidates`` rows (label, kind, ranks, params, macs, macs_x, val_score,
+        val_drop, tried, trial, tflite_score, tflite_drop), ``trials`` in the order they ran, ``chosen``.
+        ``val_score`` is the search signal: % top-1 agreement with the original (classifiers) or the mean
+        squared difference from its outputs; ``val_drop`` is 100 - agreement (or that difference).
     """
     from tqdm import tqdm
 
-    from edgelr.rewrite.cost import model_cost
     from edgelr.rewrite import build_factorized, plan_factorization
+    from edgelr.rewrite.cost import model_cost
 
-    o, d, task, model = runner.opts, runner.data, runner.task, runner.original
-    budget = float(o.max_accuracy_drop)
+    opts, data, task, model = runner.opts, runner.data, runner.task, runner.original
+    budget = float(opts.max_accuracy_drop)
     log(f"rank search: budget {budget:g} points; decomposing every layer once")
-    plan = plan_factorization(model, progress=o.progress, **plan_options.kwargs(min_reduction=None))
+    plan = plan_factorization(model, progress=opts.progress, **plan_options.kwargs())
     paths = plan.candidates()
-    xs, ys = d.x_val[:o.search_subset], d.y_val[:o.search_subset]
-    base_score = score(predict(model, xs), ys, task)
+    xs, from_train = search_inputs(data.x_val, data.x_train, opts.search_subset, opts.seed)
+    reference = predict(model, xs)
+    signal = ("top-1 agreement with the original (%)" if task.classifier
+              else "mean squared difference from the original's outputs")
+    log(f"rank search: signal = {signal} on {len(xs)} inputs ({len(xs) - from_train} validation, "
+        f"{from_train} training; labels not used)")
     base_cost = model_cost(model)
 
-    def evaluate(config: dict[str, Any]) -> tuple[Any, Any, float]:
+    def measure(config: dict[str, Any]) -> tuple[float, float]:
         ranks = {p: config.get(p) for p in paths}
-        new, factor_report = build_factorized(model, plan, ranks, exact=False, progress=False)
-        return new, factor_report, score(predict(new, xs), ys, task)
+        new, _ = build_factorized(model, plan, ranks, exact=False, progress=False)
+        out = predict(new, xs)
+        return fidelity(out, reference, task), fidelity_drop(out, reference, task)
 
     shares: dict[str, list[tuple[float, tuple[int, ...]]]] = {}
     for p in paths:
-        opts_p = []
+        opts_p: list[tuple[float, tuple[int, ...]]] = []
         for s in RATIOS:
             r = ranks_for_share(plan.layers[p], s, plan.multiple)
             if r is not None and all(r != q for _, q in opts_p):
                 opts_p.append((s, r))
         shares[p] = opts_p
     sensitivity: list[dict[str, Any]] = []
-    total = sum(len(v) for v in shares.values())
     drops: dict[str, list[tuple[float, tuple[int, ...], float]]] = {p: [] for p in paths}
-    with tqdm(total=total, desc="sensitivity", unit="eval", file=sys.stderr, disable=not o.progress,
-              leave=False) as bar:
+    with tqdm(total=sum(len(v) for v in shares.values()), desc="sensitivity", unit="eval", file=sys.stderr,
+              disable=not opts.progress, leave=False) as bar:
         for p in paths:
             for s, r in shares[p]:
-                _, _, sc = evaluate({p: r})
-                dr = drop(base_score, sc, task)
+                sc, dr = measure({p: r})
                 drops[p].append((s, r, dr))
                 sensitivity.append({"layer": p, "share": s, "ranks": list(r),
                                     "macs": plan.layers[p].cost(r)[1], "val_score": sc, "val_drop": dr})
                 bar.update(1)
 
-    # greedy configurations over per-layer tolerances
+    configs: list[tuple[str, str, dict[str, Any]]] = []
+    keys: set[tuple[Any, ...]] = set()
+
+    def add(label: str, kind: str, cfg: dict[str, Any]) -> None:
+        key = tuple(cfg.get(p) for p in paths)
+        if not any(v is not None for v in key):
+            return
+        if key not in keys:  # the same ranks reached twice: one candidate, the first label (policy first)
+            keys.add(key)
+            configs.append((label, kind, cfg))
+
+    if plan.selected:
+        overrides = "".join(f", {k}={v}" for k, v in plan.layer_policies.items())
+        add(f"policy {plan.rank_policy}{overrides}", "policy", {p: plan.selected.get(p) for p in paths})
     tolerances = sorted({max(0.0, dr) for rows in drops.values() for _, _, dr in rows})
     if len(tolerances) > 10:
         tolerances = [tolerances[int(i)] for i in np.linspace(0, len(tolerances) - 1, 10)]
-    configs: list[tuple[str, dict[str, Any]]] = []
-    keys: set[tuple[Any, ...]] = set()
     for t in tolerances:
         cfg: dict[str, Any] = {}
         for p in paths:
             ok = [(s, r) for s, r, dr in drops[p] if dr <= t]
             cfg[p] = min(ok)[1] if ok else None
-        key = tuple(cfg[p] for p in paths)
-        if key not in keys and any(v is not None for v in key):
-            keys.add(key)
-            configs.append((f"t={t:.2f}", cfg))
-    for share in RATIOS:  # uniform configurations fill the gaps between greedy ones (smoother back-off)
-        cfg = {p: next((r for s, r, _ in drops[p] if s == share), None) for p in paths}
-        key = tuple(cfg[p] for p in paths)
-        if key not in keys and any(v is not None for v in key):
-            keys.add(key)
-            configs.append((f"uniform {share:g}", cfg))
-    if plan.selected:
-        cfg = {p: plan.selected.get(p) for p in paths}
-        key = tuple(cfg[p] for p in paths)
-        if key not in keys:
-            keys.add(key)
-            overrides = "".join(f", {k}={v}" for k, v in plan.layer_policies.items())
-            configs.append((f"policy {plan.rank_policy}{overrides}", cfg))
-    candidates: list[dict[str, Any]] = []
-    for label, cfg in tqdm(configs, desc="candidates", unit="config", file=sys.stderr, disable=not o.progress,
-                           leave=False):
-        params, macs = _config_cost(plan, cfg, base_cost)
-        _, _, sc = evaluate(cfg)
-        candidates.append({"label": label, "ranks": {p: (list(r) if r else None) for p, r in cfg.items()},
-                           "params": int(params), "macs": int(macs), "macs_x": base_cost[1] / max(macs, 1),
-                           "val_score": sc, "val_drop": drop(base_score, sc, task), "tried": False,
-                           "tflite_score": None, "tflite_drop": None, "_cfg": cfg})
-    candidates.sort(key=lambda c: c["macs"])
+        add(f"t={t:.2f}", "greedy", cfg)
+    for by in ("macs", "params"):
+        for share in LADDER:
+            add(f"uniform {by} {share:g}", "uniform",
+                {p: ranks_for_share(plan.layers[p], share, plan.multiple, by) for p in paths})
 
+    candidates: list[dict[str, Any]] = []
+    for label, kind, cfg in tqdm(configs, desc="candidates", unit="config", file=sys.stderr,
+                                 disable=not opts.progress, leave=False):
+        params, macs = _config_cost(plan, cfg, base_cost)
+        sc, dr = measure(cfg)
+        candidates.append({"label": label, "kind": kind, "ranks": {p: (list(r) if r else None) for p, r in cfg.items()},
+                           "params": int(params), "macs": int(macs), "macs_x": base_cost[1] / max(macs, 1),
+                           "val_score": sc, "val_drop": dr, "tried": False, "trial": None,
+                           "tflite_score": None, "tflite_drop": None, "_cfg": cfg})
+    candidates.sort(key=lambda c: (c["macs"], c["val_drop"]))
     slack = max(4.0 * budget, budget + 3.0)
-    order = [c for c in candidates if c["val_drop"] <= slack] or candidates[-1:]
+
     trials: list[Attempt] = []
-    current = order[0] if order else None
-    while current is not None and len(trials) < max(1, o.max_trials):
-        current["tried"] = True
+    current = next((c for c in candidates if c["kind"] == "policy"), None) or next_trial(candidates, budget, slack)
+    while current is not None and len(trials) < max(1, opts.max_trials):
+        current["tried"], current["trial"] = True, len(trials) + 1
         new, factor_report = build_factorized(model, plan, {p: current["_cfg"].get(p) for p in paths}, exact=True,
                                               progress=False)
         attempt = runner.run(new, factor_report, current["label"])
-        tfl = attempt.validation.accuracy if task.classifier else attempt.validation.loss
-        current["tflite_score"], current["tflite_drop"] = tfl, attempt.tflite_drop
+        current["tflite_score"] = attempt.validation.accuracy if task.classifier else attempt.validation.loss
+        current["tflite_drop"] = attempt.tflite_drop
         trials.append(attempt)
-        log(f"rank search: candidate {current['label']} ({current['macs_x']:.2f}x fewer MACs): "
-                f"{runner.quantization} tflite drop {attempt.tflite_drop:.2f} points (budget {budget:g})")
-        if attempt.tflite_drop <= budget:
-            break
-        nxt = [c for c in candidates if not c["tried"] and c["macs"] >= 1.05 * current["macs"]
-               and c["val_drop"] <= current["val_drop"]]
-        current = nxt[0] if nxt else None
-        if current is not None:
-            log(f"rank search: over budget, backing off to {current['label']}")
-    if not trials:  # no factorizable layer: fall back to the plan's policy ranks (keeps the model as is)
+        verdict = "within" if attempt.tflite_drop <= budget else "over"
+        log(f"rank search: trial {len(trials)} {current['label']} ({current['macs_x']:.2f}x fewer MACs, signal "
+            f"{current['val_drop']:.2f}): {runner.quantization} tflite drop {attempt.tflite_drop:.2f} points, "
+            f"{verdict} the budget of {budget:g}")
+        current = next_trial(candidates, budget, slack)
+        if current is not None and len(trials) < max(1, opts.max_trials):
+            met = any(c["tried"] and c["tflite_drop"] <= budget for c in candidates)
+            log(f"rank search: {'trying more compression' if met else 'backing off'}: {current['label']} "
+                f"({current['macs_x']:.2f}x fewer MACs, signal {current['val_drop']:.2f})")
+    if not trials:  # no factorizable layer: the plan's own ranks (keeps the model as is)
         new, factor_report = build_factorized(model, plan, progress=False)
         trials.append(runner.run(new, factor_report, "unfactorized"))
-    met = [a for a in trials if a.tflite_drop <= budget]
-    chosen = met[0] if met else min(trials, key=lambda a: a.tflite_drop)
+    met_trials = [a for a in trials if a.tflite_drop <= budget]
+    chosen = (min(met_trials, key=lambda a: (a.macs, a.tflite_drop)) if met_trials
+              else min(trials, key=lambda a: a.tflite_drop))
     for c in candidates:
         c.pop("_cfg", None)
-    info = {"budget": budget, "budget_met": bool(met), "slack": slack, "subset": len(xs),
-            "original_subset_score": base_score, "ratios": list(RATIOS), "sensitivity": sensitivity,
-            "candidates": candidates, "chosen": chosen.label,
+    info = {"budget": budget, "budget_met": bool(met_trials), "slack": slack, "signal": signal,
+            "subset": len(xs), "subset_from_train": from_train, "ratios": list(RATIOS), "ladder": list(LADDER),
+            "sensitivity": sensitivity, "candidates": candidates, "chosen": chosen.label,
             "trials": [{"label": a.label, "macs": a.macs, "params": a.params, "tflite_drop": a.tflite_drop}
                        for a in trials]}
     return chosen, info
@@ -217,7 +303,8 @@ def plot_candidates(info: dict[str, Any], path: Any, summary: dict[str, Any] | N
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     if cands:
         ax.plot([c["macs"] for c in cands], [c["val_score"] for c in cands], "o-", color="tab:blue",
-                label="factorized, before fine-tune (val subset)")
+                label=("factorized, before fine-tune: agreement with the original" if (summary or {}).get(
+                    "metric", "accuracy") == "accuracy" else "factorized, before fine-tune: mse vs the original"))
         tried = [c for c in cands if c.get("tflite_score") is not None]
         if tried:
             ax.plot([c["macs"] for c in tried], [c["tflite_score"] for c in tried], "s", color="tab:red",
