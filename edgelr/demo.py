@@ -33,9 +33,15 @@ def build_digits_cnn(input_shape: tuple[int, ...] = (8, 8, 1), num_classes: int 
 
 def train_digits_cnn(data: Dataset, epochs: int = 30, seed: int = 0, verbose: bool = True) -> tuple[Any, float]:
     """Train the demo CNN on ``data``; returns ``(model, test accuracy in %)``."""
-    from edgelr.tfcompat import keras2, tf
+    from edgelr.compress.attempt import deterministic
 
-    tf().random.set_seed(seed)
+    with deterministic(seed):  # Python, NumPy and TF seeds + op determinism: the same seed trains the same model
+        return _train_digits_cnn(data, epochs, verbose)
+
+
+def _train_digits_cnn(data: Dataset, epochs: int, verbose: bool) -> tuple[Any, float]:
+    from edgelr.tfcompat import keras2
+
     k = keras2()
     model = build_digits_cnn(data.input_shape, data.num_classes or 10)
     model.compile(optimizer=k.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
