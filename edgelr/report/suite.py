@@ -102,8 +102,9 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
     if not isinstance(hist, str) or not hist:
         raise _bad(p, f"[suite] history={hist!r}; expected a path such as \"reports/history\" or a "
                       f"postgresql:// URL")
+    base = p.parent
     try:
-        history = locate(hist, base=p.parent)
+        history = locate(hist, base=base)
     except HistoryError as exc:
         raise _bad(p, str(exc)) from None
     baseline = str(head.get("baseline", "last"))
