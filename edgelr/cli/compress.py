@@ -87,6 +87,10 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
 @click.option("--history", default=None, type=click.Path(), help="Append accuracy/size/params/MACs to this history.")
 @click.option("--targets", "targets_file", default=None, type=click.Path(dir_okay=False),
               help="User target profiles (TOML).")
+@click.option("--max-trials", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --max-accuracy-drop: most candidates fine-tuned, converted and validated.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of everything random in the run (same seed, same result on the same machine).")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
@@ -101,7 +105,7 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
              include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
              latency_device: str | None, max_latency_ms: float | None, min_speedup: float | None,
              profile_max_time: float | None, inventory: str | None,
-             targets_file: str | None, force: bool, as_json: bool) -> None:
+             targets_file: str | None, max_trials: int, seed: int, force: bool, as_json: bool) -> None:
     """Compress MODEL for a target device: low-rank factorization, distillation fine-tuning,
     quantization-aware training, TFLite conversion and validation with ai-edge-litert.
 
@@ -147,6 +151,7 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
                  qat=qat, quantize=quantize,
                  batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
                  skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,
+                 max_trials=max_trials, seed=seed,
                  latency_table=latency_table, max_latency_ms=max_latency_ms, min_speedup=min_speedup,
                  progress=True)
     if as_json:

@@ -79,14 +79,17 @@ class CompressOptions:
         [--max-latency-ms, --min-speedup] With ``latency_table``: the rank search picks the least validation
         drop among the candidates predicted within this latency (or this speed-up over the measured original).
     search_subset : int
-        Validation samples used to score rank-search candidates.
+        Inputs the rank search scores candidates on (their top-1 agreement with the original): the validation
+        inputs, topped up with training inputs when there are fewer (:func:`edgelr.compress.search.search_inputs`).
     max_trials : int
-        Fine-tune + convert + validate attempts of the rank search before giving up.
+        [--max-trials] Fine-tune + convert + validate attempts of the rank search.
     history : str or None
         [--history] Results history directory; compress rows are appended there.
     targets_file : str or None
         [--targets] User target profiles.
     seed : int
+        [--seed] Seeds Python, NumPy and TensorFlow (with op determinism on during the run) and every draw;
+        same seed, same result (:func:`edgelr.compress.attempt.deterministic`).
     progress : bool
         Progress bars and messages on stderr.
     nuclear : float
