@@ -352,11 +352,14 @@ _HELD: dict[int, tuple["weakref.ref[LabClient]", Lease]] = {}
 def _release_held() -> None:
     for ref, lease in list(_HELD.values()):
         client = ref()
-        if client is not None:
+        # a daemon thread may be inside a request on this client: do not wait for it past 2 s at exit
+        if client is not None and client._lock.acquire(timeout=2.0):  # noqa: SLF001
             try:
                 client.release(lease)
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
+            finally:
+                client._lock.release()  # noqa: SLF001
 
 
 def list_places(coordinator: str, timeout: float = 10.0) -> list[PlaceInfo]:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -241,6 +242,37 @@ def test_coordinator_down_is_one_clear_line(lab: Lab, tmp_path: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "labgrid coordinator 127.0.0.1:" in lines[0] and "Traceback" not in res.stderr
     assert res.stdout == "" and took < 20
+    # a coordinator that accepts the connection but never answers (hung): one error after the timeout
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError, match=r"labgrid coordinator 127\.0\.0\.1:\d+: connect failed \(no answer "
+                                              r"within 1 s\)"):
+            LabClient(f"127.0.0.1:{hung.getsockname()[1]}", timeout=1.0)
+        assert time.monotonic() - t0 < 4
+
+
+@pytest.mark.parametrize("table, message", [
+    ('transport = "labgrid"\n', "names no place; add place"),
+    ('transport = "labgrid"\nplace = "a"\ntags = {board = "rpi4"}\n', "set place or tags, not both"),
+    ('transport = "labgrid"\ntags = {board = 4}\n', "must be strings"),
+])
+def test_bad_labgrid_entries_are_one_clear_line(tmp_path: Path, table: str, message: str) -> None:
+    from device_agents.inventory import load_inventory
+    from edgelr.errors import InventoryError
+
+    inv = tmp_path / "inv.toml"
+    inv.write_text(f'[lab]\ncoordinator = "127.0.0.1:1"\n\n[devices.x]\n{table}')
+    with pytest.raises(InventoryError, match=message):
+        load_inventory(inv)
+    inv.write_text('[devices.x]\ntransport = "labgrid"\nplace = "a"\n')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LG_COORDINATOR", raising=False)
+        with pytest.raises(InventoryError, match=r"no coordinator is set; add \[lab\] coordinator"):
+            load_inventory(inv)
+        mp.setenv("LG_COORDINATOR", "lab:20408")
+        assert load_inventory(inv)["x"].coordinator == "lab:20408"
 
 
 @pytest.mark.timeout(90)
@@ -302,6 +334,17 @@ def test_phone_on_a_lab_host_through_forwarded_adb(lab: Lab, tmp_path: Path) -> 
         log = (lab.hosts[2].dir / "sshd.log").read_text()
         received = [int(m) for m in re.findall(r"Transferred: sent \d+, received (\d+) bytes", log)]
         assert "Accepted publickey" in log and received and max(received) > model.stat().st_size
+        # ADB_SERVER_SOCKET (or adb_server = "tcp:HOST:PORT"): the host's adb server directly, no forward
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ADB_SERVER_SOCKET", f"tcp:127.0.0.1:{server.port}")
+            t = LabgridTransport(lab.coordinator, place="pixel-a", os="android", serial=phone.serial,
+                                 key=str(lab.key), known_hosts=str(lab.known_hosts), progress=lambda _m: None)
+            try:
+                assert t.run(["echo", "hi"], timeout=20).stdout.strip() == "hi"
+                assert t._forward is None and t.place_name == "pixel-a"
+                assert lab.places()["pixel-a"][0] == "acquired"
+            finally:
+                t.close()
         assert lab.wait_free()["pixel-a"] == ("free", None, None)
     finally:
         phone.stop()
