@@ -284,7 +284,7 @@ def begin_run(history: str | os.PathLike[str], *, kind: str = "bench", suite: st
     store = open_store(history)
     store.hold_lease(rid)     # before the row is visible: nobody may take a fresh run for a dead one
     try:
-        with store.write() as tx:
+        with store.write(run_id=rid) as tx:
             _reap_interrupted(store, tx)
             row = tx.execute(f"SELECT status FROM runs WHERE run_id=?{tx.for_update}", (rid,)).fetchone()
             if row is not None:
@@ -350,18 +350,19 @@ def append_run(frame: "pd.DataFrame", history: str | os.PathLike[str], *, kind: 
     delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
     chunk = 50 if delay else 2000
 
-    if run_id is None:
+    fresh = run_id is None
+    if fresh:
         run_id = new_run_id()
         rows = [(run_id, *r[1:]) for r in rows]
     store = open_store(history)
-    existing = _run_status(store, run_id)
+    existing = None if fresh else _run_status(store, run_id)
     if existing is None:
         begin_run(history, kind=kind, suite=suite, run_id=run_id)
     elif existing != "started":
         raise HistoryError(f"run {run_id} is already recorded with status {existing!r}; appending again would "
                            f"mix two runs. Use a new run id")
     try:
-        with store.write() as tx:
+        with store.write(run_id=run_id) as tx:
             now = tx.execute(f"SELECT status FROM runs WHERE run_id=?{tx.for_update}", (run_id,)).fetchone()
             if now is None or now[0] != "started":
                 raise HistoryError(f"run {run_id} is {'gone' if now is None else 'already ' + repr(now[0])} in "
@@ -385,7 +386,7 @@ def fail_run(history: str | os.PathLike[str], run_id: str, error: str) -> None:
     """Mark a started run as ``failed`` with ``error`` (no rows are added)."""
     store = open_store(history)
     try:
-        with store.write() as tx:
+        with store.write(run_id=run_id) as tx:
             n = tx.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=? AND "
                            "status='started'", (_now(), error, run_id)).rowcount
             if n == 0:

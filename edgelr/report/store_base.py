@@ -126,8 +126,11 @@ class Store:
         """The directory beside the store: ``models/`` (content-addressed .tflite copies) lives in it."""
         raise NotImplementedError
 
-    def write(self) -> AbstractContextManager[Tx]:
-        """A write transaction, created/migrated store first; committed on success, rolled back on error."""
+    def write(self, run_id: str | None = None) -> AbstractContextManager[Tx]:
+        """A write transaction, created/migrated store first; committed on success, rolled back on error.
+
+        ``run_id``: the run this transaction writes; a backend may use the connection that holds its lease.
+        """
         raise NotImplementedError
 
     def read(self) -> AbstractContextManager[Tx]:

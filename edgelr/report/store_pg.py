@@ -195,10 +195,12 @@ class PGStore(Store):
         return self._files
 
     @contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self, run_id: str | None = None) -> Iterator[Tx]:
         import psycopg
 
-        con = self._connect()
+        with _LEASES_LOCK:
+            leased = _LEASES.get((self.conninfo, run_id)) if run_id else None
+        con = leased or self._connect()   # the run's own session when it holds the lease: one connection per run
         try:
             self._ensure_schema(con)
             with con.transaction():
@@ -206,7 +208,8 @@ class PGStore(Store):
         except psycopg.Error as exc:
             raise self._error("writing", exc) from None
         finally:
-            con.close()
+            if leased is None:
+                con.close()
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
@@ -236,11 +239,15 @@ class PGStore(Store):
 
         con = self._connect()
         try:
+            self._ensure_schema(con)
             # try-lock: a run id is new, so only a 64-bit hash collision could find it taken
             con.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, %s))", (run_id, _LOCK_SEED))
         except psycopg.Error as exc:
             con.close()
             raise self._error("writing", exc) from None
+        except BaseException:
+            con.close()
+            raise
         with _LEASES_LOCK:
             old = _LEASES.pop((self.conninfo, run_id), None)
             _LEASES[(self.conninfo, run_id)] = con
@@ -258,11 +265,12 @@ class PGStore(Store):
 
     def gone(self, tx: Tx, started: list[tuple[str, str | None, int | None]]) -> set[str]:
         """Started runs whose writer's lease is free (its process or host has gone, on any host)."""
-        out = set()
-        for rid, _, _ in sorted(started):
-            if tx.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(?, ?))", (rid, _LOCK_SEED)).fetchone()[0]:
-                out.add(rid)
-        return out
+        if not started:
+            return set()
+        ids = sorted(rid for rid, _, _ in started)
+        cur = tx.execute("SELECT r FROM unnest(?::text[]) WITH ORDINALITY AS u(r, k) "
+                         "WHERE pg_try_advisory_xact_lock(hashtextextended(r, ?)) ORDER BY k", (ids, _LOCK_SEED))
+        return {r for (r,) in cur.fetchall()}
 
 
 def _text(exc: BaseException) -> str:

@@ -103,7 +103,7 @@ class SQLiteStore(Store):
         return self.path.parent
 
     @contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self, run_id: str | None = None) -> Iterator[Tx]:
         path = self.path
         con = _open(path, write=True)
         try:
