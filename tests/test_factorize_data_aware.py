@@ -268,3 +268,16 @@ def test_compress_is_data_aware_by_default_and_no_data_aware_turns_it_off(monkey
     CliRunner().invoke(compress, base)
     CliRunner().invoke(compress, [*base, "--no-data-aware"])
     assert [s["data_aware"] for s in seen] == [True, False]
+
+
+def test_layers_of_a_nested_model_stay_weights_only(tf_keras: Any) -> None:
+    from edgelr.rewrite import plan_factorization
+
+    keras = tf_keras
+    inner = keras.Sequential([keras.layers.Dense(12, name="inner_dense")], name="inner")
+    inp = keras.Input((16,))
+    model = keras.Model(inp, inner(keras.layers.Dense(16, name="outer")(inp)))
+    x = np.random.default_rng(6).normal(size=(32, 16)).astype(np.float32)
+    plan = plan_factorization(model, rank_policy="rank:2", min_reduction=None, progress=False, calibration=x)
+    assert plan.layers["outer"].stats.shape == (16, 16)
+    assert plan.layers["inner/inner_dense"].stats is None and plan.layers["inner/inner_dense"].decomposition is not None

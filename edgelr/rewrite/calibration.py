@@ -13,8 +13,8 @@ A rewriter says which second moment of its layer's input makes its decomposition
 
 :func:`collect_statistics` runs the original model ONCE over the calibration batch, in batches, with every
 requested layer input as an extra output, and accumulates ``X^T X`` (float64) per layer: no im2col matrix
-of the whole batch is ever held. A few hundred inputs are enough (REFERENCE §9). Layers whose input cannot
-be reached from the model's inputs (inside a nested model) get no statistics and stay weights-only.
+of the whole batch is ever held. A few hundred inputs are enough (REFERENCE §9). Layers of a nested model
+get no statistics and stay weights-only (their inputs are tensors of the nested model's own graph).
 :func:`check_calibration` gives one clear error for a batch that does not fit the model.
 """
 
@@ -157,7 +157,7 @@ def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatis
     -------
     dict
         Qualified layer name -> ``(d, d)`` float64 ``E[row^T row]`` (``d``: features, or patch size
-        ``kh*kw*c_in``). Layers whose input is not reachable from the model's inputs are absent.
+        ``kh*kw*c_in``). Layers of nested models are absent (weights-only).
 
     Raises
     ------
@@ -174,17 +174,15 @@ def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatis
     import tensorflow as tf
 
     keras = keras2()
+    top = {id(layer) for layer in model.layers}
     paths: list[str] = []
     outputs: list[Any] = []
     owners: list[int] = []
     for path, (layer, _) in requests.items():
-        try:
-            tensors = _input_tensors(layer)
-            keras.Model(model.inputs, tensors)  # reachable from the model's inputs?
-        except Exception:  # noqa: BLE001 - a layer inside a nested model: no statistics, weights-only
+        if id(layer) not in top:  # inside a nested model: its input is not a tensor of this graph
             continue
         paths.append(path)
-        for t in tensors:
+        for t in _input_tensors(layer):
             outputs.append(t)
             owners.append(len(paths) - 1)
     if not outputs:
