@@ -195,6 +195,8 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
             if want_model and not batches:
                 batches.append([])
             last_s, done = 0.0, 0
+            micro_dir = store.path.parent / "micro"  # converted micro-models, reused by other thread counts/devices
+            micro_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="edgelr-profile-") as tmp:
                 for i, batch in enumerate(batches):
                     elapsed = time.monotonic() - t0
@@ -207,11 +209,15 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
                     meta: dict[str, tuple[str, str, str, str]] = {}
                     for path in dict.fromkeys(s.path for s in batch):
                         mine = [s for s in batch if s.path == path]
-                        for key, content in build_micro(mine, by_path[path], quant, tgt.io_dtype).items():
-                            f = Path(tmp) / f"{len(files)}.tflite"
-                            f.write_bytes(content)
-                            files[key] = f
+                        kept = {s.key: micro_dir / f"{s.signature}-{ranks_key(s.ranks)}-{quant}-{tgt.io_dtype}.tflite"
+                                for s in mine}
+                        new = [s for s in mine if not kept[s.key].is_file()]
+                        for key, content in (build_micro(new, by_path[path], quant, tgt.io_dtype) if new else {}).items():
+                            tmp_file = kept[key].with_suffix(".part")
+                            tmp_file.write_bytes(content)
+                            os.replace(tmp_file, kept[key])
                         for s in mine:
+                            files[s.key] = kept[s.key]
                             meta[s.key] = (s.signature, ranks_key(s.ranks), s.method, path)
                     if i == 0 and want_model:
                         from edgelr.compress.convert import convert
@@ -232,8 +238,6 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
                         entries.append(Entry(sig, rk, meth, path, mid, spread, tuple(ms_list)))
                     store.put(ctx, entries)
                     done += len(entries)
-                    for f in files.values():
-                        f.unlink()
                     last_s = time.monotonic() - tb
                     say(f"profile: batch {i + 1}/{len(batches)} stored ({done}/{todo_total} new rows, "
                         f"{time.monotonic() - t0:.0f} s)")
