@@ -206,6 +206,14 @@ class LabClient:
 
         return sorted(self._run(get(), "listing resources"))
 
+    def reservations(self) -> list[dict[str, Any]]:
+        """Open reservations: token, owner, state (waiting | allocated | acquired | ...), filter, places."""
+        states = ("waiting", "allocated", "acquired", "expired", "invalid")
+        res = self._run(self._stub().GetReservations(self._pb2.GetReservationsRequest()), "listing reservations")
+        return [{"token": r.token, "owner": r.owner, "state": states[r.state] if r.state < len(states) else str(r.state),
+                 "filter": dict(r.filters["main"].filter) if "main" in r.filters else {},
+                 "places": (r.allocations.get("main") or "").split()} for r in res.reservations]
+
     def matching(self, tags: dict[str, str]) -> list[str]:
         """Names of the places whose tags include ``tags``."""
         return [p.name for p in self.places() if p.matches_tags(tags)]

@@ -114,7 +114,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                         "via", _outside_ip(hosts[1])], check=True, capture_output=True)
         (d / "coordinator").mkdir()
         procs.append(subprocess.Popen([str(BIN / "labgrid-coordinator"), "-l", coordinator], cwd=d / "coordinator",
-                                      stdout=open(d / "coordinator.log", "wb"), stderr=subprocess.STDOUT))
+                                      stdout=open(d / "coordinator.log", "wb"), stderr=subprocess.STDOUT,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}))   # its log is read
         deadline = time.monotonic() + 30
         client = None
         while client is None:     # an exporter that cannot reach the coordinator exits: wait for it first
@@ -212,23 +213,35 @@ def test_devices_list_shows_places_and_bench_runs_through_a_place(lab: Lab, tmp_
 @pytest.mark.timeout(150)
 def test_regress_spreads_over_matching_places_and_two_runs_take_turns(lab: Lab, tmp_path: Path) -> None:
     inv = _inventory(lab, tmp_path / "inv.toml")
+    held = lab.client()                    # someone else holds rpi4-a when both runs start
+    lease = held.lease(place="rpi4-a")
     # run A: device "pi" (board=rpi4) -> one run per matching place, in parallel
-    # run B, started at the same time from another "runner": it wants place rpi4-a too, and waits its turn
+    # run B, from another "runner" (own lock dir and history): it wants place rpi4-a too
     a = subprocess.Popen([*EDGELR, "regress", "--suite", str(_suite(tmp_path / "a", "pi")), "--inventory",
                           str(inv), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=_env(tmp_path, "a"))
     b = subprocess.Popen([*EDGELR, "regress", "--suite", str(_suite(tmp_path / "b", "pi-a")), "--inventory",
                           str(inv), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=_env(tmp_path, "b"))
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r["state"] == "waiting" and r["filter"] == {"name": "rpi4-a"} for r in held.reservations()) < 2:
+            assert time.monotonic() < deadline and a.poll() is None and b.poll() is None
+            time.sleep(0.2)
+    finally:
+        held.release(lease)
+        held.close()
     out_a, err_a = a.communicate(timeout=120)
     out_b, err_b = b.communicate(timeout=120)
     assert a.returncode == 0, err_a[-2000:]
     assert b.returncode == 0, err_b[-2000:]
-    devs = {c["device"] for c in json.loads(out_a)["comparisons"]}
-    assert devs == {"pi@rpi4-a", "pi@rpi4-b"}
+    assert {c["device"] for c in json.loads(out_a)["comparisons"]} == {"pi@rpi4-a", "pi@rpi4-b"}
     assert {c["device"] for c in json.loads(out_b)["comparisons"]} == {"pi-a"}
-    waited = [e for e in (err_a, err_b) if "place rpi4-a is busy; waiting" in e]
-    assert len(waited) == 1, (err_a[-1500:], err_b[-1500:])
+    assert "[pi@rpi4-a] place rpi4-a is busy; waiting" in err_a and "[pi-a] place rpi4-a is busy; waiting" in err_b
+    # the coordinator's own log: rpi4-a went to one run at a time (acquired, released, acquired, released)
+    events = [line.split(": place ")[1].split()[0] for line in (lab.dir / "coordinator.log").read_text().splitlines()
+              if line.startswith("rpi4-a: place ")]
+    assert events[-6:] == ["acquired", "released"] * 3, events
     assert lab.wait_free()["rpi4-a"] == ("free", None, None)
 
 
