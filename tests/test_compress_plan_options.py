@@ -77,7 +77,8 @@ def test_plan_options_is_the_one_resolution() -> None:
     assert opts.target == tgt and (opts.method, opts.rank_policy) == (tgt.method, tgt.rank_policy)
     assert plan_options(**opts.kwargs()) == opts
     defaults = CompressOptions()
-    assert resolve_plan_options(defaults, tgt) == plan_options(tgt, min_reduction=defaults.min_reduction)
+    assert resolve_plan_options(defaults, tgt) == plan_options(tgt, min_reduction=defaults.min_reduction,
+                                                               min_saving=defaults.min_saving)
     bare = plan_options()
     assert bare.target is None and (bare.method, bare.rank_policy) == ("auto", "vbmf")
     with pytest.raises(FactorizeError, match="method: got 'svd3'"):
@@ -100,4 +101,5 @@ def test_public_api_resolves_through_plan_options(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(_Stop):
         edgelr.factorize_model(object(), target="host", progress=False, **CHOSEN)
     args, kwargs = seen[0]
-    assert args == ("host",) and kwargs == CHOSEN
+    assert args == ("host",) and {k: kwargs[k] for k in CHOSEN} == CHOSEN
+    assert set(kwargs) == {f.name for f in dataclasses.fields(PlanOptions)} - {"target"}  # every plan option
