@@ -16,8 +16,9 @@ no iteration). The singular values of ``M`` (``= W^T L`` in the ``y = W x`` nota
 *data-aware spectrum*: ``sum_{h > r} s_h^2 / sum_h s_h^2`` is the squared relative output error at rank
 ``r``, so the rank policies (energy, EVBMF, params) read it instead of the weight spectrum.
 
-``L`` comes from the eigen-decomposition ``C = Q diag(e) Q^T``: ``L = Q diag(e + lambda)^(1/2)``, robust
-where ``C`` is rank-deficient (inputs after ReLU, constant channels, fewer samples than features).
+``L`` is the Cholesky factor of ``C + lambda I`` (any ``L`` with ``L L^T = C + lambda I`` gives the same
+objective; an eigen-decomposition with clipped eigenvalues is the fallback when rounding breaks Cholesky).
+``C`` is often rank-deficient (inputs after ReLU, constant channels, fewer samples than features):
 ``lambda = reg * trace(C) / n_in`` (``reg = 1e-6`` by default) keeps ``L`` invertible and adds
 ``lambda ||W - W'||_F^2`` to the objective: directions the calibration inputs never excite keep the
 weight-error solution instead of an arbitrary one.
@@ -53,41 +54,34 @@ DEFAULT_REG = 1e-6
 
 @dataclass(frozen=True)
 class Whitening:
-    """``C + lambda I = L L^T`` for an input second moment ``C`` (``n x n``), kept as ``L = Q diag(d)``.
+    """``C + lambda I = L L^T`` for an input second moment ``C`` (``n x n``), ``L`` lower triangular.
 
     Attributes
     ----------
-    vectors
-        ``(n, n)`` orthonormal eigenvectors ``Q`` of ``C``.
-    scales
-        ``(n,)`` ``d = sqrt(e + lambda)``, ``e`` the eigenvalues of ``C`` (clipped at 0), all > 0.
+    factor
+        ``(n, n)`` lower-triangular ``L`` (Cholesky factor).
     reg
         ``lambda`` (absolute).
     """
 
-    vectors: np.ndarray
-    scales: np.ndarray
+    factor: np.ndarray
     reg: float
 
     @property
     def size(self) -> int:
         """``n``, the input dimension."""
-        return int(self.scales.shape[0])
-
-    @property
-    def factor(self) -> np.ndarray:
-        """``(n, n)`` ``L`` with ``L L^T = C + lambda I``."""
-        return self.vectors * self.scales
+        return int(self.factor.shape[0])
 
     def apply(self, matrix: np.ndarray) -> np.ndarray:
         """``L^T matrix`` for a ``(n, k)`` matrix (whiten the input side of a Keras kernel), float64."""
         self._check(matrix)
-        return self.scales[:, None] * (self.vectors.T @ np.asarray(matrix, np.float64))
+        return self.factor.T @ np.asarray(matrix, np.float64)
 
     def restore(self, left: np.ndarray) -> np.ndarray:
         """``L^-T left`` for a ``(n, k)`` matrix (un-whiten a left factor), float64."""
         self._check(left)
-        return self.vectors @ (np.asarray(left, np.float64) / self.scales[:, None])
+        return scipy.linalg.solve_triangular(self.factor, np.asarray(left, np.float64), trans="T", lower=True,
+                                             check_finite=False)
 
     def _check(self, matrix: np.ndarray) -> None:
         if np.ndim(matrix) != 2 or np.shape(matrix)[0] != self.size:
@@ -98,6 +92,10 @@ class Whitening:
 @one_blas_thread
 def whitening(covariance: np.ndarray, reg: float = DEFAULT_REG) -> Whitening:
     """The whitening of an input second-moment matrix ``C = E[x^T x]`` (module docstring).
+
+    Cholesky of ``C + lambda I`` (``O(n^3/3)``, several times faster than an eigen-decomposition: a 2304-input
+    Dense layer takes well under a second); if rounding makes it fail, the eigenvalues are clipped at 0 first
+    (``C = Q diag(e) Q^T``, ``L^T`` = the R of ``QR(diag(sqrt(e + lambda)) Q^T)``).
 
     Parameters
     ----------
@@ -120,12 +118,17 @@ def whitening(covariance: np.ndarray, reg: float = DEFAULT_REG) -> Whitening:
         raise FactorizeError(f"reg: got {reg!r}; expected a small positive number such as 1e-6")
     n = cov.shape[0]
     sym = 0.5 * (cov + cov.T)
-    values, vectors = scipy.linalg.eigh(sym, check_finite=False)
-    values = np.clip(values, 0.0, None)
     lam = float(reg) * float(np.trace(sym)) / n
     if lam <= 0.0:
         lam = 1e-30
-    return Whitening(vectors=np.ascontiguousarray(vectors), scales=np.sqrt(values + lam), reg=lam)
+    try:
+        factor = scipy.linalg.cholesky(sym + lam * np.eye(n), lower=True, check_finite=False)
+    except np.linalg.LinAlgError:  # numerically indefinite: clip the eigenvalues, then triangularize
+        values, vectors = scipy.linalg.eigh(sym, check_finite=False)
+        root_t = np.sqrt(np.clip(values, 0.0, None) + lam)[:, None] * vectors.T  # diag(d) Q^T, (L^T)^T L^T = C'
+        r = scipy.linalg.qr(root_t, mode="r", check_finite=False)[0]
+        factor = (r * np.sign(np.diag(r))[:, None]).T
+    return Whitening(factor=np.ascontiguousarray(factor), reg=lam)
 
 
 def as_whitening(value: "Whitening | np.ndarray", n: int, what: str) -> Whitening:
