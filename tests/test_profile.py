@@ -106,3 +106,31 @@ def test_interpolation_is_bilinear_between_profiled_ranks() -> None:
     assert _interpolate(grid, (8, 12)) == pytest.approx(1.5)
     assert _interpolate(grid, (32, 4)) == pytest.approx(3.0)  # clamped to the ladder
     assert _interpolate({(8,): 1.0, (16,): 3.0}, (12,)) == pytest.approx(2.0)
+
+
+def test_search_goes_for_measured_latency(tiny: Any) -> None:
+    from types import SimpleNamespace
+
+    from edgelr.compress.search import latency_objective, next_trial
+    from edgelr.rewrite import plan_factorization
+
+    conv, fc = tiny.get_layer("conv"), tiny.get_layer("fc")
+    table = MeasuredLatency({layer_signature(conv, "tucker2"): {None: 1.0, (8, 8): 0.4, (8, 16): 0.9},
+                             layer_signature(fc, "svd"): {None: 0.2, (8,): 0.1, (10,): 0.15}}, model_ms=1.5)
+    plan = plan_factorization(tiny, rank_policy="rank:8", target="host", min_reduction=None, progress=False,
+                              latency_table=table)
+    # the candidate with the fewest MACs is not the fastest on this (made-up) device
+    cands = [{"label": "conv 8x16", "kind": "uniform", "macs": 10, "val_drop": 0.5, "tried": False,
+              "tflite_drop": None, "_cfg": {"conv": (8, 16)}},
+             {"label": "conv 8x8", "kind": "uniform", "macs": 20, "val_drop": 0.8, "tried": False,
+              "tflite_drop": None, "_cfg": {"conv": (8, 8)}},
+             {"label": "fc 8", "kind": "uniform", "macs": 30, "val_drop": 0.1, "tried": False,
+              "tflite_drop": None, "_cfg": {"fc": (8,)}}]
+    opts = SimpleNamespace(max_latency_ms=None, min_speedup=None)
+    key, pool = latency_objective(plan, cands, opts, lambda _m: None)
+    assert key == "latency_ms" and [c["latency_ms"] for c in cands] == pytest.approx([1.4, 0.9, 1.4])
+    assert next_trial(pool, 1.0, 4.0, key)["label"] == "conv 8x8"
+    assert next_trial(cands, 1.0, 4.0)["label"] == "conv 8x16"  # without the table: fewest MACs
+    # --min-speedup 1.2 over the measured 1.5 ms: only conv 8x8 (0.9 ms) is within 1.25 ms
+    key, pool = latency_objective(plan, cands, SimpleNamespace(max_latency_ms=None, min_speedup=1.2), lambda _m: None)
+    assert key == "val_drop" and [c["label"] for c in pool] == ["conv 8x8"]

@@ -126,7 +126,8 @@ def search_inputs(x_val: np.ndarray, x_train: np.ndarray, n: int, seed: int) -> 
     return np.concatenate([x_val, np.asarray(x_train[idx], np.float32)]), extra
 
 
-def next_trial(candidates: list[dict[str, Any]], budget: float, slack: float) -> dict[str, Any] | None:
+def next_trial(candidates: list[dict[str, Any]], budget: float, slack: float, key: str = "macs"
+               ) -> dict[str, Any] | None:
     """The next candidate to fine-tune, convert and validate (module docstring, step 5), or None to stop.
 
     Parameters
@@ -137,23 +138,26 @@ def next_trial(candidates: list[dict[str, Any]], budget: float, slack: float) ->
         Allowed drop of the validated ``.tflite``, points.
     slack : float
         Largest signal still worth a trial.
+    key : str
+        What "more compressed" means: ``macs``, or ``latency_ms`` (predicted from the device's latency table;
+        :func:`latency_objective`).
     """
     tried = [c for c in candidates if c["tried"]]
     met = [c for c in tried if c["tflite_drop"] is not None and c["tflite_drop"] <= budget]
     failed = [c for c in tried if c not in met]
-    best = min((c["macs"] for c in met), default=None)
+    best = min((c[key] for c in met), default=None)
 
     def predicted_to_fail(c: dict[str, Any]) -> bool:
-        return any(f["macs"] >= (1.0 - MIN_GAIN) * c["macs"] and f["val_drop"] <= c["val_drop"] for f in failed)
+        return any(f[key] >= (1.0 - MIN_GAIN) * c[key] and f["val_drop"] <= c["val_drop"] for f in failed)
 
     pool = [c for c in candidates if not c["tried"] and not predicted_to_fail(c)
-            and (best is None or c["macs"] <= (1.0 - MIN_GAIN) * best)]
+            and (best is None or c[key] <= (1.0 - MIN_GAIN) * best)]
     for limit in (budget, slack):
         tier = [c for c in pool if c["val_drop"] <= limit]
         if tier:
-            return min(tier, key=lambda c: (c["macs"], c["val_drop"]))
+            return min(tier, key=lambda c: (c[key], c["val_drop"]))
     if best is None and pool:
-        return min(pool, key=lambda c: (c["val_drop"], -c["macs"]))
+        return min(pool, key=lambda c: (c["val_drop"], -c[key]))
     return None
 
 
@@ -177,7 +181,7 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
     from edgelr.rewrite.cost import model_cost
 
     opts, data, task, model = runner.opts, runner.data, runner.task, runner.original
-    budget = float(opts.max_accuracy_drop)
+    budget = float(opts.max_accuracy_drop) if opts.max_accuracy_drop is not None else math.inf
     log(f"rank search: budget {budget:g} points; decomposing every layer once")
     plan = plan_factorization(model, progress=opts.progress, **plan_options.kwargs())
     paths = plan.candidates()
@@ -254,9 +258,10 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
                            "tflite_score": None, "tflite_drop": None, "_cfg": cfg})
     candidates.sort(key=lambda c: (c["macs"], c["val_drop"]))
     slack = max(4.0 * budget, budget + 3.0)
+    key, pool = latency_objective(plan, candidates, opts, log)  # MACs, or latency measured on the device
 
     trials: list[Attempt] = []
-    current = next((c for c in candidates if c["kind"] == "policy"), None) or next_trial(candidates, budget, slack)
+    current = next((c for c in pool if c["kind"] == "policy"), None) or next_trial(pool, budget, slack, key)
     while current is not None and len(trials) < max(1, opts.max_trials):
         current["tried"], current["trial"] = True, len(trials) + 1
         new, factor_report = build_factorized(model, plan, {p: current["_cfg"].get(p) for p in paths}, exact=True,
@@ -269,7 +274,7 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
         log(f"rank search: trial {len(trials)} {current['label']} ({current['macs_x']:.2f}x fewer MACs, signal "
             f"{current['val_drop']:.2f}): {runner.quantization} tflite drop {attempt.tflite_drop:.2f} points, "
             f"{verdict} the budget of {budget:g}")
-        current = next_trial(candidates, budget, slack)
+        current = next_trial(pool, budget, slack, key)
         if current is not None and len(trials) < max(1, opts.max_trials):
             met = any(c["tried"] and c["tflite_drop"] <= budget for c in candidates)
             log(f"rank search: {'trying more compression' if met else 'backing off'}: {current['label']} "
@@ -278,7 +283,8 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
         new, factor_report = build_factorized(model, plan, progress=False)
         trials.append(runner.run(new, factor_report, "unfactorized"))
     met_trials = [a for a in trials if a.tflite_drop <= budget]
-    chosen = (min(met_trials, key=lambda a: (a.macs, a.tflite_drop)) if met_trials
+    rank = {c["label"]: c[key] for c in candidates if c["tried"]}
+    chosen = (min(met_trials, key=lambda a: (rank.get(a.label, a.macs), a.tflite_drop)) if met_trials
               else min(trials, key=lambda a: a.tflite_drop))
     for c in candidates:
         c.pop("_cfg", None)
@@ -288,6 +294,35 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
             "trials": [{"label": a.label, "macs": a.macs, "params": a.params, "tflite_drop": a.tflite_drop}
                        for a in trials]}
     return chosen, info
+
+
+def latency_objective(plan: FactorizationPlan, candidates: list[dict[str, Any]], opts: Any,
+                      log: Callable[[str], None]) -> tuple[str, list[dict[str, Any]]]:
+    """The latency hook of the search: (what "more compressed" means for :func:`next_trial`, the candidates
+    it may try).
+
+    Without a device table: ``macs``, every candidate. With one (``compress --latency-device``; the plan's
+    ``measured``) every candidate gets ``latency_ms``, its predicted latency on the device
+    (:func:`edgelr.rewrite.allocate.model_latency`), and the search goes for the least latency within the
+    accuracy budget. With ``max_latency_ms`` / ``min_speedup`` (over the measured original) only the candidates
+    predicted within that latency may be tried, least signal (loss) first."""
+    from edgelr.rewrite.allocate import model_latency
+
+    if plan.measured is None:
+        return "macs", candidates
+    for c in candidates:
+        c["latency_ms"] = model_latency(plan, c["_cfg"])
+    base_ms = float(plan.measured.model_ms)
+    limits = [v for v in (getattr(opts, "max_latency_ms", None),
+                          base_ms / opts.min_speedup if getattr(opts, "min_speedup", None) else None) if v is not None]
+    if not limits:
+        log(f"rank search: least latency measured on {plan.measured.device or 'the device'} (original {base_ms:.3f} ms)")
+        return "latency_ms", candidates
+    limit = min(limits)
+    within = [c for c in candidates if c["latency_ms"] <= limit] or sorted(candidates, key=lambda c: c["latency_ms"])[:1]
+    log(f"rank search: {len(within)} of {len(candidates)} candidates predicted within {limit:.3f} ms on "
+        f"{plan.measured.device or 'the device'} (original {base_ms:.3f} ms measured); least loss first")
+    return "val_drop", within
 
 
 def plot_candidates(info: dict[str, Any], path: Any, summary: dict[str, Any] | None = None) -> bool:
