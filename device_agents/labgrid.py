@@ -123,9 +123,29 @@ def _import_labgrid() -> tuple[Any, Any, Any, Any]:
     return grpc, ClientSession, CoordinatorStub, pb2
 
 
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _lab_loop() -> asyncio.AbstractEventLoop:
+    """The process's one event loop for labgrid, running in a daemon thread.
+
+    gRPC's asyncio layer binds its completion queue to the first loop it sees; a second loop in the same
+    process (one per client, or a new one after a close) gets "Event loop is closed" errors. Every
+    :class:`LabClient` of the process therefore runs its session on this loop, from any thread.
+    """
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="labgrid-loop", daemon=True).start()
+            _LOOP = loop
+        return _LOOP
+
+
 class LabClient:
-    """One session with a labgrid coordinator, on an event loop of its own (calls are serialized by a
-    lock, so any thread may use it).
+    """One session with a labgrid coordinator (on the process's labgrid event loop; any thread may call,
+    calls on one client are serialized by a lock).
 
     Parameters
     ----------
@@ -141,12 +161,12 @@ class LabClient:
         self.timeout = float(timeout)
         self._grpc, client_cls, stub_cls, self._pb2 = _import_labgrid()
         self._lock = threading.RLock()
-        self._loop = asyncio.new_event_loop()
+        self._loop = _lab_loop()
         self._session: Any = None
         self._closed = False
 
         async def start() -> Any:
-            session = client_cls(self.address, self._loop)   # its gRPC channel binds to this loop
+            session = client_cls(self.address, self._loop)
             # A channel of its own: gRPC shares subchannels (one TCP connection) between channels to the
             # same target, and the coordinator refuses a second client stream from the same peer address.
             await session.channel.close()
@@ -156,7 +176,11 @@ class LabClient:
             await session.start()
             return session
 
-        self._run(start(), "connect")
+        try:
+            self._run(start(), "connect")
+        except BaseException:
+            self.close()      # no channel or stream task left behind on the shared loop
+            raise
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _fail(self, what: str, detail: str) -> DeviceError:
@@ -168,11 +192,13 @@ class LabClient:
             if self._closed:
                 coro.close()
                 raise DeviceError(f"labgrid coordinator {self.address}: session closed")
+            limit = timeout or self.timeout
+            future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, limit), self._loop)
             try:
-                asyncio.set_event_loop(self._loop)   # for code that asks for "the current loop" (any thread)
-                return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
+                return future.result(limit + 5.0)
             except (asyncio.TimeoutError, TimeoutError):
-                raise self._fail(what, f"no answer within {timeout or self.timeout:g} s") from None
+                future.cancel()
+                raise self._fail(what, f"no answer within {limit:g} s") from None
             except self._grpc.aio.AioRpcError as exc:
                 raise self._fail(what, exc.details() or exc.code().name) from None
             except DeviceError:
@@ -181,8 +207,13 @@ class LabClient:
                 text = str(exc).removeprefix("Error: ")
                 raise self._fail(what, text or type(exc).__name__) from None
 
-    def _stub(self) -> Any:
-        return self._session.stub
+    def _rpc(self, method: str, request: Any, what: str, timeout: float | None = None) -> Any:
+        """One unary call of the coordinator's gRPC service (made on the loop's thread)."""
+
+        async def call() -> Any:
+            return await getattr(self._session.stub, method)(request)
+
+        return self._run(call(), what, timeout)
 
     # -- places ------------------------------------------------------------------------------------
     def places(self) -> list[PlaceInfo]:
@@ -209,7 +240,7 @@ class LabClient:
     def reservations(self) -> list[dict[str, Any]]:
         """Open reservations: token, owner, state (waiting | allocated | acquired | ...), filter, places."""
         states = ("waiting", "allocated", "acquired", "expired", "invalid")
-        res = self._run(self._stub().GetReservations(self._pb2.GetReservationsRequest()), "listing reservations")
+        res = self._rpc("GetReservations", self._pb2.GetReservationsRequest(), "listing reservations")
         return [{"token": r.token, "owner": r.owner, "state": states[r.state] if r.state < len(states) else str(r.state),
                  "filter": dict(r.filters["main"].filter) if "main" in r.filters else {},
                  "places": (r.allocations.get("main") or "").split()} for r in res.reservations]
@@ -224,11 +255,12 @@ class LabClient:
         pb2 = self._pb2
 
         async def add() -> None:
-            await self._stub().AddPlace(pb2.AddPlaceRequest(name=name))
+            stub = self._session.stub
+            await stub.AddPlace(pb2.AddPlaceRequest(name=name))
             for pattern in matches:
-                await self._stub().AddPlaceMatch(pb2.AddPlaceMatchRequest(placename=name, pattern=pattern))
+                await stub.AddPlaceMatch(pb2.AddPlaceMatchRequest(placename=name, pattern=pattern))
             if tags:
-                await self._stub().SetPlaceTags(pb2.SetPlaceTagsRequest(placename=name, tags=tags))
+                await stub.SetPlaceTags(pb2.SetPlaceTagsRequest(placename=name, tags=tags))
             await self._session.sync_with_coordinator()
 
         self._run(add(), f"creating place {name}")
@@ -262,13 +294,13 @@ class LabClient:
                                            for p in known) or "none"))
         t0 = time.monotonic()
         req = pb2.CreateReservationRequest(filters={"main": pb2.Reservation.Filter(filter=want)})
-        token = self._run(self._stub().CreateReservation(req), "reserving").reservation.token
+        token = self._rpc("CreateReservation", req, "reserving").reservation.token
         told = False
         waited = 0.0
         try:
             while True:
                 tp = time.monotonic()
-                res = self._run(self._stub().PollReservation(pb2.PollReservationRequest(token=token)),
+                res = self._rpc("PollReservation", pb2.PollReservationRequest(token=token),
                                 "polling the reservation").reservation
                 if res.state in (_ALLOCATED, _ACQUIRED):
                     got = (res.allocations.get("main") or "").split()
@@ -299,12 +331,12 @@ class LabClient:
         return lease
 
     async def _acquire(self, place: str) -> None:
-        await self._stub().AcquirePlace(self._pb2.AcquirePlaceRequest(placename=place))
+        await self._session.stub.AcquirePlace(self._pb2.AcquirePlaceRequest(placename=place))
         await self._session.sync_with_coordinator()
 
     def _cancel(self, token: str) -> None:
         try:
-            self._run(self._stub().CancelReservation(self._pb2.CancelReservationRequest(token=token)),
+            self._rpc("CancelReservation", self._pb2.CancelReservationRequest(token=token),
                       "cancelling the reservation", timeout=min(self.timeout, 5.0))
         except DeviceError:
             pass   # an unpolled reservation expires after 60 s anyway
@@ -313,7 +345,7 @@ class LabClient:
         """Release the place and cancel its reservation (raises DeviceError when the coordinator refuses)."""
         _HELD.pop(id(lease), None)
         try:
-            self._run(self._stub().ReleasePlace(self._pb2.ReleasePlaceRequest(placename=lease.place)),
+            self._rpc("ReleasePlace", self._pb2.ReleasePlaceRequest(placename=lease.place),
                       f"releasing place {lease.place}", timeout=min(self.timeout, 5.0))
         finally:
             self._cancel(lease.token)
@@ -343,13 +375,12 @@ class LabClient:
                 return
             try:
                 if self._session is not None:
-                    self._loop.run_until_complete(asyncio.wait_for(self._session.stop(), 2.0))
-                    self._loop.run_until_complete(asyncio.wait_for(self._session.close(), 2.0))
+                    self._run(self._session.stop(), "closing", timeout=2.0)
+                    self._run(self._session.close(), "closing", timeout=2.0)
             except Exception:  # noqa: BLE001 - closing must never raise
                 pass
             finally:
                 self._closed = True
-                self._loop.close()
 
 
 #: Leases not released yet, released at interpreter exit (e.g. a daemon thread still holding one).
