@@ -316,7 +316,9 @@ class LabClient:
                     owners = ", ".join(f"{p.name} ({p.state}{' by ' + p.acquired if p.acquired else ''})"
                                        for p in self.places() if (p.name == place if place else p.matches_tags(want)))
                     raise DeviceError(f"labgrid: {label} stayed busy for {wait_s:g} s ({owners}); try again "
-                                      f"later or raise place_wait in the inventory")
+                                      f"later or raise place_wait in the inventory (an owner that is gone, e.g. "
+                                      f"killed, is freed by: labgrid-client -x {self.address} -p PLACE release "
+                                      f"--kick)")
                 if not told and on_wait is not None:
                     on_wait(f"{label} is busy; waiting up to {wait_s:g} s for it")
                     told = True

@@ -267,7 +267,7 @@ def write_report(out: Path, command: str, load0: str, load1: str, device_s: floa
             lines.append(f"* N = {t['places']}: one reservation (reserve+acquire+release, sequential median) is "
                          f"{per_run * 1e3:.0f} ms, {per_run / t['wall_s']:.2%} of the suite's wall time.")
         lines.append("* The concurrent figures are N clients in ONE process (N threads, each with its own gRPC "
-                     "channel and event loop) against one coordinator (a single-threaded asyncio server), all on the "
+                     "channel and session, on edgelr's one labgrid event loop) against one coordinator (a single-threaded asyncio server), all on the "
                      "same 2 loaded cores: they bound the coordinator's queueing under a burst of N simultaneous "
                      "requests, not a lab of N runner hosts.")
     text = "\n".join(lines) + "\n"
