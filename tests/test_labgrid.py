@@ -22,15 +22,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from device_agents.labgrid import LabClient, LabgridTransport
-from edgelr.errors import DeviceError
+from edgelr.errors import DeviceError, Interrupted
 from tests.sshd import SshdServer, _free_port, start_sshd
 
 EDGELR = [sys.executable, "-m", "edgelr.cli.main"]
@@ -173,6 +174,14 @@ def _env(tmp: Path, name: str = "h") -> dict[str, str]:
     return env
 
 
+def _raised(fn: Callable[[], object]) -> list[BaseException]:
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001
+        return [exc]
+    return []
+
+
 def _suite(d: Path, device: str, sessions: int = 2, runs: int = 3) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL, d / "probe.tflite")
@@ -307,6 +316,23 @@ def test_ctrl_c_releases_the_place_and_a_busy_place_times_out(lab: Lab, tmp_path
         other.run(["true"], timeout=10)
     assert time.monotonic() - t0 < 5
     other.close()
+    # what regress does on Ctrl-C: close() from the main thread while a worker waits for the place
+    waiting = LabgridTransport(lab.coordinator, place="rpi4-a", place_wait=60, key=str(lab.key),
+                               known_hosts=str(lab.known_hosts), device="waiting", progress=lambda _m: None)
+    outcome: list[BaseException] = []
+    worker = threading.Thread(target=lambda: outcome.extend(_raised(lambda: waiting.run(["true"], timeout=10))))
+    worker.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    waiting.close()
+    worker.join(5)
+    assert not worker.is_alive() and time.monotonic() - t0 < 3
+    assert len(outcome) == 1 and isinstance(outcome[0], Interrupted)
+    held = lab.client()
+    try:    # its reservation was cancelled: only the running bench's remains
+        assert [r["state"] for r in held.reservations() if r["filter"] == {"name": "rpi4-a"}] == ["acquired"]
+    finally:
+        held.close()
     time.sleep(1.0)          # the benchmark is running on the board now
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
