@@ -89,7 +89,7 @@ def test_low_rank_columns_and_verdict_weights_and_data_aware(tf_keras) -> None:
     rows = {r["layer"]: r for r in rep["layers"]}
     assert (rows["big"]["rank_1pct"], rows["big"]["rank_5pct"], rows["big"]["full_rank"]) == (3, 3, 48)
     assert rows["big"]["error"] == "weights"
-    assert rep["verdict"]["text"].startswith("worth compressing")  # 3072 weights -> 3 * 112
+    assert rep["verdict"]["text"].startswith("worth compressing")  # 3072 weights -> 3 * 112 at 30 % weight error
     # data-aware: inputs living in a 2-D subspace make the layer's OUTPUT rank 2
     x = (rng.standard_normal((200, 2)) @ rng.standard_normal((2, 48))).astype("float32")
     rows = {r["layer"]: r for r in inspect_model(model, calibration=x)["layers"]}
