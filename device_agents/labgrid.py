@@ -519,8 +519,8 @@ class LabgridTransport(Transport):
         Inventory name (messages).
     progress
         Told when the place is busy and when it is acquired (default: stderr).
-    **ssh_options
-        Passed on to :class:`~device_agents.ssh.SSHTransport` (``keepalive``, ``heartbeat``, ``use_agent``).
+    keepalive, heartbeat, use_agent
+        Passed on to :class:`~device_agents.ssh.SSHTransport` (``[devices.NAME.options]`` may set them).
     """
 
     required_fields: dict[str, str] = {}
@@ -560,7 +560,8 @@ class LabgridTransport(Transport):
                  place_wait: float = 600.0, os: str = "linux", user: str = "", key: str = "",
                  known_hosts: str = "", trust_new_host: bool = False, connect_timeout: float = 10.0,
                  serial: str = "", adb_port: int = 5037, adb_server: str = "", device: str | None = None,
-                 progress: Callable[[str], None] | None = None, **ssh_options: Any) -> None:
+                 keepalive: float = 5.0, heartbeat: float = 2.0, use_agent: bool = True,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.coordinator = coordinator_address(coordinator or _env("LG_COORDINATOR"))
         if not place and not tags:
             raise InventoryError(f"labgrid device {device!r} needs place = \"NAME\" or tags = {{board = \"rpi4\"}}")
@@ -571,9 +572,9 @@ class LabgridTransport(Transport):
         self.trust_new_host, self.connect_timeout = bool(trust_new_host), float(connect_timeout)
         self.serial, self.adb_port = serial, int(adb_port or 5037)
         self.adb_server = adb_server or _env("ADB_SERVER_SOCKET")
-        self.ssh_options = ssh_options
+        self.ssh_options = {"keepalive": keepalive, "heartbeat": heartbeat, "use_agent": use_agent}
         self.progress = progress or (lambda m: print(m, file=sys.stderr, flush=True))
-        self.heartbeat_s = None if os == "android" else max(0.0, float(ssh_options.get("heartbeat", 2.0)))
+        self.heartbeat_s = None if os == "android" else max(0.0, float(heartbeat))
         self.client: LabClient | None = None
         self.lease_info: Lease | None = None
         self._inner: Transport | None = None
