@@ -63,4 +63,5 @@ def show(history_at: str | None, as_json: bool) -> None:
     if as_json:
         echo_json(data)
     else:
-        click.echo(table([{"": k, "value": v} for k, v in data.items()]))
+        shown = {**data, "by_status": ", ".join(f"{k} {v}" for k, v in data["by_status"].items()) or "-"}
+        click.echo(table([{"": k, "value": v} for k, v in shown.items()]))
