@@ -79,7 +79,8 @@ def list_devices(inventory: str | None, as_json: bool) -> None:
 @click.option("--sessions", type=click.IntRange(min=4), default=20, show_default=True,
               help="Interleaved blocks for --noise.")
 @click.option("--history", envvar="EDGELR_HISTORY", type=click.Path(),
-              help="Where --noise stores its result [env: EDGELR_HISTORY; default: ~/.local/share/edgelr/history].")
+              help="Where --noise stores its result, a path or postgresql://... [env: EDGELR_HISTORY; "
+                   "default: ~/.local/share/edgelr/history].")
 def check(name: str, inventory: str | None, as_json: bool, trust_new_host: bool, noise: bool,
           noise_model: Path | None, sessions: int, history: str | None) -> None:
     """Check device NAME: reachable, OS/ABI, cores, governor, temperatures, power sensors, benchmark program.
@@ -162,7 +163,7 @@ def _noise(spec: Any, overrides: dict[str, Any], model: Path | None, sessions: i
     try:
         H.record_noise(hist, spec.name, sd_log_ratio=sd, session_cv=cv, sessions=int(d.size), runs=DEFAULT_RUNS,
                        alpha=DEFAULT_ALPHA, min_detectable=mdc, source=H.NOISE_FROM_CHECK)
-        out["stored_in"] = str(H.store_path(hist))
+        out["stored_in"] = H.describe(hist)   # a PostgreSQL URL with its password masked
     except Exception as exc:  # noqa: BLE001 - the measurement is still printed
         out["not_stored"] = str(exc)
     return out
