@@ -15,7 +15,10 @@ A history shared by runners on several hosts. The same guarantees as the SQLite 
   later versions migrate in one transaction under ``pg_advisory_xact_lock``, so concurrent first writers
   do not race. A newer layout is refused.
 - Deadlines: connecting gives up after ``connect_timeout`` seconds (10 unless the URL sets it) with one
-  line; passwords in the URL are masked in every message (prefer ``~/.pgpass`` or ``PGPASSWORD``).
+  line; TCP keepalives on both ends (idle 30 s, 3 probes 10 s apart) end the connections of a vanished
+  host within about a minute, which also frees a dead runner's lease. A server that is up but frozen
+  (SIGSTOP) after the connection is made is not detected: the kernel still answers for it.
+- Passwords in the URL are masked in every message (prefer ``~/.pgpass`` or ``PGPASSWORD``).
 
 Model files (the content-addressed ``models/<sha[:2]>/<sha>.tflite``) do not go into the database: they go
 under the directory named by the URL's ``files`` parameter
@@ -41,6 +44,11 @@ SCHEMES = ("postgresql", "postgres")
 PG_VERSION = 1
 """Version of the PostgreSQL layout (``meta`` row ``schema_version``)."""
 CONNECT_TIMEOUT_S = 10
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+"""libpq TCP keepalives (unless the URL sets them): a vanished server host ends a connection in ~1 min."""
+_SERVER_KEEPALIVE = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10", "SET tcp_keepalives_count = 3")
+"""The same on the server's side of a lease connection: a vanished runner host frees its run's lease in ~1 min
+(instead of the server's default, the OS's 2 h)."""
 _LOCK_SEED = 7215          # seed of hashtextextended: edgelr's lock keys, apart from other applications'
 
 _PG_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "TEXT": "TEXT"}
@@ -109,7 +117,8 @@ class PGStore(Store):
         files = [v for k, v in query if k == "files"]
         self.conninfo = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "files"])))
         self.label = mask_secrets(url)
-        self._timeout = None if any(k == "connect_timeout" for k, _ in query) else CONNECT_TIMEOUT_S
+        self._given = {k for k, _ in query}
+        self._timeout = None if "connect_timeout" in self._given else CONNECT_TIMEOUT_S
         if files:
             self._files = Path(files[-1]).expanduser()
         else:
@@ -125,6 +134,7 @@ class PGStore(Store):
         except ImportError:
             raise HistoryError(f"--history {self.label} needs psycopg 3: pip install 'edgelr[postgresql]'") from None
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": "edgelr"}
+        kwargs.update({k: v for k, v in _KEEPALIVE.items() if k not in self._given})
         if self._timeout:
             kwargs["connect_timeout"] = self._timeout
         try:
@@ -240,6 +250,8 @@ class PGStore(Store):
         con = self._connect()
         try:
             self._ensure_schema(con)
+            for stmt in _SERVER_KEEPALIVE:
+                con.execute(stmt)
             # try-lock: a run id is new, so only a 64-bit hash collision could find it taken
             con.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, %s))", (run_id, _LOCK_SEED))
         except psycopg.Error as exc:
