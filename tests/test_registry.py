@@ -57,7 +57,8 @@ def test_every_extension_point_holds_its_builtin_plugins() -> None:
     assert sorted(HARNESSES) == ["android/benchmark_model", "linux/benchmark_model", "linux/runner"]
     assert all(h.key == k for k, h in HARNESSES.items())
     assert LINE_PARSERS.names()[:2] == ["stats_all_same", "stats"]
-    assert LINE_PARSERS.names()[-1] == "edgelr_runner_json" and len(LINE_PARSERS) == 17
+    assert LINE_PARSERS.names()[-1] == "edgelr_runner_json" and len(LINE_PARSERS) == 19
+    assert {"op_profile_phase", "op_run_order_row"} <= set(LINE_PARSERS)
 
 
 def test_device_agents_never_imports_the_bench_orchestration() -> None:
