@@ -193,7 +193,9 @@ def main() -> int:
     ap.add_argument("--fmnist-train", type=int, default=6000, help="CNN training subset")
     ap.add_argument("--fmnist-test", type=int, default=2000, help="test subset")
     ap.add_argument("--fmnist-ft", type=int, default=2000, help="training samples per fine-tuning epoch")
-    ap.add_argument("--lstm-epochs", type=int, default=40)
+    ap.add_argument("--lstm-epochs", type=int, default=40, help="LSTM training epochs")
+    ap.add_argument("--lstm-ft", type=int, default=4, help="LSTM fine-tuning epochs (every column)")
+    ap.add_argument("--lstm-lowrank", type=int, default=2, help="LSTM epochs of low-rank training before factorization")
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--render-only", action="store_true",
                     help="merge seed_methods*.json (parts run as separate processes) into seed_methods.md")
@@ -236,7 +238,7 @@ def main() -> int:
         model = reference_cnn(k2)
         model.compile(k2.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(data.x_train, data.y_train, epochs=2, batch_size=128, verbose=0)
-        settings = {"nuclear": 0.05, "every": 4, "lowrank_epochs": 1, "orthogonal": 1e-3, "cv_epochs": 1}
+        settings = {"nuclear": 0.1, "every": 2, "lowrank_epochs": 1, "orthogonal": 1e-3, "cv_epochs": 1}
         part_common = {**common, "epochs": 1, "max_train": args.fmnist_ft}
         doc["meta"]["parts"]["Fashion-MNIST CNN"] = {
             "description": (f"Reference CNN (5 convs + 2 dense, ~73 M MACs) trained 2 epochs on the first "
@@ -257,13 +259,14 @@ def main() -> int:
         model = k2.Model(inp, k2.layers.Dense(9, activation="softmax", name="head")(h), name="vowels_lstm")
         model.compile(k2.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(data.x_train, data.y_train, epochs=args.lstm_epochs, batch_size=32, verbose=0)
-        settings = {"nuclear": 0.05, "every": 4, "lowrank_epochs": 5, "orthogonal": 1e-3, "cv_epochs": 5}
-        part_common = {**common, "epochs": 10, "batch_size": 32}
+        settings = {"nuclear": 0.1, "every": 2, "lowrank_epochs": args.lstm_lowrank, "orthogonal": 1e-3,
+                    "cv_epochs": args.lstm_ft}
+        part_common = {**common, "epochs": args.lstm_ft, "batch_size": 32}
         doc["meta"]["parts"]["JapaneseVowels LSTM"] = {
             "description": (f"LSTM(128) -> Dense(9), trained {args.lstm_epochs} epochs on 243 sequences (27 for "
-                            "validation, 370 test). Every column: 10 epochs of distillation fine-tuning, batch 32, "
-                            f"lr 1e-3, no QAT (int8 with the recurrent layer unrolled). Low-rank training before "
-                            f"factorization: 5 epochs. Settings: {settings}."),
+                            f"validation, 370 test). Every column: {args.lstm_ft} epochs of distillation fine-tuning, "
+                            "batch 32, lr 1e-3, no QAT (int8 with the recurrent layer unrolled). Low-rank training "
+                            f"before factorization: {args.lstm_lowrank} epochs. Settings: {settings}."),
             "settings": settings}
         run_part(Part("JapaneseVowels LSTM", model, data, part_common), targets, "svd-recurrent", columns, settings,
                  out, doc)
