@@ -462,14 +462,3 @@ def _confirm(comps: "pd.DataFrame", hist: "pd.DataFrame", suite: "Suite", histor
             comps.at[idx, "change_run"] = None
     return comps
 
-
-def install_signal_handlers() -> None:
-    """SIGTERM (a scheduler stopping the job) behaves like Ctrl-C: stop, keep, exit 130."""
-    import signal
-
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_term)
-

@@ -269,6 +269,29 @@ def test_kill_9_of_edgelr_leaves_no_local_runner(tmp_path: Path, command: str) -
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.timeout(60)
+def test_sigterm_of_edgelr_bench_is_ctrl_c_exit_130_and_stops_the_runner(tmp_path: Path) -> None:
+    """Every command treats SIGTERM as Ctrl-C (edgelr.cli.main): bench stops its runner and says so."""
+    workdir = tmp_path / "dev"
+    inv = tmp_path / "inv.toml"
+    inv.write_text(f'[devices.box]\ntransport = "local"\ntarget = "host"\npython = "{PY}"\nworkdir = "{workdir}"\n')
+    edgelr = subprocess.Popen([*EDGELR, "bench", str(MODEL), "--device", "box", "--inventory", str(inv), "--runs",
+                               "1000000", "--sessions", "1", "--no-canary", "--no-lock", "--no-history"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    runner = f"{workdir}/runner.py --graph="
+    try:
+        assert wait_for(lambda: benchmarking(runner), 40, 0.1), "the runner never started"
+        edgelr.terminate()
+        _, err = edgelr.communicate(timeout=15)
+        assert edgelr.returncode == 130, err[-2000:]
+        assert "interrupted" in err and "Traceback" not in err
+        assert wait_for(lambda: not alive(str(workdir)), 5), f"left running: {alive(str(workdir))}"
+    finally:
+        edgelr.kill()
+        for pid in alive(str(workdir)):
+            os.kill(pid, signal.SIGKILL)
+
+
 # --- SSH ----------------------------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_kill_9_of_edgelr_bench_over_ssh_leaves_no_remote_runner(sshd_server: SshdServer, tmp_path: Path) -> None:

@@ -74,10 +74,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+def _sigterm_is_ctrl_c() -> None:
+    """SIGTERM (a scheduler or ``kill`` stopping the job) behaves like Ctrl-C for every command: measured rows
+    are kept, device programs stopped, devices and lab places released, exit 130."""
+    import signal
+    import threading
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console entry point: turn edgelr errors into one line on stderr and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    _sigterm_is_ctrl_c()
     try:
         return cli.main(args=args, prog_name="edgelr", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -101,10 +101,9 @@ def run_suite(suite: "Suite", history: Path, *, inventory: str | None, baseline:
     """Run the suite through :func:`edgelr.regress.run_suite` and print; raise RegressionFound (3) or
     DeviceError (1) at the end."""
     from edgelr.errors import DeviceError, RegressionFound
-    from edgelr.regress import install_signal_handlers, pct as _pct, run_suite as run
+    from edgelr.regress import pct as _pct, run_suite as run
     from edgelr.report import history as H
 
-    install_signal_handlers()
     res = run(suite, history, inventory=inventory, baseline=baseline, alpha=alpha, accept=accept,
               accept_as=accept_as, confirm=confirm, progress=info)
     comps, run_id, errors = res.comparisons, res.run_id, res.errors
