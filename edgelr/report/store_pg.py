@@ -237,6 +237,7 @@ class PGStore(Store):
                                    f"this edgelr reads ({PG_VERSION}); any writing command (e.g. `edgelr bench`) "
                                    f"migrates it")
             con.read_only = True
+            con.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot for every query
             with con.transaction():
                 yield PGTx(con)
         except psycopg.Error as exc:
