@@ -89,6 +89,7 @@ def test_search_candidates_and_latency_allocation_obey_the_rule(small_cnn: Any) 
     assert "small" not in plan.candidates() and "at any ranks" in plan.never_pays("small")
     # conv1 at ranks (1, 1) folds to 3x3 1->1 + 1x1 1->8: x1.24 by the estimate, so a search may try it
     assert {"conv1", "conv2"} <= set(plan.candidates()) and plan.never_pays("conv1") == ""
+    assert "fewer than min_saving" in plan.saving_reason("conv2", (8, 32)) and plan.saving_reason("conv2", (1, 1)) == ""
     opts = layer_options(plan, "small", None, None)
     assert opts is not None and [o.ranks for o in opts] == [None]  # only "as is"
     loose = plan_factorization(small_cnn, rank_policy="rank:8", min_reduction=None, progress=False)

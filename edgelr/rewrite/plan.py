@@ -169,10 +169,17 @@ class FactorizationPlan:
         lp = self.layers[path]
         if self.min_saving is None or lp.rewriter is None:
             return ""
-        smallest = tuple(1 for _ in lp.full_ranks or lp.rewriter.full_ranks(lp.layer))
-        reason = saving_reason(lp.layer, lp.cost_before, lp.rewriter.cost(lp.layer, smallest),
-                               self.est_speedup(path, smallest), self.min_saving)
+        reason = self.saving_reason(path, tuple(1 for _ in lp.full_ranks or lp.rewriter.full_ranks(lp.layer)))
         return f"at any ranks: {reason}" if reason else ""
+
+    def saving_reason(self, path: str, ranks: Ranks) -> str:
+        """Why the plan's absolute-saving rule keeps layer ``path`` whole at ``ranks`` ('' when the split may be
+        made; :func:`saving_reason`); for callers that choose ranks themselves (a rank search)."""
+        lp = self.layers[path]
+        if self.min_saving is None or lp.rewriter is None:
+            return ""
+        return saving_reason(lp.layer, lp.cost_before, lp.rewriter.cost(lp.layer, tuple(ranks)),
+                             self.est_speedup(path, tuple(ranks)), self.min_saving)
 
 
 def _reduction_reason(before: Cost, after: Cost, min_reduction: float | None) -> str:
