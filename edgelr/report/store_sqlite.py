@@ -135,13 +135,14 @@ class SQLiteStore(Store):
         path = self.path
         con = _open(path, write=False)
         try:
+            con.execute("BEGIN")      # one snapshot for every query (a report or a copy while runners write)
             yield SQLiteTx(con)
         except (sqlite3.DatabaseError, OSError) as exc:
             if isinstance(exc, OSError) and type(exc).__name__ != "DatabaseError":
                 raise
             raise _damaged(path, exc) from exc
         finally:
-            con.close()
+            con.close()           # ends the read transaction; nothing to commit
 
     def gone(self, tx: Tx, started: list[tuple[str, str | None, int | None]]) -> set[str]:
         """Started runs written by a process of this host that is no longer alive."""
