@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -129,6 +130,25 @@ def test_newer_database_layout_is_refused(pg_url: str) -> None:
         with pytest.raises(HistoryError, match="version 99, newer") as err:
             call()
         assert SECRET not in str(err.value) and ":***@" in str(err.value)
+
+
+def test_an_older_database_layout_is_migrated_once_by_the_first_writer(pg_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from edgelr.report import store_pg
+
+    rid = H.append_run(make_frame(2), pg_url)
+    monkeypatch.setattr(store_pg, "PG_VERSION", 2)
+    monkeypatch.setattr(store_pg, "MIGRATIONS", {1: ["ALTER TABLE runs ADD COLUMN labhost TEXT"]})
+    with pytest.raises(HistoryError, match="version 1, older .* migrates it"):
+        H.load(pg_url)                                   # readers never write
+    H.append_run(make_frame(1), pg_url)                  # a writer migrates, in one transaction
+    H.append_run(make_frame(1), pg_url)
+    with psycopg.connect(pg_url.split("?")[0]) as con:
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert con.execute("SELECT COUNT(labhost) FROM runs").fetchone() == (0,)
+    assert rid in set(H.load(pg_url)["run_id"]) and len(H.runs(pg_url)) == 3
 
 
 # ------------------------------------------------------------------------------ writers, kills, leases
@@ -264,6 +284,18 @@ def test_history_copy_sqlite_to_postgresql_and_back_keeps_every_row(pg: PGServer
     assert code == 0, err
     for name, frame in _tables(back).items():
         pd.testing.assert_frame_equal(frame, before[name], check_dtype=False, obj=name)
+
+    v0 = tmp_path / "v0.sqlite"                        # the prototype layout copies too (read through v1)
+    con = sqlite3.connect(v0)
+    con.execute("CREATE TABLE results (run_id TEXT, timestamp TEXT, device TEXT, model TEXT, metric TEXT, "
+                "sample INTEGER, value REAL, unit TEXT)")
+    con.executemany("INSERT INTO results VALUES (?,?,?,?,?,?,?,?)",
+                    [("r1", "2026-10-01T02:00:00+00:00", "pi4", "clf", "latency", i, 10.0 + i, "ms") for i in range(3)])
+    con.commit()
+    con.close()
+    v0_url = pg.create_db(f"v0_{os.getpid()}_{next(_ids)}")
+    assert H.copy_history(v0, v0_url)["results"] == 3
+    pd.testing.assert_frame_equal(H.load(v0_url), H.load(v0), check_dtype=False)
 
     n_before = len(H.runs(pg_url))
     code, out, err = _edgelr("history", "copy", str(back), pg_url, capsys=capsys)   # not empty: refused
