@@ -316,12 +316,12 @@ def latency_objective(plan: FactorizationPlan, candidates: list[dict[str, Any]],
     limits = [v for v in (getattr(opts, "max_latency_ms", None),
                           base_ms / opts.min_speedup if getattr(opts, "min_speedup", None) else None) if v is not None]
     if not limits:
-        log(f"rank search: least latency measured on {plan.measured.device or 'the device'} (original {base_ms:.3f} ms)")
+        log(f"rank search: least latency measured on {plan.measured.device or 'the device'} (original {base_ms:.4g} ms)")
         return "latency_ms", candidates
     limit = min(limits)
     within = [c for c in candidates if c["latency_ms"] <= limit] or sorted(candidates, key=lambda c: c["latency_ms"])[:1]
-    log(f"rank search: {len(within)} of {len(candidates)} candidates predicted within {limit:.3f} ms on "
-        f"{plan.measured.device or 'the device'} (original {base_ms:.3f} ms measured); least loss first")
+    log(f"rank search: {len(within)} of {len(candidates)} candidates predicted within {limit:.4g} ms on "
+        f"{plan.measured.device or 'the device'} (original {base_ms:.4g} ms measured); least loss first")
     return "val_drop", within
 
 
