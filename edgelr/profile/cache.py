@@ -4,7 +4,10 @@ A row is one measured thing on one device: key (device, runtime version, layer s
 quantization, threads) -> median of the session medians (ms), the sessions' spread and count. Rows are
 written per finished batch in one transaction each, so an interrupted profile keeps what it finished and the
 next call measures only the rest. Default file: ``$EDGELR_LATENCY_CACHE``, else
-``$XDG_CACHE_HOME/edgelr/latency.sqlite`` (``~/.cache/edgelr/latency.sqlite``).
+``$XDG_CACHE_HOME/edgelr/latency.sqlite`` (``~/.cache/edgelr/latency.sqlite``). The converted micro-models
+are kept beside it (``micro/<signature>-<ranks>-<quantization>-<io dtype>.tflite``): another thread count or
+device, or the run after an interruption, measures them without converting them again (delete the directory
+to reclaim the space; it is rebuilt on demand).
 """
 
 from __future__ import annotations
