@@ -188,19 +188,27 @@ def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatis
     if not outputs:
         return {}
     extractor = keras.Model(model.inputs, outputs)
+    stats_of = [requests[paths[owner]][1] for owner in owners]
+
+    @tf.function(reduce_retracing=True)
+    def grams(*batch: Any) -> Any:  # one graph per batch shape: no per-op eager dispatch
+        outs = extractor(list(batch) if len(batch) > 1 else batch[0], training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        result = []
+        for tensor, stat in zip(outs, stats_of):
+            rows = _rows(tf, tensor, stat)
+            result.append((tf.matmul(rows, rows, transpose_a=True), tf.shape(rows)[0]))
+        return result
+
     sums: list[np.ndarray | None] = [None] * len(paths)
     counts = [0] * len(paths)
     n = xs[0].shape[0]
     with tqdm(total=n, desc="calibrate", unit="input", file=sys.stderr, disable=not progress, leave=False) as bar:
         for start in range(0, n, max(1, int(batch_size))):
-            batch = [a[start:start + batch_size] for a in xs]
-            outs = extractor(batch if len(batch) > 1 else batch[0], training=False)
-            if not isinstance(outs, (list, tuple)):
-                outs = [outs]
-            for tensor, owner in zip(outs, owners):
-                rows = _rows(tf, tensor, requests[paths[owner]][1])
-                gram = tf.matmul(rows, rows, transpose_a=True).numpy().astype(np.float64)
-                sums[owner] = gram if sums[owner] is None else sums[owner] + gram
-                counts[owner] += int(rows.shape[0])
-            bar.update(len(batch[0]))
+            batch = [tf.constant(a[start:start + batch_size]) for a in xs]
+            for (gram, count), owner in zip(grams(*batch), owners):
+                g = gram.numpy().astype(np.float64)
+                sums[owner] = g if sums[owner] is None else sums[owner] + g
+                counts[owner] += int(count)
+            bar.update(int(batch[0].shape[0]))
     return {p: s / max(c, 1) for p, s, c in zip(paths, sums, counts) if s is not None}
