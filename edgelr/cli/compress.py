@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from edgelr.cli._common import echo_json, info, table
+from edgelr.compress.distribute import DEFAULT_WORKER_TIMEOUT
 from edgelr.rewrite import methods
 from edgelr.rewrite.options import ALLOCATIONS
 
@@ -75,6 +76,12 @@ QUANT_CHOICES = ["int8", "float16", "dynamic", "none", "float32"]
               help="A candidate rank policy for --cv-folds (repeatable; default: --rank-policy and "
                    "params:0.5/0.25/0.125).")
 @click.option("--qat/--no-qat", default=True, show_default=True, help="Quantization-aware training before int8.")
+@click.option("--distribute", default=None, metavar="mirrored|mirrored:N|multiworker",
+              help="Fine-tune and QAT on tf.distribute: mirrored (this host's GPUs, or N logical CPUs, default 2) "
+                   "or multiworker (run the same command on every worker; cluster and task from TF_CONFIG; the "
+                   "chief writes the outputs). Same model as one process up to numerical noise.")
+@click.option("--worker-timeout", type=float, default=DEFAULT_WORKER_TIMEOUT, show_default=True,
+              help="Seconds multiworker workers wait for each other at start before giving up.")
 @click.option("--quantize", type=click.Choice(QUANT_CHOICES), default=None,
               help="TFLite quantization (default: the target's).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -100,7 +107,7 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
              min_saving: int, epochs: int, nuclear: float, nuclear_every: int,
              deeptwist_every: int | None, lowrank_epochs: int, orthogonal: float, overparam_epochs: int,
              cv_folds: int | None,
-             cv_policies: tuple[str, ...], qat: bool,
+             cv_policies: tuple[str, ...], qat: bool, distribute: str | None, worker_timeout: float,
              quantize: str | None, batch_size: int, learning_rate: float, max_train: int | None,
              include: tuple[str, ...], skip: tuple[str, ...], keep_names: bool, history: str | None,
              latency_device: str | None, max_latency_ms: float | None, min_speedup: float | None,
@@ -123,6 +130,8 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
       edgelr compress model.keras --data digits --rank-policy macs:0.45 --layer-policy 'dense*=params:0.2' --out out/
       edgelr compress model.keras --data digits --rank-policy macs:0.25 --deeptwist 20 --lowrank-epochs 2 --out out/
       edgelr compress lstm.keras --data vowels.npz --method tensor3 --cv-folds 3 --out out/
+      export TF_CONFIG='{"cluster": {"worker": ["h0:2222", "h1:2222"]}, "task": {"type": "worker", "index": 0}}'
+      edgelr compress model.keras --data fashion-mnist --distribute multiworker --out out/   # index 1 on h1
     """
     from edgelr.compress.pipeline import compress as run
 
@@ -148,7 +157,7 @@ def compress(ctx: click.Context, model: str, data: str, target: str, out_dir: st
                  lowrank_epochs=lowrank_epochs, orthogonal=orthogonal, overparam_epochs=overparam_epochs,
                  cv_folds=cv_folds,
                  cv_policies=list(cv_policies) or None,
-                 qat=qat, quantize=quantize,
+                 qat=qat, quantize=quantize, distribute=distribute, worker_timeout=worker_timeout,
                  batch_size=batch_size, learning_rate=learning_rate, max_train=max_train, include=list(include) or None,
                  skip=list(skip) or None, strip_names=not keep_names, history=history, targets_file=targets_file,
                  max_trials=max_trials, seed=seed,

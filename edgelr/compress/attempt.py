@@ -37,6 +37,8 @@ class RunSetup:
     quantization : str
         ``int8`` | ``float16`` | ``dynamic`` | ``none``.
     options : CompressOptions
+    distribution : edgelr.compress.distribute.Distribution or None
+        The started strategy of ``options.distribute`` (fine-tuning and QAT run on it); None = one process.
     """
 
     name: str
@@ -46,6 +48,7 @@ class RunSetup:
     target: Target
     quantization: str
     options: CompressOptions
+    distribution: Any = None
 
 
 @dataclass
@@ -124,6 +127,7 @@ class AttemptRunner:
     def __init__(self, setup: RunSetup, log: Callable[[str], None]) -> None:
         self.original, self.data, self.task = setup.original, setup.data, setup.task
         self.quantization, self.io_dtype, self.opts = setup.quantization, setup.target.io_dtype, setup.options
+        self.distribution = setup.distribution
         self.log = log
         self.calibration = calibration_samples(self.data.x_train, self.opts.calibration_samples, self.opts.seed)
         self.x_fit, self.y_fit = self.data.x_train, self.data.y_train
@@ -162,7 +166,7 @@ class AttemptRunner:
             log(f"[{label}] soft orthogonality ({opts.orthogonal:g}) on {n} input factor(s)")
         ft = distill(model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
                      self.distill_config(opts.epochs), progress=opts.progress, desc=f"fine-tune {label}",
-                     penalty=penalty)
+                     penalty=penalty, distribution=self.distribution)
         val_ft = ft.best_val if ft.best_val is not None else score(predict(model, data.x_val), data.y_val, task)
         test_out = predict(model, data.x_test)
         test_ft = score(test_out, data.y_test, task)
@@ -180,7 +184,8 @@ class AttemptRunner:
                     f"{len(qat.float_layers)} float)")
                 calibrate_ranges(qat.model, self.calibration, batch_size=min(opts.batch_size, len(self.calibration)))
                 qat_ft = distill(qat.model, self.teacher, self.x_fit, self.y_fit, data.x_val, data.y_val, task,
-                                 self.distill_config(opts.qat_epochs, 0.2), progress=opts.progress, desc=f"QAT {label}")
+                                 self.distill_config(opts.qat_epochs, 0.2), progress=opts.progress, desc=f"QAT {label}",
+                                 distribution=self.distribution)
                 qat_conv = convert(qat.model, self.quantization, io_dtype=self.io_dtype,
                                    representative=self.calibration, strip=opts.strip_names)
                 # keep whichever int8 model scores better on the validation split (a short QAT run on little

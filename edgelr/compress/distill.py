@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,8 @@ def _log_probs(out: Any, kind: str) -> Any:
 
 def distillation_loss(student_out: Any, teacher_out: Any, y_true: Any, task: Task, temperature: float,
                       alpha: float) -> Any:
-    """The distillation loss (module docstring) of one batch, a scalar tensor.
+    """The distillation loss (module docstring) of one batch, a scalar tensor: the batch mean of
+    :func:`distillation_losses`.
 
     Parameters
     ----------
@@ -90,27 +92,37 @@ def distillation_loss(student_out: Any, teacher_out: Any, y_true: Any, task: Tas
     """
     from edgelr.tfcompat import tf
 
+    return tf().reduce_mean(distillation_losses(student_out, teacher_out, y_true, task, temperature, alpha))
+
+
+def distillation_losses(student_out: Any, teacher_out: Any, y_true: Any, task: Task, temperature: float,
+                        alpha: float) -> Any:
+    """The distillation loss of each example, a tensor of shape (batch,) (arguments as :func:`distillation_loss`).
+    A replica of a distributed run sums its examples' losses and divides by the global batch size."""
+    from edgelr.tfcompat import tf
+
     tfm = tf()
     if not task.classifier:
         s = tfm.cast(student_out, tfm.float32)
-        hard = tfm.reduce_mean(tfm.square(s - tfm.reshape(tfm.cast(y_true, tfm.float32), tfm.shape(s))))
-        soft = tfm.reduce_mean(tfm.square(s - tfm.cast(teacher_out, tfm.float32)))
+        s = tfm.reshape(s, [-1, int(np.prod(s.shape[1:]))])  # (batch, features), also for an empty batch
+        hard = tfm.reduce_mean(tfm.square(s - tfm.reshape(tfm.cast(y_true, tfm.float32), tfm.shape(s))), axis=-1)
+        soft = tfm.reduce_mean(tfm.square(s - tfm.reshape(tfm.cast(teacher_out, tfm.float32), tfm.shape(s))),
+                               axis=-1)
         return alpha * soft + (1.0 - alpha) * hard
     s_log = _log_probs(student_out, task.output)
     t_log = _log_probs(teacher_out, task.output)
     t_soft = tfm.nn.softmax(t_log / temperature, axis=-1)
     s_soft_log = tfm.nn.log_softmax(s_log / temperature, axis=-1)
-    kl = tfm.reduce_mean(tfm.reduce_sum(t_soft * (tfm.math.log(tfm.clip_by_value(t_soft, 1e-12, 1.0))
-                                                  - s_soft_log), axis=-1))
+    kl = tfm.reduce_sum(t_soft * (tfm.math.log(tfm.clip_by_value(t_soft, 1e-12, 1.0)) - s_soft_log), axis=-1)
     labels = tfm.cast(tfm.reshape(y_true, [-1]), tfm.int32)
-    ce = tfm.reduce_mean(tfm.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=s_log))
+    ce = tfm.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=s_log)
     return alpha * (temperature ** 2) * kl + (1.0 - alpha) * ce
 
 
 def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
             x_val: np.ndarray, y_val: np.ndarray, task: Task, config: DistillConfig | None = None, *,
             progress: bool = True, desc: str = "fine-tune", callbacks: list[Any] | None = None,
-            penalty: Any = None) -> DistillResult:
+            penalty: Any = None, distribution: Any = None) -> DistillResult:
     """Fine-tune ``student`` in place towards the teacher's outputs and the labels.
 
     Parameters
@@ -128,6 +140,10 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
         before the best weights are restored (low-rank training, :mod:`edgelr.compress.lowrank_train`).
     penalty : callable, optional
         ``() -> scalar tensor`` added to every batch's loss (e.g. an orthogonality penalty).
+    distribution : edgelr.compress.distribute.Distribution, optional
+        Train a replica of ``student`` on its strategy (same batches and the same mean loss per step as one
+        process; :mod:`edgelr.compress.distribute`); ``student`` gets the chief's weights after every epoch.
+        Not with ``callbacks`` or ``penalty`` (they act on ``student``'s own variables).
     """
     from edgelr.tfcompat import keras2, tf
 
@@ -146,20 +162,40 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
     steps = max(1, int(np.ceil(n / cfg.batch_size)))
     total = steps * cfg.epochs
     schedule = k2.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=0.1)
-    opt = k2.optimizers.Adam(learning_rate=schedule)
+    dist = distribution
+    if dist is not None and (callbacks or penalty is not None):
+        raise ValueError("distill: callbacks and penalty act on the student's own variables; not with a distribution")
+    model = student if dist is None else dist.replicate(student)  # the model trained (student, or its replica)
+    with dist.scope() if dist is not None else nullcontext():
+        opt = k2.optimizers.Adam(learning_rate=schedule)
+    replicas = 1 if dist is None else dist.replicas
 
-    @tfm.function(reduce_retracing=True)
-    def step(xb: Any, tb: Any, yb: Any) -> Any:
+    def train_step(xb: Any, tb: Any, yb: Any, nb: Any) -> Any:
+        """One replica's step; its loss is its share of the global batch's mean (``nb`` examples in all)."""
         with tfm.GradientTape() as tape:
-            out = student(xb, training=True)
-            loss = distillation_loss(out, tb, yb, task, cfg.temperature, cfg.alpha)
-            if student.losses:
-                loss = loss + tfm.add_n(student.losses)
+            out = model(xb, training=True)
+            loss = tfm.reduce_sum(distillation_losses(out, tb, yb, task, cfg.temperature, cfg.alpha)) / nb
+            if model.losses:
+                loss = loss + tfm.add_n(model.losses) / replicas
             if penalty is not None:
                 loss = loss + penalty()
-        grads = tape.gradient(loss, student.trainable_variables)
-        opt.apply_gradients([(g, v) for g, v in zip(grads, student.trainable_variables) if g is not None])
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
         return loss
+
+    step = tfm.function(train_step if dist is None else dist.step(train_step), reduce_retracing=True)
+
+    def batches(order: np.ndarray) -> Any:
+        """The epoch's batches: sorted slices of ``order`` (as tensors, or distributed over the replicas)."""
+        if dist is not None:
+            yield from dist.epoch_batches((x_train.astype(np.float32, copy=False),
+                                           teacher_train_out, y_fit), order, cfg.batch_size, steps)
+            return
+        for i in range(steps):
+            idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            if len(idx):
+                yield (tfm.constant(x_train[idx], tfm.float32), tfm.constant(teacher_train_out[idx]),
+                       tfm.constant(y_fit[idx]), tfm.constant(float(len(idx))))
 
     best_weights = student.get_weights()
     better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
@@ -175,19 +211,19 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
             t0 = time.perf_counter()
             order = rng.permutation(len(x_train))[:n]
             losses = []
-            for i in range(steps):
-                idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-                if len(idx) == 0:
-                    continue
-                loss = step(tfm.constant(x_train[idx], tfm.float32), tfm.constant(teacher_train_out[idx]),
-                            tfm.constant(y_fit[idx]))
+            for i, batch in enumerate(batches(order)):
+                loss = step(*batch)
                 losses.append(float(loss))
                 for cb in callbacks or []:
                     cb.on_train_batch_end(i)
                 bar.update(1)
                 if i % 20 == 0:
                     bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
+            if dist is not None:  # the chief's weights on every worker (per-replica state such as QAT ranges)
+                student.set_weights(dist.from_chief(model.get_weights()))
             val = evaluate(student, x_val, y_val, task)
+            if dist is not None:  # the chief's score decides early stopping, so the workers stay in step
+                val = float(dist.from_chief([val])[0])
             lr = float(schedule(epoch * steps - 1))
             result.history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_score": val, "lr": lr,
                                    "seconds": time.perf_counter() - t0})

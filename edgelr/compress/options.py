@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from edgelr.compress.distribute import DEFAULT_WORKER_TIMEOUT, parse_distribute
 from edgelr.errors import EdgelrError, UsageError
 from edgelr.rewrite.options import (
     PlanOptions,
@@ -121,6 +122,12 @@ class CompressOptions:
         ``params:0.5`` / ``params:0.25`` / ``params:0.125``).
     cv_epochs : int
         Fine-tuning epochs per fold.
+    distribute : str, DistributeSpec or None
+        [--distribute mirrored|mirrored:N|multiworker] Fine-tuning and QAT on tf.distribute (workers from
+        ``TF_CONFIG``); resolved by :func:`check_options` to an :class:`edgelr.compress.distribute.DistributeSpec`.
+        None = one process.
+    worker_timeout : float
+        [--worker-timeout] Seconds the workers of a ``multiworker`` run wait for each other at start.
     """
 
     max_accuracy_drop: float | None = None
@@ -163,6 +170,8 @@ class CompressOptions:
     cv_folds: int | None = None
     cv_policies: list[str] | None = None
     cv_epochs: int = 2
+    distribute: Any = None
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
 
 def check_options(options: dict[str, Any]) -> CompressOptions:
@@ -207,6 +216,14 @@ def check_options(options: dict[str, Any]) -> CompressOptions:
         except EdgelrError as exc:
             raise UsageError(f"{flag}: {exc}") from None
     _check_lowrank_training(opts)
+    opts.distribute = parse_distribute(opts.distribute, opts.worker_timeout)
+    if opts.distribute is not None:
+        alone = [f for f, on in (("--nuclear", opts.nuclear > 0), ("--deeptwist", opts.deeptwist_every is not None),
+                                 ("--orthogonal", opts.orthogonal > 0), ("--cv-folds", opts.cv_folds is not None))
+                 if on]
+        if alone:
+            raise UsageError(f"--distribute: not combined with {', '.join(alone)} yet (their training steps act on "
+                             "one process's model); drop one of them")
     return opts
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,12 +37,12 @@ from edgelr.rewrite.options import PlanOptions
 __all__ = ["OUTPUT_FILES", "CompressOptions", "CompressResult", "check_out_dir", "compress"]
 
 
-def _logger(progress: bool) -> Callable[[str], None]:
-    """Progress messages to stderr (``edgelr compress: ...``), or nowhere."""
+def _logger(progress: bool, prefix: str = "") -> Callable[[str], None]:
+    """Progress messages to stderr (``edgelr compress: [prefix]...``), or nowhere."""
 
     def log(msg: str) -> None:
         if progress:
-            print(f"edgelr compress: {msg}", file=sys.stderr, flush=True)
+            print(f"edgelr compress: {prefix}{msg}", file=sys.stderr, flush=True)
 
     return log
 
@@ -85,13 +86,20 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
         from edgelr.errors import ModelLoadError
 
         raise ModelLoadError(f"model file {model} does not exist; pass a .keras/.h5 file or a SavedModel directory")
-    log = _logger(opts.progress)
+    dist = None
+    if opts.distribute is not None:  # before TensorFlow runs any op (collective ops, logical devices)
+        from edgelr.compress.distribute import start
+
+        dist = start(opts.distribute)
+    log = _logger(opts.progress, "" if dist is None or dist.is_chief else f"[worker {dist.spec.worker}] ")
+    if dist is not None:
+        log(f"fine-tuning and QAT on tf.distribute: {dist.describe()}")
     t0 = time.perf_counter()
     original, name = _load_model(model)
     d = _load_data(data, original)
     task = detect_task(original, d.num_classes)
     log(f"model '{name}', data '{d.name}' {d.sizes()}, target {tgt.name}, quantization {quantization}")
-    setup = RunSetup(name, original, d, task, tgt, quantization, opts)
+    setup = RunSetup(name, original, d, task, tgt, quantization, opts, dist)
     with deterministic(opts.seed):  # same seed, same result (edgelr.compress.attempt.deterministic)
         runner = AttemptRunner(setup, log)
         log(f"original: {task.metric} val {runner.original_val:.4g}, test {runner.original_test:.4g}")
@@ -132,10 +140,14 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
                                    classifier=task.classifier, progress=opts.progress)
         baseline = Baseline(runner.original_val, runner.original_test, base_conv, base_val)
     result = assemble(RunRecord(setup, baseline, attempt, search_info, budget_met, time.perf_counter() - t0))
-    if out is not None:
+    chief = dist is None or dist.is_chief
+    if out is not None and chief:
         write_outputs(out, result)
         result.out_dir = out
-    if opts.history:
+    elif out is not None:  # another worker: the same files to a temporary directory, removed (the chief's count)
+        with tempfile.TemporaryDirectory(prefix=f"edgelr-worker{dist.spec.worker}-") as tmp:
+            write_outputs(Path(tmp), result)
+    if opts.history and chief:
         append_history(opts.history, result, name, tgt.name)
     log(result.message)
     return result
