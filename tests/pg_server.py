@@ -12,7 +12,9 @@ import shlex
 import shutil
 import socket
 import subprocess
+import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -86,6 +88,26 @@ def postgres_server(*, fsync: bool = True) -> Iterator[PGServer]:
         try:
             yield PGServer(port)
         finally:
-            run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
+            _stop(data)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop(data: Path) -> None:
+    """Immediate shutdown (SIGQUIT to the postmaster: no checkpoint, its backends go at once); waits up to 30 s.
+
+    Quicker than ``pg_ctl stop`` through ``su`` on a loaded machine (that took 8-15 s there).
+    """
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGQUIT)
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
