@@ -212,6 +212,8 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
                         kept = {s.key: micro_dir / f"{s.signature}-{ranks_key(s.ranks)}-{quant}-{tgt.io_dtype}.tflite"
                                 for s in mine}
                         new = [s for s in mine if not kept[s.key].is_file()]
+                        if new:
+                            say(f"profile: converting {len(new)} micro-model(s) of {path} ({quant})")
                         for key, content in (build_micro(new, by_path[path], quant, tgt.io_dtype) if new else {}).items():
                             tmp_file = kept[key].with_suffix(".part")
                             tmp_file.write_bytes(content)
