@@ -45,12 +45,33 @@ def pg() -> Iterator[PGServer]:
         yield server
 
 
-@pytest.fixture()
-def pg_url(pg: PGServer, tmp_path: Path) -> str:
-    """A new database, named by a URL with a password (trust auth ignores it) and a files directory."""
-    name = f"h{os.getpid()}_{next(_ids)}"
+@pytest.fixture(scope="session")
+def pg_db(pg: PGServer) -> str:
+    """One database for the session; each test's history is a schema in it (cheaper than a database each)."""
+    name = f"edgelr_{os.getpid()}"
     pg.create_db(name)
-    return pg.url(name, password=SECRET, files=str(tmp_path / "files"))
+    return name
+
+
+def _new_history_url(pg: PGServer, db: str, files: Path) -> str:
+    """A new, empty history: a schema of ``db`` named by the URL's search_path, with a password (trust auth
+    ignores it) and a files directory."""
+    import psycopg
+
+    schema = f"h{next(_ids)}"
+    with psycopg.connect(pg.url(db), autocommit=True) as con:
+        con.execute(f"CREATE SCHEMA {schema}")
+    return pg.url(db, password=SECRET, files=str(files), options=f"-csearch_path%3D{schema}")
+
+
+@pytest.fixture()
+def pg_url(pg: PGServer, pg_db: str, tmp_path: Path) -> str:
+    return _new_history_url(pg, pg_db, tmp_path / "files")
+
+
+def _conninfo(url: str) -> str:
+    """What psycopg connects to for ``url`` (its files parameter removed)."""
+    return H.open_store(url).conninfo
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -124,7 +145,7 @@ def test_newer_database_layout_is_refused(pg_url: str) -> None:
     import psycopg
 
     H.append_run(make_frame(1), pg_url)
-    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as con:
+    with psycopg.connect(_conninfo(pg_url), autocommit=True) as con:
         con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     for call in (lambda: H.load(pg_url), lambda: H.append_run(make_frame(1), pg_url)):
         with pytest.raises(HistoryError, match="version 99, newer") as err:
@@ -145,7 +166,7 @@ def test_an_older_database_layout_is_migrated_once_by_the_first_writer(pg_url: s
         H.load(pg_url)                                   # readers never write
     H.append_run(make_frame(1), pg_url)                  # a writer migrates, in one transaction
     H.append_run(make_frame(1), pg_url)
-    with psycopg.connect(pg_url.split("?")[0]) as con:
+    with psycopg.connect(_conninfo(pg_url)) as con:
         assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
         assert con.execute("SELECT COUNT(labhost) FROM runs").fetchone() == (0,)
     assert rid in set(H.load(pg_url)["run_id"]) and len(H.runs(pg_url)) == 3
@@ -196,7 +217,7 @@ def test_concurrent_writer_processes_lose_nothing(pg_url: str, tmp_path: Path) -
 def _stored_argv(url: str) -> list[str]:
     import psycopg
 
-    with psycopg.connect(url.split("?")[0]) as con:
+    with psycopg.connect(_conninfo(url)) as con:
         return [a for (a,) in con.execute("SELECT argv FROM runs").fetchall()]
 
 
@@ -239,7 +260,7 @@ def test_kill_9_mid_write_leaves_complete_runs_only_on_any_host(pg_url: str, tmp
     H.append_run(make_frame(1), pg_url)                    # the next writer persists the interrupted runs
     import psycopg
 
-    with psycopg.connect(pg_url.split("?")[0]) as con:
+    with psycopg.connect(_conninfo(pg_url)) as con:
         stored = dict(con.execute("SELECT run_id, status FROM runs").fetchall())
     assert stored[killed_id] == stored[other_id] == "failed"
 
@@ -265,7 +286,8 @@ def _tables(hist: str | Path) -> dict[str, pd.DataFrame]:
             "noise": pd.DataFrame([H.noise_floor(hist, "local")])}
 
 
-def test_history_copy_sqlite_to_postgresql_and_back_keeps_every_row(pg: PGServer, pg_url: str, tmp_path: Path,
+def test_history_copy_sqlite_to_postgresql_and_back_keeps_every_row(pg: PGServer, pg_db: str, pg_url: str,
+                                                                    tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "src"
     made = _sqlite_history(src, MODEL)
@@ -293,7 +315,7 @@ def test_history_copy_sqlite_to_postgresql_and_back_keeps_every_row(pg: PGServer
                     [("r1", "2026-10-01T02:00:00+00:00", "pi4", "clf", "latency", i, 10.0 + i, "ms") for i in range(3)])
     con.commit()
     con.close()
-    v0_url = pg.create_db(f"v0_{os.getpid()}_{next(_ids)}")
+    v0_url = _new_history_url(pg, pg_db, tmp_path / "v0files")
     assert H.copy_history(v0, v0_url)["results"] == 3
     pd.testing.assert_frame_equal(H.load(v0_url), H.load(v0), check_dtype=False)
 
