@@ -372,3 +372,25 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_run_whose_lease_connection_died_still_lands_or_is_refused_whole(pg_url: str) -> None:
+    """A server restart (here: the lease's backend terminated) during a long run: the rows are written on
+    a new connection while the run is still ``started``; once another writer has reaped it, refused whole."""
+    import psycopg
+
+    rid = H.begin_run(pg_url, kind="regress")
+    with psycopg.connect(_conninfo(pg_url), autocommit=True) as con:
+        con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'edgelr' "
+                    "AND pid <> pg_backend_pid() AND datname = current_database()")
+    assert H.append_run(make_frame(3), pg_url, kind="regress", run_id=rid) == rid
+    assert H.runs(pg_url).set_index("run_id").loc[rid, "status"] == "complete" and len(H.load(pg_url)) == 4
+
+    late = H.begin_run(pg_url, kind="regress")
+    with psycopg.connect(_conninfo(pg_url), autocommit=True) as con:
+        con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'edgelr' "
+                    "AND pid <> pg_backend_pid() AND datname = current_database()")
+    H.append_run(make_frame(1), pg_url)                    # another writer reaps the lease-less run
+    with pytest.raises(HistoryError, match="already 'failed'|status 'failed'"):
+        H.append_run(make_frame(3), pg_url, kind="regress", run_id=late)
+    assert late not in set(H.load(pg_url, include_failed=True)["run_id"])

@@ -210,6 +210,8 @@ class PGStore(Store):
 
         with _LEASES_LOCK:
             leased = _LEASES.get((self.conninfo, run_id)) if run_id else None
+        if leased is not None and not _alive(leased):
+            leased = None   # the server restarted or the link dropped during the run: the lease is gone too
         con = leased or self._connect()   # the run's own session when it holds the lease: one connection per run
         try:
             self._ensure_schema(con)
@@ -284,6 +286,17 @@ class PGStore(Store):
         cur = tx.execute("SELECT r FROM unnest(?::text[]) WITH ORDINALITY AS u(r, k) "
                          "WHERE pg_try_advisory_xact_lock(hashtextextended(r, ?)) ORDER BY k", (ids, _LOCK_SEED))
         return {r for (r,) in cur.fetchall()}
+
+
+def _alive(con: Any) -> bool:
+    """Whether a connection kept open for a long run still answers."""
+    if con.closed or con.broken:
+        return False
+    try:
+        con.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: open a new connection
+        return False
 
 
 def _text(exc: BaseException) -> str:
