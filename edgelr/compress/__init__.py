@@ -5,6 +5,7 @@ Modules (all import TensorFlow lazily, inside functions):
 - :mod:`edgelr.compress.evaluate`  task detection and Keras evaluation (accuracy in %, or loss)
 - :mod:`edgelr.compress.distill`   fine-tuning with knowledge distillation from the original model
 - :mod:`edgelr.compress.qat`       quantization-aware training with tfmot for the layers it supports
+- :mod:`edgelr.compress.distribute` tf.distribute for the fine-tune and QAT (``--distribute``, TF_CONFIG)
 - :mod:`edgelr.compress.convert`   TFLite conversion (int8 full-integer, dynamic, float16, float32)
 - :mod:`edgelr.compress.validate`  running and checking a ``.tflite`` with ai-edge-litert
 - :mod:`edgelr.compress.options`   the run's options, checked up front; rank-plan options resolved once

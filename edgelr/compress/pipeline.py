@@ -4,6 +4,8 @@ Entry point: :func:`compress`, which orchestrates the parts:
 
 - :mod:`edgelr.compress.options`   the run's options, checked up front; the rank-plan options, resolved once
 - :mod:`edgelr.compress.attempt`   one factorized model through fine-tune, QAT, conversion and validation
+- :mod:`edgelr.compress.distribute` the tf.distribute strategy of ``--distribute`` (started before any
+  TensorFlow op; only the chief writes the outputs and the history)
 - :mod:`edgelr.compress.search`    the accuracy-aware rank search (``max_accuracy_drop``), over attempts
 - :mod:`edgelr.compress.result`    summary, report and message of the run (:class:`CompressResult`)
 - :mod:`edgelr.compress.outputs`   the files written to ``out_dir`` (atomically) and the history rows
