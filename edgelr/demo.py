@@ -86,7 +86,7 @@ def _say(msg: str) -> None:
 
 def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4",
              max_accuracy_drop: float = 1.0, bench_runs: int = 20, compress_epochs: int = 3,
-             bench_sessions: int = 10) -> DemoResult:
+             bench_sessions: int = 10, targets_file: str | None = None) -> DemoResult:
     """Train the example CNN, compress it for ``target`` within ``max_accuracy_drop`` points, benchmark
     original and compressed ``.tflite`` on the ``local`` device, and write the report.
 
@@ -95,7 +95,7 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
     """
     from edgelr.targets import get_target
 
-    get_target(target)  # an unknown target fails here, in a second, not after training (TargetError)
+    get_target(target, targets_file)  # an unknown target fails here, in a second, not after training
     from edgelr.compress.pipeline import compress
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,8 @@ def run_demo(out_dir: Path, epochs: int = 30, seed: int = 0, target: str = "rpi4
 
     _say(f"[2/4] compressing for {target} with an accuracy budget of {max_accuracy_drop:g} points")
     comp = compress(str(model_path), data, target=target, out_dir=out_dir / "compressed", force=True,
-                    max_accuracy_drop=max_accuracy_drop, epochs=compress_epochs, history=str(history), seed=seed)
+                    max_accuracy_drop=max_accuracy_drop, epochs=compress_epochs, history=str(history), seed=seed,
+                    targets_file=targets_file)
     result.message = comp.message
     s = comp.summary
     outputs = s.get("outputs", {})

@@ -67,3 +67,7 @@ def test_demo_checks_the_target_before_training(tmp_path: Path) -> None:
     assert len(lines) == 1 and "unknown target 'nosuch'" in lines[0] and "rpi4" in lines[0]
     assert "training" not in proc.stderr and not (tmp_path / "demo").exists()
     assert time.monotonic() - start < 60  # no TensorFlow import, no training
+    (tmp_path / "mine.toml").write_text('[targets.mine]\nbase = "rpi4"\n')
+    proc = subprocess.run([*EDGELR, "demo", "--target", "nosuch", "--targets", str(tmp_path / "mine.toml"),
+                           "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "mine, pixel7" in proc.stderr  # the demo reads user profiles too
