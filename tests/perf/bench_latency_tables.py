@@ -175,10 +175,13 @@ def render(doc: dict[str, Any], args: Any) -> list[str]:
              f" {args.test_samples} test images, before fine-tuning (same for every plan); ResNet-50 is not"
              " trained (weights=None): no accuracy, speed-up is what matters there.", ""]
     errors = []
+    notes = doc.get("_notes") or []
+    doc = {k: v for k, v in doc.items() if not k.startswith("_")}
     for key, r in doc.items():
         lines += [f"## {key} (policy {r['policy']})", "",
                   f"Original int8: {r['original_ms']:.3f} ms measured here ({r['table_model_ms']:.3f} ms in the "
-                  f"table's sessions); accuracy {r['original_int8_acc'] if r['original_int8_acc'] is not None else 'not trained'}."
+                  f"table's sessions); int8 accuracy "
+                  f"{'not trained' if r['original_int8_acc'] is None else format(r['original_int8_acc'], '.2f') + ' %'}."
                   f" Profile: {r['micro_models']} micro-models, {r['profile_s']:.0f} s wall"
                   f" ({r['runtime']}). Load average before/after the measurement: "
                   f"{' '.join(f'{v:.2f}' for v in r['load_before'])} / {' '.join(f'{v:.2f}' for v in r['load_after'])}.",
@@ -196,6 +199,15 @@ def render(doc: dict[str, Any], args: Any) -> list[str]:
     if errors:
         lines += [f"Median absolute prediction error over all factorized models above: {np.median(errors):.1%} "
                   f"(n = {len(errors)}).", ""]
+    lines += ["## Goals (issue 15)", "", "| run | table-driven speed-up / MAC reduction (goal >= 0.8) | "
+              "table-driven / MAC-driven speed-up (goal >= 1.3) | accuracy MAC / table (same budget) |",
+              "|---|---|---|---|"]
+    for key, r in doc.items():
+        mac = next(x for x in r["rows"] if x["plan"] == "MAC-driven")
+        tab = next(x for x in r["rows"] if x["plan"] == "table-driven")
+        acc = ("not trained" if tab["int8_acc"] is None else f"{mac['int8_acc']:.1f} % / {tab['int8_acc']:.1f} %")
+        lines.append(f"| {key} | {tab['speedup_per_mac_x']:.2f} | {tab['speedup'] / mac['speedup']:.2f} | {acc} |")
+    lines += ["", *notes]
     return lines
 
 
@@ -223,6 +235,12 @@ def main() -> int:
         k2.utils.set_random_seed(0)
         for name in args.models.split(","):
             run_model(name, args, k2, doc)
+    # the generated command line is the measuring one, not a later --render-only
+    if args.render_only:
+        sys.argv[1:] = doc.get("_command", sys.argv[1:])
+    else:
+        doc["_command"] = sys.argv[1:]
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=float))
     write_report(args.out, render(doc, args))
     return 0
 
