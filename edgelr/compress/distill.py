@@ -183,7 +183,7 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
         opt.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
         return loss
 
-    step = tfm.function(train_step if dist is None else dist.step(train_step), reduce_retracing=True)
+    step = tfm.function(train_step, reduce_retracing=True) if dist is None else dist.step(train_step)
 
     def batches(order: np.ndarray) -> Any:
         """The epoch's batches: sorted slices of ``order`` (as tensors, or distributed over the replicas)."""

@@ -281,21 +281,28 @@ class Distribution:
         options.experimental_distribute.auto_shard_policy = tfm.data.experimental.AutoShardPolicy.DATA
         options.deterministic = True
         ds = ds.with_options(options)
-        for size, values in zip(sizes, self.strategy.experimental_distribute_dataset(ds)):
-            yield (*values, tfm.constant(size))
+        with lost_worker_errors(self.spec):  # the workers agree on every batch through a collective
+            for size, values in zip(sizes, self.strategy.experimental_distribute_dataset(ds)):
+                yield (*values, tfm.constant(size))
 
     def step(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` (one replica's training step returning its loss) run on every replica; returns the summed
-        loss (``fn``'s losses are shares of the global batch's mean)."""
+        """``fn`` (one replica's training step returning its loss) as one compiled step run on every replica;
+        returns the summed loss (``fn``'s losses are shares of the global batch's mean). A lost worker raises
+        :class:`DistributeError`."""
         from edgelr.tfcompat import tf
 
         tfm = tf()
         strategy = self.strategy
 
+        @tfm.function(reduce_retracing=True)
         def run(*args: Any) -> Any:
             return strategy.reduce(tfm.distribute.ReduceOp.SUM, strategy.run(fn, args=args), axis=None)
 
-        return run
+        def call(*args: Any) -> Any:
+            with lost_worker_errors(self.spec):
+                return run(*args)
+
+        return call
 
     def from_chief(self, arrays: Sequence[Any]) -> list[np.ndarray]:
         """The chief's value of each array (weights, scores), on every worker: one all-reduce in which only the
@@ -348,9 +355,8 @@ def lost_worker_errors(spec: DistributeSpec) -> Iterator[None]:
         yield
     except (errors.UnavailableError, errors.AbortedError, errors.DeadlineExceededError,
             errors.CancelledError) as exc:
-        first = (str(getattr(exc, "message", "") or exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DistributeError(f"--distribute {spec.kind}: a worker was lost during training ({first}); "
-                              "restart every worker (the chief's outputs are written only at the end)") from None
+        raise DistributeError(f"--distribute {spec.kind}: a worker was lost during training ({type(exc).__name__} in "
+                              "an all-reduce); restart every worker (the outputs are written only at the end)") from None
 
 
 def start(spec: DistributeSpec) -> Distribution:
