@@ -13,7 +13,9 @@ A rewriter says which second moment of its layer's input makes its decomposition
 
 :func:`collect_statistics` runs the original model ONCE over the calibration batch, in batches, with every
 requested layer input as an extra output, and accumulates ``X^T X`` (float64) per layer: no im2col matrix
-of the whole batch is ever held. A few hundred inputs are enough (REFERENCE §9). Layers of a nested model
+of the whole batch is ever held, and shrinks it towards a multiple of the identity by the Ledoit-Wolf weight
+(:func:`shrink`: no shrinkage with many more rows than dimensions, as conv patches have; much with fewer, as a
+Dense layer on a flattened feature map has). A few hundred inputs are enough (REFERENCE §9). Layers of a nested model
 get no statistics and stay weights-only (their inputs are tensors of the nested model's own graph).
 :func:`check_calibration` gives one clear error for a batch that does not fit the model.
 """
@@ -137,7 +139,8 @@ def _input_tensors(layer: Any) -> list[Any]:
 
 
 def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatistic]], x: Any, *,
-                       batch_size: int = DEFAULT_BATCH, progress: bool = True) -> dict[str, np.ndarray]:
+                       batch_size: int = DEFAULT_BATCH, progress: bool = True,
+                       shrinkage: bool = True) -> dict[str, np.ndarray]:
     """Second moments of the inputs of the requested layers, from one pass of ``model`` over ``x``.
 
     Parameters
@@ -152,12 +155,14 @@ def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatis
         Inputs per forward pass.
     progress : bool
         A progress bar on stderr.
+    shrinkage : bool
+        Ledoit-Wolf shrinkage (:func:`shrink`); False: the plain sample second moment.
 
     Returns
     -------
     dict
         Qualified layer name -> ``(d, d)`` float64 ``E[row^T row]`` (``d``: features, or patch size
-        ``kh*kw*c_in``). Layers of nested models are absent (weights-only).
+        ``kh*kw*c_in``), Ledoit-Wolf shrunk (:func:`shrink`). Layers of nested models are absent (weights-only).
 
     Raises
     ------
@@ -197,18 +202,49 @@ def collect_statistics(model: Any, requests: Mapping[str, tuple[Any, InputStatis
         result = []
         for tensor, stat in zip(outs, stats_of):
             rows = _rows(tf, tensor, stat)
-            result.append((tf.matmul(rows, rows, transpose_a=True), tf.shape(rows)[0]))
+            norms2 = tf.reduce_sum(tf.square(tf.cast(rows, tf.float64)), axis=1)
+            result.append((tf.matmul(rows, rows, transpose_a=True), tf.shape(rows)[0], tf.reduce_sum(norms2 ** 2)))
         return result
 
     sums: list[np.ndarray | None] = [None] * len(paths)
     counts = [0] * len(paths)
+    fourth = [0.0] * len(paths)
     n = xs[0].shape[0]
     with tqdm(total=n, desc="calibrate", unit="input", file=sys.stderr, disable=not progress, leave=False) as bar:
         for start in range(0, n, max(1, int(batch_size))):
             batch = [tf.constant(a[start:start + batch_size]) for a in xs]
-            for (gram, count), owner in zip(grams(*batch), owners):
+            for (gram, count, norms4), owner in zip(grams(*batch), owners):
                 g = gram.numpy().astype(np.float64)
                 sums[owner] = g if sums[owner] is None else sums[owner] + g
                 counts[owner] += int(count)
+                fourth[owner] += float(norms4)
             bar.update(int(batch[0].shape[0]))
-    return {p: s / max(c, 1) for p, s, c in zip(paths, sums, counts) if s is not None}
+    return {p: (shrink(s / c, c, f4 / c) if shrinkage else s / c)
+            for p, s, c, f4 in zip(paths, sums, counts, fourth) if s is not None and c > 0}
+
+
+def shrink(second_moment: np.ndarray, rows: int, mean_norm4: float) -> np.ndarray:
+    """Ledoit-Wolf shrinkage of a sample second moment towards ``mu I`` (``mu = trace / d``).
+
+    With fewer rows than dimensions (a Dense layer after a flatten: 256 calibration inputs, 2304 features) the
+    sample matrix ``S`` is singular and whitening by it would ignore the weight error in every direction the
+    calibration rows do not span, which test inputs do reach. ``(1 - a) S + a mu I`` with the Ledoit-Wolf (2004)
+    weight ``a = min(b2, d2) / d2``, ``d2 = ||S - mu I||_F^2``, ``b2 = (mean ||x||^4 - ||S||_F^2) / rows``, is the
+    estimate of the population matrix with the least expected Frobenius error; ``a`` is ~0 when rows far
+    outnumber dimensions (conv patches) and large when they do not.
+
+    Parameters
+    ----------
+    second_moment : (d, d) array
+        ``S = mean(x^T x)`` over ``rows`` rows.
+    rows : int
+    mean_norm4 : float
+        ``mean(||x||^4)`` over the same rows.
+    """
+    d = second_moment.shape[0]
+    mu = float(np.trace(second_moment)) / d
+    frob2 = float(np.sum(second_moment * second_moment))
+    d2 = frob2 - 2.0 * mu * float(np.trace(second_moment)) + mu * mu * d  # ||S - mu I||_F^2
+    b2 = max((mean_norm4 - frob2) / rows, 0.0)
+    alpha = min(b2, d2) / d2 if d2 > 0 else 0.0
+    return (1.0 - alpha) * second_moment + alpha * mu * np.eye(d)
