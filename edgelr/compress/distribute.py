@@ -27,6 +27,7 @@ deadline instead of waiting for ever), a worker lost during training.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -355,8 +356,9 @@ def lost_worker_errors(spec: DistributeSpec) -> Iterator[None]:
         yield
     except (errors.UnavailableError, errors.AbortedError, errors.DeadlineExceededError,
             errors.CancelledError) as exc:
-        raise DistributeError(f"--distribute {spec.kind}: a worker was lost during training ({type(exc).__name__} in "
-                              "an all-reduce); restart every worker (the outputs are written only at the end)") from None
+        raise DistributeError(f"--distribute {spec.kind}: a worker was lost during training ({type(exc).__name__} "
+                              "in an all-reduce); restart every worker (the outputs are written only at the end)"
+                              ) from None
 
 
 def start(spec: DistributeSpec) -> Distribution:
@@ -387,13 +389,31 @@ def start(spec: DistributeSpec) -> Distribution:
     except (tfm.errors.DeadlineExceededError, tfm.errors.UnavailableError, tfm.errors.InternalError,
             tfm.errors.AbortedError) as exc:
         others = [a for i, (_, a) in enumerate(spec.tasks) if i != spec.worker]
-        first = (str(getattr(exc, "message", "") or exc).strip().splitlines() or [""])[0][:120]
         raise DistributeError(
             f"--distribute multiworker: the cluster did not assemble within {spec.timeout:g} s (worker "
-            f"{spec.worker} of {spec.num_workers}; waiting for {', '.join(others)}: {first}); start every worker "
-            f"with the same TF_CONFIG cluster and its own task index, or raise --worker-timeout "
+            f"{spec.worker} of {spec.num_workers}, {type(exc).__name__}; waiting for {', '.join(others)}); start "
+            f"every worker with the same TF_CONFIG cluster and its own task index, or raise --worker-timeout "
             f"(TensorFlow's log: {log_path})") from None
+    if spec.is_chief:  # this process hosts TensorFlow's coordination service: outlive the other workers
+        atexit.register(_wait_for_workers_to_exit, [a for i, (_, a) in enumerate(spec.tasks) if i != spec.worker])
     return Distribution(spec, strategy)
+
+
+def _wait_for_workers_to_exit(addresses: list[str], timeout: float = 20.0) -> None:
+    """At the chief's exit: wait (up to ``timeout`` s) until no other worker's server accepts connections. The
+    chief hosts the coordination service; a worker that outlives it logs a screen of gRPC errors at its exit."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    pending = list(addresses)
+    while pending and time.monotonic() < deadline:
+        host, _, port = pending[0].rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                time.sleep(0.2)
+        except OSError:
+            pending.pop(0)
 
 
 def _configure_coordination(tfm: Any, spec: DistributeSpec) -> None:
