@@ -38,12 +38,10 @@ def job(out: str) -> None:
     process worker 0 runs the one-process reference and worker 1 (its CPU split into 2 logical devices before
     any op) the mirrored run. Each run saves ``{run}.npz`` (weights after fine-tuning and after QAT, and the
     validation scores) in ``out``."""
-    import json as _json
-
     from edgelr.compress.distribute import Distribution, parse_distribute, start
     from edgelr.tfcompat import tf
 
-    index = _json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     if index == 1:
         tfm = tf()
         tfm.config.set_logical_device_configuration(tfm.config.list_physical_devices("CPU")[0],
@@ -63,7 +61,8 @@ def job(out: str) -> None:
 
 
 def _fine_tune(dist: Any) -> dict[str, np.ndarray]:
-    """Distillation fine-tune (2 epochs) and QAT (1 epoch) of a tiny CNN on digits; same seeds every call."""
+    """Distillation fine-tune (2 epochs) and QAT (1 epoch) of a tiny CNN on synthetic 8x8 inputs labelled by its
+    teacher; the same seeds, data and batches every call."""
     from edgelr.compress.distill import DistillConfig, distill, teacher_outputs
     from edgelr.compress.evaluate import Task
     from edgelr.compress.qat import calibrate_ranges, quantize_aware
