@@ -145,6 +145,9 @@ def test_tensor3_lstm_tucker_is_exact_at_full_rank_and_converts_to_tflite(tiny_l
                                  include=["lstm"], progress=False)
     row = rep.set_index("layer").loc["lstm"]
     assert tuple(row["ranks"]) == (4, 4) and row["params_after"] < row["params_before"]
+    from edgelr.rewrite.cost import layer_cost
+
+    assert sum(layer_cost(lay)[1] for lay in small.layers if lay.name.startswith("lstm")) == row["macs_after"]
     assert small.count_params() == tiny_lstm.count_params() - row["params_before"] + row["params_after"]
 
 

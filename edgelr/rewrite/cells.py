@@ -147,6 +147,10 @@ class Tucker3LSTMCell(_keras.layers.Layer):
     def output_size(self) -> int:
         return self.units
 
+    def step_macs(self, input_dim: int) -> int:
+        """MACs of one step on ``input_dim`` (= R_x) inputs: ``H R_x + 4 R_h R_x + 4 R_h H``."""
+        return self.units * int(input_dim) + 4 * self.hidden_rank * (int(input_dim) + self.units)
+
     def build(self, input_shape: Any) -> None:
         r_x = int(input_shape[-1])
         self.recurrent_in = self.add_weight(name="recurrent_in", shape=(self.units, r_x), initializer="orthogonal")

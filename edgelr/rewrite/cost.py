@@ -95,6 +95,8 @@ def rnn_step_macs(cell: Any, input_dim: int) -> int:
     input_dim : int
         D, the size of one input time step.
     """
+    if hasattr(cell, "step_macs"):  # a cell that counts its own (edgelr.rewrite.cells.Tucker3LSTMCell)
+        return int(cell.step_macs(input_dim))
     units = int(cell.units)
     name = type(cell).__name__
     gates = {"LSTMCell": 4, "GRUCell": 3, "SimpleRNNCell": 1, "LowRankLSTMCell": 4, "LowRankGRUCell": 3}.get(name)

@@ -205,7 +205,9 @@ def main() -> int:
     if args.render_only:
         docs = [json.loads(p.read_text()) for p in sorted(out.glob("seed_methods*.json"))]
         doc = docs[0]
-        for other in docs[1:]:
+        for other in docs[1:]:  # a later file's row replaces an earlier one for the same cell (a re-run)
+            keys = {(r["part"], r["target_x"], r["column"]) for r in other["rows"]}
+            doc["rows"] = [r for r in doc["rows"] if (r["part"], r["target_x"], r["column"]) not in keys]
             doc["rows"] += other["rows"]
             doc["meta"]["parts"].update(other["meta"]["parts"])
             doc["meta"]["command"] += " ; " + other["meta"]["command"]
