@@ -152,6 +152,9 @@ def distill(student: Any, teacher_train_out: np.ndarray, x_train: np.ndarray, y_
     k2 = keras2()
     result = DistillResult()
     t_start = time.perf_counter()
+    if distribution is not None:
+        # every worker starts from the chief's model (QAT ranges calibrated with dropout on differ per worker)
+        student.set_weights(distribution.from_chief(student.get_weights()))
     result.initial_val = evaluate(student, x_val, y_val, task)
     result.best_val = result.initial_val
     if cfg.epochs <= 0 or len(x_train) == 0:
