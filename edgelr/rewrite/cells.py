@@ -163,10 +163,11 @@ class Tucker3LSTMCell(_keras.layers.Layer):
     def call(self, inputs: Any, states: Any, training: Any = None) -> Any:
         h_prev, c_prev = states[0], states[1]
         q = _tf.matmul(inputs + _tf.matmul(h_prev, self.recurrent_in), self.core)
-        z = _tf.reshape(_tf.matmul(_tf.reshape(q, [-1, self.hidden_rank]), self.hidden), [-1, 4 * self.units])
+        # one matmul per gate with the shared U^T (a reshape to (4 B, R_h) instead fails XNNPACK's int8 prepare)
+        z_i, z_f, z_c, z_o = (_tf.matmul(q_g, self.hidden) for q_g in _tf.split(q, 4, axis=-1))
         if self.use_bias:
-            z = z + self.bias
-        z_i, z_f, z_c, z_o = _tf.split(z, 4, axis=-1)
+            b_i, b_f, b_c, b_o = _tf.split(self.bias, 4)
+            z_i, z_f, z_c, z_o = z_i + b_i, z_f + b_f, z_c + b_c, z_o + b_o
         i = self.recurrent_activation(z_i)
         f = self.recurrent_activation(z_f)
         c = f * c_prev + i * self.activation(z_c)
