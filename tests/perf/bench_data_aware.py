@@ -14,7 +14,7 @@ test split WITHOUT fine-tuning: relative output error ``||f'(x) - f(x)|| / ||f(x
 top-1 accuracy, and top-1 agreement with the original.
 
 Usage: .venv/bin/python tests/perf/bench_data_aware.py [--train 12000] [--epochs 3] [--test 2000]
-       [--budgets 0.5,0.3] [--mobilenet-budgets 0.9,0.7,0.5]
+       [--budgets 0.5,0.3,0.1] [--mobilenet-budgets 0.9,0.7]
 Writes reports/data_aware.md (~10 min on 2 shared cores).
 """
 
@@ -154,8 +154,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--calibration", type=int, default=256)
-    ap.add_argument("--budgets", default="0.5,0.3", help="params:F budgets for the CNN")
-    ap.add_argument("--mobilenet-budgets", default="0.9,0.7,0.5",
+    ap.add_argument("--budgets", default="0.5,0.3,0.1", help="params:F budgets for the CNN")
+    ap.add_argument("--mobilenet-budgets", default="0.9,0.7",
                     help="params:F budgets for MobileNetV2 (already compact: its thin 1x1 convs stand less)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "data_aware.md"))
     args = ap.parse_args()
