@@ -237,7 +237,7 @@ def test_layer_cost_counts(tf_keras: Any) -> None:
     assert applicable_methods(get("c")) == ["tucker2", "cp", "spatial-svd"]
     assert applicable_methods(get("pw")) == ["svd"]
     assert applicable_methods(get("bn")) == []
-    assert applicable_methods(get("lstm")) == ["svd", "svd-recurrent"]
+    assert applicable_methods(get("lstm")) == ["svd", "svd-recurrent", "tensor3"]
     assert applicable_methods(get("d")) == ["svd"]
 
 

@@ -19,7 +19,7 @@ from edgelr.rewrite.registry import (
     supported_layers,
 )
 
-BUILTIN = {"svd", "svd-recurrent", "tucker2", "cp", "spatial-svd"}
+BUILTIN = {"svd", "svd-recurrent", "tensor3", "tucker2", "cp", "spatial-svd"}
 
 
 class DepthwiseConv2D:
