@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,23 +110,10 @@ def compress(model: Any, data: Any, target: str = "host", out_dir: str | os.Path
                 "(--no-data-aware: weights only)")
         search_info: dict[str, Any] | None = None
         if opts.max_accuracy_drop is None and opts.max_latency_ms is None and opts.min_speedup is None:
-            if opts.cv_folds is not None:
-                from edgelr.compress.cv_ranks import DEFAULT_LADDER, select_policy_by_cv
+            from edgelr.compress.lowrank_train import train_and_factorize
 
-                candidates = opts.cv_policies or [str(plan_options.rank_policy), *DEFAULT_LADDER]
-                policy, _ = select_policy_by_cv(runner, plan_options, candidates, opts.cv_folds, opts.cv_epochs, log)
-                plan_options = replace(plan_options, rank_policy=policy)
-            if opts.nuclear > 0 or opts.deeptwist_every is not None:
-                from edgelr.compress.lowrank_train import lowrank_factorize
-
-                fact, factor_report = lowrank_factorize(runner, plan_options, log)
-            elif opts.overparam_epochs:
-                from edgelr.compress.lowrank_train import overparam_orthogonal
-
-                fact, factor_report = _factorize(overparam_orthogonal(runner, plan_options, log), plan_options,
-                                                 opts.progress)
-            else:
-                fact, factor_report = _factorize(original, plan_options, opts.progress)
+            # CV ranks and low-rank training when asked, else the plain factorization
+            fact, factor_report = train_and_factorize(runner, plan_options, log)
             attempt = runner.run(fact, factor_report, "factorized")
             budget_met = None
         else:
