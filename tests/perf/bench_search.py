@@ -124,7 +124,7 @@ def _compare(name: str, model: Any, data: Any, target: str, budget: float, opts:
 
 def render(results: dict[str, Any]) -> None:
     md = ["# The rank search: the most compressed model within the budget", "",
-          "Produced by `tests/perf/bench_search.py` (Fashion-MNIST, JapaneseVowels) and two `edgelr demo` runs "
+          "Produced by `tests/perf/bench_search.py` (Fashion-MNIST, JapaneseVowels) and `edgelr demo` runs "
           "(figures copied into reports/search.json `demo`). Seed 0 everywhere; 2 shared cores, load given per run.", ""]
     demo = results.get("demo")
     if demo:
