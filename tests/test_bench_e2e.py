@@ -124,7 +124,8 @@ def test_cli_bench_json_end_to_end(tiny_tflite: Path, inventory: Path, tmp_path:
         assert sorted(r["sample"] for r in lat) == [0, 1, 2, 3, 4]   # one sample per --runs
         assert all(r["value"] > 0 and r["unit"] == "ms" for r in lat)
         agg = {r["metric"]: r for r in rows if r["repeat"] == rep and r["sample"] == -1}
-        assert set(agg) == set(METRICS) - {"latency", "accuracy", "params", "macs", "rail_energy_per_inference"}
+        assert set(agg) == set(METRICS) - {"latency", "accuracy", "params", "macs", "rail_energy_per_inference",
+                                           "op_latency"}  # op_latency only with --profile-ops
         mean = sum(r["value"] for r in lat) / 5
         assert agg["latency_avg"]["value"] == pytest.approx(mean)
         assert agg["latency_min"]["value"] == min(r["value"] for r in lat)
