@@ -12,6 +12,10 @@ PIP    := $(VENV)/bin/pip
 # for the shared history.
 APT_PACKAGES := openssh-server adb dataset-fashion-mnist chromium iproute2 dash busybox procps mksh postgresql
 PYTEST_ARGS ?=
+# The suite runs in 2 worker processes (pytest-xdist), a test file per worker: most of its time is spent
+# waiting on real servers and device processes, so 2 workers fit 2 cores. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: demo test test-fast test-emulated venv clean perf-deps
 
@@ -44,10 +48,10 @@ demo: $(VENV)/.stamp-base
 	$(VENV)/bin/edgelr demo
 
 test: $(VENV)/.stamp-test $(VENV)/.stamp-apt
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.stamp-test $(VENV)/.stamp-apt
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 test-emulated: $(VENV)/.stamp-test $(VENV)/.stamp-apt
 	@if [ "$$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user-static debootstrap binfmt-support >/dev/null; fi
