@@ -151,6 +151,29 @@ def test_tensor3_lstm_tucker_is_exact_at_full_rank_and_converts_to_tflite(tiny_l
     assert small.count_params() == tiny_lstm.count_params() - row["params_before"] + row["params_after"]
 
 
+def test_tensor3_int8_runs_under_xnnpack_when_the_first_step_is_all_zero(tf_keras: ModuleType) -> None:
+    """Left-padded sequences: step 0 sees x = 0 and h0 = 0 in every calibration sample. Without the projection's
+    offset the core's output there is exactly 0, gets a ~1e-9 int8 scale and XNNPACK refuses the model (seen
+    on JapaneseVowels' LSTM(128) at every rank)."""
+    from edgelr.compress.convert import convert
+    from edgelr.compress.validate import run_tflite
+    from edgelr.rewrite import factorize_model
+
+    k2 = tf_keras
+    k2.utils.set_random_seed(0)
+    inp = k2.Input((6, 5), batch_size=1)
+    model = k2.Model(inp, k2.layers.Dense(3, name="head")(k2.layers.LSTM(8, name="lstm")(inp)))
+    cell = model.get_layer("lstm").cell
+    cell.bias.assign(np.random.default_rng(2).normal(scale=0.5, size=cell.bias.shape))  # as trained: not zero
+    fact, _ = factorize_model(model, method="tensor3", rank_policy="rank:4", min_reduction=None,
+                              include=["lstm"], progress=False)
+    x = np.random.default_rng(1).normal(size=(64, 6, 5)).astype(np.float32)
+    x[:, :2] = 0.0                                                  # padding at the start of every sequence
+    ref = fact.predict(x[:16], batch_size=1, verbose=0)
+    y = run_tflite(convert(fact, "int8", representative=x).content, x[:16])   # XNNPACK prepares it
+    assert np.abs(y - ref).max() < 0.1 * np.abs(ref).max()
+
+
 def test_one_se_rule_picks_the_most_compressed_candidate_within_one_standard_error() -> None:
     scores = {"full": [89, 93, 91], "half": [89, 91, 90], "quarter": [80, 85, 82], "noisy": [70, 95, 90]}
     costs = {"full": 100, "half": 50, "quarter": 25, "noisy": 10}

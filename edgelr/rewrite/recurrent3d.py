@@ -6,13 +6,14 @@ into ``T (4, H, D + H)`` and factorizes ``T[g] ~= U G_g V^T`` with shared ``U (H
 and a core ``G (4, R_h, R_x)`` (:mod:`edgelr.factorize.tensor3`). Ranks ``(R_h, R_x)``; exact at
 ``(H, D + H)``.
 
-The chain: ``Dense(R_x, no bias)`` (``<layer>/t3_in``, ``x V_x`` for the whole sequence outside the loop),
+The chain: ``Dense(R_x)`` (``<layer>/t3_in``, ``x V_x + o`` for the whole sequence outside the loop; the
+constant offset ``o`` is taken back out of the gate bias, see ``materialize``),
 then a stock ``tf_keras.layers.RNN`` (keeping the layer's name) around
 :class:`edgelr.rewrite.cells.Tucker3LSTMCell`. TFLite converts it to a ``WHILE`` loop (full-integer int8:
 unrolled, see :func:`edgelr.compress.convert.unrolled_copy`). Dropout is not carried over.
 
 Costs: ``D R_x + H R_x + 4 R_h R_x + 4 R_h H`` MACs per step; params ``D R_x + H R_x + 4 R_h R_x + R_h H``
-plus the 4H bias (``U`` is stored once and applied to every gate).
+plus the 4H bias and the R_x offset (``U`` is stored once and applied to every gate).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class LSTMTensor3Tucker(Rewriter):
         r_h, r_x = (int(r) for r in ranks)
         steps, d, h = _dims(layer)
         shared = d * r_x + h * r_x + 4 * r_h * r_x  # the projection of [x; h] and the core
-        params = shared + r_h * h + (4 * h if layer.use_bias else 0)  # U is shared by the 4 gates...
+        # U is shared by the 4 gates...; with a bias, the projection carries R_x more (the step-0 offset below)
+        params = shared + r_h * h + (4 * h + r_x if layer.use_bias else 0)
         return params, steps * (shared + 4 * r_h * h)  # ...but applied to each
 
     def decompose(self, layer: Any) -> Tensor3State:
@@ -110,10 +112,20 @@ class LSTMTensor3Tucker(Rewriter):
                                      recurrent_activation=cfg["recurrent_activation"], use_bias=bool(layer.use_bias),
                                      dtype=dtype, name=f"{layer.name}_cell")
         rnn = keras.layers.RNN(cell, name=layer.name, dtype=dtype, **{k: cfg[k] for k in _RNN_KEYS if k in cfg})
-        proj = keras.layers.Dense(r_x, use_bias=False, name=child_name(layer, "t3_in"), dtype=dtype)
         f32 = np.float32
+        v_x = res.inputs[:d].astype(f32)
         weights = [res.inputs[d:].astype(f32), core.astype(f32), res.hidden.T.astype(f32)]
+        proj_weights = [v_x]
         if layer.use_bias:
-            weights.append(layer.cell.bias.numpy())
-        chain = [NewLayer(proj, [res.inputs[:d].astype(f32)]), NewLayer(rnn, weights, extra_inputs=True)]
+            # The projection gets a constant offset o, taken back out of the gate bias: o C U^T per gate, so the
+            # layer computes the same function. Without it, a step whose input and state are zero for every
+            # calibration sample (left-padded sequences, h0 = 0) gives q = 0 exactly: int8 conversion then
+            # gives q a ~1e-9 scale, XNNPACK refuses the model ("failed to prepare") and the gate bias, quantized
+            # at input x weight scale, overflows int32. o's size is a typical |x V_x| (median column norm / 2).
+            offset = np.full(r_x, 0.5 * float(np.median(np.linalg.norm(v_x, axis=0))) or 1.0, f32)
+            shift = np.concatenate([(offset @ core[:, g * r_h:(g + 1) * r_h]) @ res.hidden.T for g in range(4)])
+            weights.append((layer.cell.bias.numpy() - shift).astype(f32))
+            proj_weights.append(offset)
+        proj = keras.layers.Dense(r_x, use_bias=bool(layer.use_bias), name=child_name(layer, "t3_in"), dtype=dtype)
+        chain = [NewLayer(proj, proj_weights), NewLayer(rnn, weights, extra_inputs=True)]
         return Rewrite(chain, ranks, *self.cost(layer, ranks), float(res.rel_error))
