@@ -97,7 +97,8 @@ def tiny(tf_keras: ModuleType) -> tuple[Any, Any]:
     return model, data
 
 
-def run_search(tiny: tuple[Any, Any], drop_of_macs: Any, max_trials: int = 4) -> tuple[Any, dict[str, Any], list]:
+def run_search(tiny: tuple[Any, Any], drop_of_macs: Any, max_trials: int = 4,
+               min_saving: int | None = None) -> tuple[Any, dict[str, Any], list]:
     import edgelr.compress.search as search
     from edgelr.compress.evaluate import Task
     from edgelr.compress.options import CompressOptions, resolve_plan_options
@@ -107,7 +108,7 @@ def run_search(tiny: tuple[Any, Any], drop_of_macs: Any, max_trials: int = 4) ->
 
     model, data = tiny
     opts = CompressOptions(max_accuracy_drop=BUDGET, progress=False, search_subset=100, max_trials=max_trials,
-                           rank_policy="params:0.5", min_saving=None)
+                           rank_policy="params:0.5", min_saving=min_saving)
     ran: list[str] = []
 
     def run(new: Any, factor_report: Any, label: str) -> Any:
@@ -187,3 +188,12 @@ def test_same_seed_same_fine_tune(tf_keras: ModuleType) -> None:
     assert not tf_config.is_op_determinism_enabled()  # restored after the run
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_no_candidate_splits_a_layer_where_the_split_saves_too_little(tiny: tuple[Any, Any]) -> None:
+    """The absolute-saving rule holds for the search's own ranks too: fc2 (96 x 96) saves 9216 - 192 r
+    parameters (and MACs) at rank r, so with min_saving 4000 no candidate may give it a rank above 27."""
+    _, info, _ = run_search(tiny, lambda macs: 0.0, max_trials=1, min_saving=4000)
+    ranks = [c["ranks"].get("fc2") for c in info["candidates"]]
+    split = [r[0] for r in ranks if r]
+    assert split and all(9216 - 192 * r >= 4000 for r in split), ranks

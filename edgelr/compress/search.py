@@ -199,11 +199,17 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
         out = predict(new, xs)
         return fidelity(out, reference, task), fidelity_drop(out, reference, task)
 
+    def at_share(p: str, share: float, by: str = "macs") -> tuple[int, ...] | None:
+        """Layer ``p``'s ranks at ``share``, or None (whole) where the plan's absolute-saving rule says the
+        split does not pay at those ranks."""
+        r = ranks_for_share(plan.layers[p], share, plan.multiple, by)
+        return None if r is None or plan.saving_reason(p, r) else r
+
     shares: dict[str, list[tuple[float, tuple[int, ...]]]] = {}
     for p in paths:
         opts_p: list[tuple[float, tuple[int, ...]]] = []
         for s in RATIOS:
-            r = ranks_for_share(plan.layers[p], s, plan.multiple)
+            r = at_share(p, s)
             if r is not None and all(r != q for _, q in opts_p):
                 opts_p.append((s, r))
         shares[p] = opts_p
@@ -245,7 +251,7 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
     for by in ("macs", "params"):
         for share in LADDER:
             add(f"uniform {by} {share:g}", "uniform",
-                {p: ranks_for_share(plan.layers[p], share, plan.multiple, by) for p in paths})
+                {p: at_share(p, share, by) for p in paths})
 
     candidates: list[dict[str, Any]] = []
     for label, kind, cfg in tqdm(configs, desc="candidates", unit="config", file=sys.stderr,
