@@ -276,10 +276,11 @@ def search_and_run(runner: AttemptRunner, plan_options: PlanOptions,
         current["tflite_score"] = attempt.validation.accuracy if task.classifier else attempt.validation.loss
         current["tflite_drop"] = attempt.tflite_drop
         trials.append(attempt)
-        verdict = "within" if attempt.tflite_drop <= budget else "over"
+        verdict = ("" if not np.isfinite(budget) else  # a latency limit only: no accuracy budget to judge by
+                   f", {'within' if attempt.tflite_drop <= budget else 'over'} the budget of {budget:g}")
         log(f"rank search: trial {len(trials)} {current['label']} ({current['macs_x']:.2f}x fewer MACs, signal "
-            f"{current['val_drop']:.2f}): {runner.quantization} tflite drop {attempt.tflite_drop:.2f} points, "
-            f"{verdict} the budget of {budget:g}")
+            f"{current['val_drop']:.2f}): {runner.quantization} tflite drop {attempt.tflite_drop:.2f} points"
+            f"{verdict}")
         current = next_trial(pool, budget, slack, key)
         if current is not None and len(trials) < max(1, opts.max_trials):
             met = any(c["tried"] and c["tflite_drop"] <= budget for c in candidates)
