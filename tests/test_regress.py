@@ -372,16 +372,23 @@ def _runners_of(root: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_regress_at_once_keeps_rows_and_leaves_no_runner(models: tuple[Path, Path], tmp_path: Path) -> None:
-    suite = _suite(tmp_path / "s", ["local"], runs=400, sessions=50)
+    # far more work than the ~20 s before the interrupt, even on a quiet machine (with 400 x 50 the run had
+    # already been stored complete there, and the interrupt hit what came after it)
+    suite = _suite(tmp_path / "s", ["box"], runs=4000, sessions=200)
     _put_model(suite.parent, models[1])
     env = _env(tmp_path)
-    proc = subprocess.Popen([*EDGELR, "regress", "--suite", str(suite)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    inv = tmp_path / "inv.toml"   # a local device whose workdir is this test's, so _runners_of sees its runner
+    inv.write_text(f'[devices.box]\ntransport = "local"\ntarget = "host"\npython = "{sys.executable}"\n'
+                   f'workdir = "{tmp_path / "dev"}"\n')
+    proc = subprocess.Popen([*EDGELR, "regress", "--suite", str(suite), "--inventory", str(inv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     hist = suite.parent / "reports" / "history"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline - 100 and proc.poll() is None:   # ~20 s in: sessions are running
         time.sleep(0.5)
-    assert proc.poll() is None
+    while not _runners_of(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)                                                # interrupt a session, not a gap
+    assert proc.poll() is None and _runners_of(tmp_path)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
