@@ -107,3 +107,15 @@ def test_compress_options_carry_min_saving_once() -> None:
     assert resolve_plan_options(check_options({"min_saving": 0}), get_target("rpi4")).kwargs()["min_saving"] == 0
     with pytest.raises(UsageError, match="--min-saving: min_saving: got -5"):
         check_options({"min_saving": -5})
+
+
+def test_min_saving_takes_any_whole_number_and_refuses_the_rest() -> None:
+    import numpy as np
+
+    from edgelr.errors import FactorizeError
+    from edgelr.rewrite.options import check_min_saving
+
+    assert check_min_saving(np.int64(1024)) == 1024 and check_min_saving(512.0) == 512 and check_min_saving(None) is None
+    for bad in (True, -1, 1.5, "1024", float("nan")):
+        with pytest.raises(FactorizeError, match="min_saving"):
+            check_min_saving(bad)

@@ -131,7 +131,10 @@ def check_min_saving(value: Any) -> int | None:
     or None (the rule off); :class:`FactorizeError` naming the value otherwise."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or float(value) != int(value):
+    import numbers
+
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0
+            or float(value) != int(value)):
         raise FactorizeError(f"min_saving: got {value!r}; expected a whole number of parameters/MACs >= 0 "
                              "(e.g. 1024) or None (off)")
     return int(value)
