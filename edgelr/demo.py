@@ -35,7 +35,7 @@ def train_digits_cnn(data: Dataset, epochs: int = 30, seed: int = 0, verbose: bo
     """Train the demo CNN on ``data``; returns ``(model, test accuracy in %)``."""
     from edgelr.compress.attempt import deterministic
 
-    with deterministic(seed):  # Python, NumPy and TF seeds + op determinism: the same seed trains the same model
+    with deterministic(seed):  # Python, NumPy and TF seeds: the same seed trains the same model
         return _train_digits_cnn(data, epochs, verbose)
 
 

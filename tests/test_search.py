@@ -166,7 +166,8 @@ def test_an_impossible_budget_returns_the_smallest_drop(tiny: tuple[Any, Any]) -
 
 
 def test_same_seed_same_fine_tune(tf_keras: ModuleType) -> None:
-    """set_seeds + op determinism: a model built and fine-tuned twice from the same seed is the same."""
+    """The run's seeds (edgelr.compress.attempt.deterministic): a model built and fine-tuned twice from the same
+    seed is the same, bit for bit, without TensorFlow's op determinism."""
     from tensorflow.python.framework import config as tf_config
 
     from edgelr.compress.attempt import deterministic
@@ -179,13 +180,12 @@ def test_same_seed_same_fine_tune(tf_keras: ModuleType) -> None:
     weights = []
     for _ in range(2):
         with deterministic(7):
-            assert tf_config.is_op_determinism_enabled()
+            assert not tf_config.is_op_determinism_enabled()
             m = tf_keras.Sequential([tf_keras.Input(shape=(16,)), tf_keras.layers.Dropout(0.3),
                                      tf_keras.layers.Dense(4, activation="softmax")])
             distill(m, teacher, x, y, x[:32], y[:32], Task(True, 4, "probs"), DistillConfig(epochs=1, seed=7),
                     progress=False)
             weights.append(m.get_weights())
-    assert not tf_config.is_op_determinism_enabled()  # restored after the run
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
 

@@ -87,27 +87,20 @@ def set_seeds(seed: int) -> None:
 
 @contextmanager
 def deterministic(seed: int) -> Iterator[None]:
-    """Seeds set (:func:`set_seeds`) and TensorFlow's op determinism on for the duration (restored after).
+    """Seeds set (:func:`set_seeds`: Python, NumPy, TensorFlow) for the duration of a run.
 
-    Same seed, same result on the same machine and builds. Left nondeterministic, and why: a different
-    TensorFlow / oneDNN / XNNPACK build or a CPU with other vector instructions sums in another order (the
-    last bits of a fine-tuned weight, and through it a borderline prediction, can change); LiteRT validation
-    runs on one thread, so its reduction order does not depend on scheduling.
+    Same seed, same result on the same machine and builds: the CPU kernels a fine-tune here uses are
+    deterministic given the seeds (a fine-tune run twice gives bit-identical weights, tests/test_search.py;
+    the demo's training too). TensorFlow's op determinism is NOT switched on: toggling it per run was
+    followed by SIGABRTs inside TensorFlow in long test processes (twice in five full runs, at the first op
+    after enabling it) and it logs "NodeDef mentions attribute use_unbounded_threadpool" errors.
+    Left nondeterministic, and why: a different TensorFlow / oneDNN / XNNPACK build or a CPU with other vector
+    instructions sums in another order (the last bits of a fine-tuned weight, and through it a borderline
+    prediction, can change); LiteRT validation runs on one thread, so its reduction order does not depend
+    on scheduling.
     """
-    from edgelr.tfcompat import tf
-
-    tf()
-    from tensorflow.python.framework import config as tf_config  # the public API cannot query or undo it
-
-    was_on = bool(tf_config.is_op_determinism_enabled())
     set_seeds(seed)
-    if not was_on:
-        tf_config.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if not was_on:
-            tf_config.disable_op_determinism()
+    yield
 
 
 def calibration_samples(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
