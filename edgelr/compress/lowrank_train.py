@@ -322,17 +322,14 @@ def orthogonal_penalty(model: Any, strength: float) -> Callable[[], Any] | None:
 
 # -- callbacks ------------------------------------------------------------------------------------------------
 
-def _callback_base() -> Any:
+def _every_n_batches(step: Any, every: int, name: str, at_end: bool = False) -> Any:
+    """A ``tf_keras`` callback calling ``step(model)`` every ``every`` training batches (and once more at the
+    end of training with ``at_end``); ``steps`` and ``applied`` count batches and calls."""
     from edgelr.tfcompat import keras2
 
-    return keras2().callbacks.Callback
+    _check_every(every, name)
 
-
-def nuclear_callback(shrink: float, every: int) -> Any:
-    """A ``tf_keras`` callback: :func:`nuclear_prox` with ``shrink`` every ``every`` training batches."""
-    base = _callback_base()
-
-    class NuclearNormProx(base):  # type: ignore[misc, valid-type]
+    class EveryNBatches(keras2().callbacks.Callback):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.steps, self.applied = 0, 0
@@ -340,34 +337,25 @@ def nuclear_callback(shrink: float, every: int) -> Any:
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.steps += 1
             if self.steps % every == 0:
-                nuclear_prox(self.model, shrink)
+                step(self.model)
                 self.applied += 1
 
-    _check_every(every, "nuclear_every")
-    return NuclearNormProx()
+        def on_train_end(self, logs: Any = None) -> None:
+            if at_end:
+                step(self.model)
+
+    return EveryNBatches()
+
+
+def nuclear_callback(shrink: float, every: int) -> Any:
+    """A ``tf_keras`` callback: :func:`nuclear_prox` with ``shrink`` every ``every`` training batches."""
+    return _every_n_batches(lambda model: nuclear_prox(model, shrink), every, "nuclear_every")
 
 
 def deeptwist_callback(targets: list[TwistTarget], every: int) -> Any:
     """A ``tf_keras`` callback: DeepTwist's distortion (:func:`project_model`) every ``every`` training
     batches and at the end of training, so the trained weights are exactly low rank at ``targets``' ranks."""
-    base = _callback_base()
-
-    class DeepTwist(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            super().__init__()
-            self.steps, self.applied = 0, 0
-
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.steps += 1
-            if self.steps % every == 0:
-                project_model(self.model, targets)
-                self.applied += 1
-
-        def on_train_end(self, logs: Any = None) -> None:
-            project_model(self.model, targets)
-
-    _check_every(every, "deeptwist_every")
-    return DeepTwist()
+    return _every_n_batches(lambda model: project_model(model, targets), every, "deeptwist_every", at_end=True)
 
 
 def _check_every(every: int, what: str) -> None:
