@@ -252,14 +252,11 @@ def main() -> int:
         run_part(Part("Fashion-MNIST CNN", model, data, part_common), targets, "auto",
                  [c for c in columns if c != "tensor3"], settings, out, doc)
     if "lstm" in args.parts:
-        from bench_compress_lstm import LENGTH, load
+        from bench_compress_lstm import build_lstm, load
 
         k2.utils.set_random_seed(0)
         data = load()
-        inp = k2.Input((LENGTH, 12))
-        h = k2.layers.LSTM(128, name="lstm")(inp)
-        model = k2.Model(inp, k2.layers.Dense(9, activation="softmax", name="head")(h), name="vowels_lstm")
-        model.compile(k2.optimizers.Adam(2e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        model = build_lstm(k2)
         model.fit(data.x_train, data.y_train, epochs=args.lstm_epochs, batch_size=32, verbose=0)
         settings = {"nuclear": 0.1, "every": 2, "lowrank_epochs": args.lstm_lowrank, "orthogonal": 1e-3,
                     "cv_epochs": args.lstm_ft}
