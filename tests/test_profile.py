@@ -57,8 +57,8 @@ def test_table_is_cached_resumable_and_bounded(tiny: Any, inventory: str, tmp_pa
     with pytest.raises(Interrupted, match="finished batches are kept"):
         prof.profile_model(tiny, "testbox", inventory=inventory, cache=cache, progress=stop_at_second_batch, **FAST)
     first = _rows(cache)
-    # conv: as is + ranks 8x8, 8x16 (rank multiple 8, full ranks 8x16) + the whole model
-    assert first == 4
+    # conv: as is + ranks 8x8, 8x16 (rank multiple 8, full ranks 8x16) + the whole model + the probe model
+    assert first == 5
 
     said.clear()
     res = prof.profile_model(tiny, "testbox", inventory=inventory, cache=cache, progress=said.append, **FAST)
@@ -66,7 +66,9 @@ def test_table_is_cached_resumable_and_bounded(tiny: Any, inventory: str, tmp_pa
     assert any("(3 cached)" in m for m in said), said  # only fc was measured
     assert _rows(cache) == first + 3  # fc as is + ranks 8, 10
     assert all(r["ms"] > 0 and r["sessions"] == 2 for r in res.rows)
-    assert res.table.model_ms > 0
+    assert res.table.model_ms > 0 and res.probe_ms > 0
+    assert res.table.calibration in {"two-point", "proportional", "none (no usable probe)"}
+    assert res.table.context_scale > 0
     conv_sig = layer_signature(tiny.get_layer("conv"), "tucker2")
     assert set(res.table.entries[conv_sig]) == {None, (8, 8), (8, 16)}
 
@@ -98,6 +100,23 @@ def test_plan_uses_measured_latency_and_keeps_slow_chains_whole(tiny: Any) -> No
 
     # the measured whole model minus conv as is plus conv at 8x8: 1.5 - 1.0 + 0.5
     assert model_latency(plan, {"conv": (8, 8)}) == pytest.approx(1.0)
+    # a layer inside the model twice as slow as alone: the change counts twice
+    table.context_scale = 2.0
+    assert model_latency(plan, {"conv": (8, 8)}) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("t0, t1, s0, s1, scale, how", [
+    (10.0, 7.0, 4.0, 2.0, 1.5, "two-point"),            # T = 4 + 1.5 S
+    (10.0, 2.0, 4.0, 2.0, 2.5, "proportional"),         # the fit (s = 4) would leave a negative remainder
+    (10.0, 11.0, 4.0, 2.0, 2.5, "proportional"),        # the probe slower although its layers are faster
+    (10.0, 7.0, 4.0, 3.9, 1.0, "none (no usable probe)"),  # the probe hardly changes the layers
+    (10.0, float("nan"), 4.0, 2.0, 1.0, "none (no usable probe)"),
+])
+def test_context_scale_from_the_model_and_the_probe(t0: float, t1: float, s0: float, s1: float, scale: float,
+                                                    how: str) -> None:
+    table = MeasuredLatency({}, model_ms=t0)
+    assert table.calibrate(t0, t1, s0, s1) == pytest.approx(scale)
+    assert table.context_scale == pytest.approx(scale) and table.calibration == how
 
 
 def test_interpolation_is_bilinear_between_profiled_ranks() -> None:

@@ -53,7 +53,9 @@ def profile(ctx: click.Context, model: str, device: str, target: str | None, met
                            targets_file=targets_file, trust_new_host=trust_new_host, lock=not no_lock,
                            progress=info)
     summary = {"device": result.device, "runtime": result.runtime, "quantization": result.quantization,
-               "threads": result.threads, "model_ms": result.table.model_ms, "complete": result.complete,
+               "threads": result.threads, "model_ms": result.table.model_ms, "probe_ms": result.probe_ms,
+               "context_scale": result.table.context_scale, "calibration": result.table.calibration,
+               "complete": result.complete,
                "missing": result.missing, "seconds": round(result.seconds, 1), "cache": result.cache,
                "layers": result.layers, "rows": result.rows}
     if as_json:
@@ -61,8 +63,9 @@ def profile(ctx: click.Context, model: str, device: str, target: str | None, met
     else:
         click.echo(table(result.layers, ["layer", "method", "whole_ms", "fastest_ranks", "fastest_ms",
                                          "fastest_speedup", "micro_models"]))
-        info(f"whole model {result.table.model_ms:.3f} ms; {len(result.rows)} micro-model(s) in {result.cache} "
-             f"({result.seconds:.0f} s)")
+        info(f"whole model {result.table.model_ms:.3f} ms, probe {result.probe_ms:.3f} ms: a layer inside the model "
+             f"x{result.table.context_scale:.2f} its time alone ({result.table.calibration}); "
+             f"{len(result.rows)} micro-model(s) in {result.cache} ({result.seconds:.0f} s)")
     if not result.complete:
         info(f"edgelr: error: {result.missing} micro-model(s) not measured yet (--max-time); run again to continue")
         ctx.exit(1)

@@ -5,8 +5,11 @@ whether that pays depends on the device. :func:`profile_model` measures it: for 
 of a model, micro-models (:mod:`edgelr.profile.micro`) of the layer as is and of its low-rank chain over a
 ladder of ranks (both Tucker-2 modes), converted with the target's quantization and benchmarked on the
 device with its thread count, K sessions each, the micro-models of a batch interleaved in a random order
-per session (:mod:`edgelr.profile.measure`). The whole original model is measured in the same sessions, so
-the unfactorized remainder (model minus its factorizable layers) is known too.
+per session (:mod:`edgelr.profile.measure`). Two whole models are measured in the same sessions: the
+original, and a probe with every profiled layer at the ladder's :data:`PROBE_LEVEL`. A layer alone runs
+faster than inside a model (hot caches; on a busy device, runs short enough to slip between other
+processes); the two give the table's ``context_scale``, how a change of the layers' table sum shows in the
+whole model (:meth:`edgelr.rewrite.cost.MeasuredLatency.calibrate`).
 
 Results go to a cache (:mod:`edgelr.profile.cache`) keyed by (device, runtime version, layer signature,
 ranks, quantization, threads): layers another model shares are not measured again, an interrupted or
@@ -30,7 +33,8 @@ from typing import Any, Callable
 
 from edgelr.errors import Interrupted, UsageError
 from edgelr.profile.cache import Context, Entry, LatencyCache
-from edgelr.profile.micro import LEVELS, MicroSpec, build_micro, layer_specs, profiled_layers
+from edgelr.profile.micro import (LEVELS, MicroSpec, quiet_native_stderr, build_micro, layer_specs,
+                                 profiled_layers)
 from edgelr.rewrite.cost import MeasuredLatency, latency_estimate, layer_signature, ranks_key
 
 __all__ = ["ProfileResult", "profile_model", "model_signature", "predict_model_ms"]
@@ -39,6 +43,8 @@ DEFAULT_SESSIONS = 5
 """K sessions per micro-model: the table entry is the median of K session medians."""
 BATCH = 60
 """Micro-models measured together (one process per session measures them all); finished batches are kept."""
+PROBE_LEVEL = 0.25
+"""The probe model's ranks: this share of each full rank (one point of the ladder), every profiled layer."""
 
 
 @dataclass
@@ -70,6 +76,7 @@ class ProfileResult:
     threads: int
     cache: str
     layers: list[dict[str, Any]] = field(default_factory=list)
+    probe_ms: float = float("nan")
 
 
 def model_signature(model: Any) -> str:
@@ -96,6 +103,23 @@ def _estimates(layers: list[tuple[str, Any, Any]], specs: list[MicroSpec], outpu
 
 def _parse_ranks(text: str) -> tuple[int, ...] | None:
     return None if text == "whole" else tuple(int(x) for x in text.split("x"))
+
+
+def probe_ranks(layers: list[tuple[str, Any, Any]], multiple: int, level: float = PROBE_LEVEL
+                ) -> dict[str, tuple[int, ...]]:
+    """The probe model's ranks: each profiled layer at ``level`` of its full ranks (a point of the ladder)."""
+    from edgelr.profile.micro import rank_levels
+
+    return {p: rank_levels(tuple(int(f) for f in rw.full_ranks(layer)), multiple, (level,))[0]
+            for p, layer, rw in layers}
+
+
+def _probe_model(model: Any, method: str, ranks: dict[str, tuple[int, ...]]) -> Any:
+    """``model`` with every layer of ``ranks`` rewritten at its ranks (cheap decompositions: timing only)."""
+    from edgelr.rewrite import build_factorized, plan_factorization
+
+    plan = plan_factorization(model, method=method, rank_policy="rank:1", min_reduction=None, progress=False)
+    return build_factorized(model, plan, {p: ranks.get(p) for p in plan.layers}, exact=False, progress=False)[0]
 
 
 def profile_model(model: Any, device: str, *, target: str | None = None, method: str = "auto",
@@ -171,6 +195,8 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
     specs = layer_specs(layers, int(tgt.rank_multiple), tuple(levels))
     by_path = {p: layer for p, layer, _ in layers}
     msig = model_signature(model) if include_model else None
+    probe = probe_ranks(layers, int(tgt.rank_multiple)) if include_model else {}
+    probe_key = f"probe-{PROBE_LEVEL:g}"
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
     rows: list[dict[str, Any]] = []
     todo_total = 0
@@ -183,7 +209,7 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
             sigs = {s.signature for s in specs} | ({msig} if msig else set())
             have = store.get(ctx, sigs)
             todo = [s for s in specs if (s.signature, ranks_key(s.ranks)) not in have]
-            want_model = msig is not None and (msig, "whole") not in have
+            want_model = msig is not None and not {(msig, "whole"), (msig, probe_key)} <= set(have)
             todo_total = len(todo) + int(want_model)
             say(f"profile: {len(layers)} layer(s), {len(specs)} micro-model(s) ({len(specs) - len(todo)} cached), "
                 f"device {spec.name} ({station.runtime}), {quant}, {nthreads} thread(s), K={sessions}")
@@ -231,6 +257,14 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
                         f.write_bytes(convert(model, quant, io_dtype=tgt.io_dtype, representative=calib).content)
                         files[f"{msig}/whole"] = f
                         meta[f"{msig}/whole"] = (str(msig), "whole", "", "(model)")
+                        if layers:
+                            say(f"profile: converting the probe model (every layer at {PROBE_LEVEL:g} of its ranks)")
+                            f = Path(tmp) / "probe.tflite"
+                            with quiet_native_stderr():
+                                f.write_bytes(convert(_probe_model(model, method, probe), quant, io_dtype=tgt.io_dtype,
+                                                      representative=calib).content)
+                            files[f"{msig}/{probe_key}"] = f
+                            meta[f"{msig}/{probe_key}"] = (str(msig), probe_key, "", "(probe)")
                     say(f"profile: batch {i + 1}/{len(batches)}: {len(files)} micro-model(s) built, measuring")
                     medians = measure(station, files, nthreads, sessions, runs, warmup, seed + 1000 * i, say)
                     entries = []
@@ -251,11 +285,17 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
     have = store.get(ctx, sigs)
     entries_by_sig: dict[str, dict[Any, float]] = {}
     for (sig, rk), e in have.items():
-        entries_by_sig.setdefault(sig, {})[_parse_ranks(rk)] = e.ms
+        if not sig.startswith("model-"):
+            entries_by_sig.setdefault(sig, {})[_parse_ranks(rk)] = e.ms
     model_ms = have[(msig, "whole")].ms if msig and (msig, "whole") in have else float("nan")
-    table = MeasuredLatency({k: v for k, v in entries_by_sig.items() if not k.startswith("model-")},
-                            device=spec.name, model_ms=model_ms)
+    probe_ms = have[(msig, probe_key)].ms if msig and (msig, probe_key) in have else float("nan")
+    table = MeasuredLatency(entries_by_sig, device=spec.name, model_ms=model_ms)
     table.fit_scale(_estimates(layers, specs, tgt.effective_output_cost))
+    if msig:
+        def layers_sum(ranks: dict[str, Any]) -> float:
+            return sum(table.latency_ms(layer, rw.method, ranks.get(p), 0.0) for p, layer, rw in layers)
+
+        table.calibrate(model_ms, probe_ms, layers_sum({}), layers_sum(probe))
     measured_now = set()
     for s in specs:
         e = have.get((s.signature, ranks_key(s.ranks)))
@@ -264,10 +304,11 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
                      "sessions": 0 if e is None else len(e.sessions)})
         if e is not None:
             measured_now.add(s.signature)
-    missing = sum(1 for r in rows if r["ms"] is None) + int(bool(msig) and not (model_ms == model_ms))
+    missing = (sum(1 for r in rows if r["ms"] is None) + int(bool(msig) and not (model_ms == model_ms))
+               + int(bool(msig and layers) and not (probe_ms == probe_ms)))
     layer_rows = _layer_summary(layers, table)
     return ProfileResult(table, rows, missing == 0, missing, time.monotonic() - t0, spec.name, station.runtime,
-                         quant, nthreads, str(store.path), layer_rows)
+                         quant, nthreads, str(store.path), layer_rows, probe_ms)
 
 
 def _layer_summary(layers: list[tuple[str, Any, Any]], table: MeasuredLatency) -> list[dict[str, Any]]:

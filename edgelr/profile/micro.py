@@ -99,7 +99,7 @@ def one_layer_model(layer: Any) -> Any:
 
 
 @contextmanager
-def _quiet_native_stderr():  # type: ignore[no-untyped-def]
+def quiet_native_stderr():  # type: ignore[no-untyped-def]
     """Silence what the TFLite converter's C++ code prints on fd 2 (a few lines per conversion, hundreds of
     conversions per profile) while it runs; Python-level messages are not affected."""
     import sys
@@ -136,6 +136,6 @@ def build_micro(specs: list[MicroSpec], layer: Any, quantization: str, io_dtype:
                                          progress=False)
             model = build_factorized(micro, sub, {next(iter(sub.layers)): spec.ranks}, exact=False,
                                      progress=False)[0]
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             out[spec.key] = convert(model, quantization, io_dtype=io_dtype, representative=calib).content
     return out

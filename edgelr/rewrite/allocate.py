@@ -245,18 +245,21 @@ def model_latency(plan: FactorizationPlan, ranks: dict[str, Ranks | None]) -> fl
     """Latency of the plan's model with the layers of ``ranks`` rewritten (path -> ranks, None = as is; layers
     not named stay as is).
 
-    With a device table (``plan.measured``) in ms: the whole model as measured (``model_ms``) minus its layers
-    as is plus each layer at its ranks, i.e. the unfactorized remainder (measured) plus the per-layer entries;
-    NaN when the table has no whole-model measurement. Without one: the sum of the layers' estimates
-    (MAC-equivalents; the layers without a latency model left out), comparable only between configurations."""
+    With a device table (``plan.measured``) in ms: the whole model as measured (``model_ms``) plus each
+    layer's change (entry at its ranks minus entry as is) times the table's ``context_scale`` (a layer inside
+    the model vs alone, :meth:`edgelr.rewrite.cost.MeasuredLatency.calibrate`); NaN when the table has no
+    whole-model measurement. Without one: the sum of the layers' estimates (MAC-equivalents; the layers
+    without a latency model left out), comparable only between configurations."""
     total = 0.0
+    scale = 1.0
     if plan.measured is not None:
         total = float(plan.measured.model_ms)
+        scale = float(getattr(plan.measured, "context_scale", 1.0))
     for path in plan.layers:
         before = plan.latency(path, None)
         if before is None:
             continue
         r = ranks.get(path)
         after = plan.latency(path, tuple(int(x) for x in r)) if r is not None else before
-        total += (after - before) if plan.measured is not None else after
+        total += scale * (after - before) if plan.measured is not None else after
     return total

@@ -233,17 +233,44 @@ class MeasuredLatency:
     ----------
     device : str
     model_ms : float
-        The whole original model measured in the same sessions (NaN when not measured): its difference from
-        the sum of the layers' ``whole`` entries is the unfactorized remainder.
+        The whole original model measured in the same sessions (NaN when not measured).
+    context_scale : float
+        How much slower a layer runs inside the whole model than alone, per ms of its micro-model
+        (:meth:`calibrate`; 1.0 until calibrated): a change of the layers' table sum by d ms changes the whole
+        model by ``context_scale * d``.
     """
 
     def __init__(self, entries: Mapping[str, Mapping[Any, float]], device: str = "", model_ms: float = float("nan"),
-                 ms_per_unit: float | None = None) -> None:
+                 ms_per_unit: float | None = None, context_scale: float = 1.0) -> None:
         self.entries = {sig: dict(v) for sig, v in entries.items()}
         self.device = device
         self.model_ms = float(model_ms)
         self.ms_per_unit = ms_per_unit
+        self.context_scale = float(context_scale)
+        self.calibration = ""
         self.misses: set[str] = set()
+
+    def calibrate(self, model_ms: float, probe_ms: float, layers_ms: float, probe_layers_ms: float) -> float:
+        """Fit :attr:`context_scale` from two whole models measured in the same sessions as the micro-models.
+
+        Micro-models run alone, with their inputs and weights hot in cache and, on a busy device, in gaps
+        short enough to escape other processes; inside the model the same layers take longer. With the
+        model's time ``T = R + s * S`` (``S`` the sum of its layers' table entries, ``R`` what the profile does
+        not cover: pooling, adds, the layers without a chain), the original (``model_ms``, ``layers_ms``) and
+        a probe with every layer at one ladder rank (``probe_ms``, ``probe_layers_ms``) give
+        ``s = (T0 - T1) / (S0 - S1)``. Guards: when the probe's saving is under 5 % of ``S0`` or either time is
+        not finite, ``s`` stays 1 (the plain difference); when the fit is not positive or leaves a negative
+        remainder, ``s = T0 / S0`` (all of the model scales). Sets :attr:`calibration` to what was used."""
+        t0, t1, s0, s1 = (float(v) for v in (model_ms, probe_ms, layers_ms, probe_layers_ms))
+        if not all(np.isfinite([t0, t1, s0, s1])) or s0 <= 0 or s0 - s1 < 0.05 * s0:
+            self.context_scale, self.calibration = 1.0, "none (no usable probe)"
+        else:
+            s = (t0 - t1) / (s0 - s1)
+            if s > 0 and t0 - s * s0 >= 0:
+                self.context_scale, self.calibration = s, "two-point"
+            else:
+                self.context_scale, self.calibration = t0 / s0, "proportional"
+        return self.context_scale
 
     def measured(self, layer: Any, method: str) -> bool:
         """True when the table has the layer (as is) for ``method``."""
