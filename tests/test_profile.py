@@ -153,3 +153,33 @@ def test_search_goes_for_measured_latency(tiny: Any) -> None:
     # --min-speedup 1.2 over the measured 1.5 ms: only conv 8x8 (0.9 ms) is within 1.25 ms
     key, pool = latency_objective(plan, cands, SimpleNamespace(max_latency_ms=None, min_speedup=1.2), lambda _m: None)
     assert key == "val_drop" and [c["label"] for c in pool] == ["conv 8x8"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_profile_through_the_benchmark_model_tool(tf_keras: Any, tmp_path: Path) -> None:
+    """A device measured by LiteRT's ``benchmark_model`` (a Pi with the C++ tool, a phone): one process per
+    micro-model and session through the bench, the tool's version keys the table. The stand-in tool really
+    runs LiteRT (tests/fake_benchmark_model.py, real mode) and prints whole microseconds like the tool, so the
+    model is big enough to take some (a 3x3 conv of 0.66 M MACs)."""
+    import edgelr.profile as prof
+    from tests.fake_benchmark_model import write_launcher
+
+    k = tf_keras
+    inp = k.Input((12, 12, 16))
+    x = k.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv")(inp)
+    x = k.layers.GlobalAveragePooling2D()(x)
+    model = k.Model(inp, k.layers.Dense(10, name="fc")(x), name="bm")
+
+    tool = write_launcher(tmp_path / "benchmark_model.sh")
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(f'[devices.bmbox]\ntransport = "local"\ntarget = "host"\nworkdir = "{tmp_path / "dev"}"\n'
+                   f'benchmark_binary = "{tmp_path / "dev" / "benchmark_model"}"\n'
+                   f'benchmark_binary_local = "{tool}"\n')
+    res = prof.profile_model(model, "bmbox", inventory=str(inv), cache=tmp_path / "t.sqlite", progress=lambda _m: None,
+                             **FAST)
+    assert res.complete and res.missing == 0
+    assert "benchmark_model" in res.runtime
+    conv = [r for r in res.rows if r["layer"] == "conv"]
+    assert len(conv) == 1 + 8 and all(r["sessions"] == 2 for r in res.rows)   # as is + the 2 x 4 Tucker-2 grid
+    assert all(r["ms"] > 0 for r in conv) and res.table.model_ms > 0 and res.probe_ms > 0

@@ -210,7 +210,7 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
             have = store.get(ctx, sigs)
             todo = [s for s in specs if (s.signature, ranks_key(s.ranks)) not in have]
             want_model = msig is not None and not {(msig, "whole"), (msig, probe_key)} <= set(have)
-            todo_total = len(todo) + int(want_model)
+            todo_total = len(todo) + (1 + int(bool(layers))) * int(want_model)  # the original + the probe
             say(f"profile: {len(layers)} layer(s), {len(specs)} micro-model(s) ({len(specs) - len(todo)} cached), "
                 f"device {spec.name} ({station.runtime}), {quant}, {nthreads} thread(s), K={sessions}")
             batches: list[list[MicroSpec]] = []

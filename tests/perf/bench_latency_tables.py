@@ -16,9 +16,10 @@ from keras.applications with weights=None, not trained) and each thread count, o
 3. **Measured**: the original and the three plans as int8 ``.tflite``, interleaved in randomized blocks
    (``edgelr.bench.run.benchmark``, K sessions of N inferences), speed-ups over the original from the
    per-block ratios (Wilcoxon / Hodges-Lehmann 95 % interval, ``edgelr.report.stats.paired_speedup``).
-4. **Prediction check**: the table's predicted latency of each factorized model (measured whole model -
-   its profiled layers as is + their entries at the plan's ranks, :func:`edgelr.rewrite.allocate.model_latency`)
-   vs its measured median of session medians.
+4. **Prediction check**: the table's predicted latency of each factorized model (measured whole model +
+   the table's ``context_scale`` x (entries at the plan's ranks - entries as is),
+   :func:`edgelr.rewrite.allocate.model_latency`; the scale comes from the probe model measured with the
+   table) vs its measured median of session medians; also without the scale (1.0) and two variants.
 
 Usage: .venv/bin/python tests/perf/bench_latency_tables.py [--models fmnist,resnet50] [--threads 1,2]
        [--sessions 10] [--profile-sessions 5] [--cache /tmp/edgelr-latency.sqlite]
@@ -148,15 +149,21 @@ def run_model(name: str, args: Any, k2: Any, out: dict[str, Any]) -> None:
             p1, m1 = model_cost(models[label])
             _, sp = paired_speedup(frame, label, "original")
             pred = model_latency(plan_t, ranks_of[label])
+            scale, table.context_scale = table.context_scale, 1.0
+            pred_uncal = model_latency(plan_t, ranks_of[label])
+            table.context_scale = scale
             acc = int8_accuracy(files[label].read_bytes(), xs, ys) if xs is not None else None
             rows.append({"plan": label, "params_x": p0 / p1, "macs_x": m0 / m1, "speedup": sp["speedup"],
                          "low": sp["low"], "high": sp["high"], "blocks": sp["blocks"],
                          "speedup_per_mac_x": sp["speedup"] / (m0 / m1), "measured_ms": float(med[label]),
                          "predicted_ms": pred, "pred_error": (pred - float(med[label])) / float(med[label]),
+                         "predicted_uncal_ms": pred_uncal, "err_uncal": pred_uncal / float(med[label]) - 1,
                          "int8_acc": acc})
         out[key] = {"model": name, "threads": threads, "policy": policy, "profile_s": profile_s,
                     "micro_models": len(prof.rows), "original_ms": float(med["original"]),
                     "table_model_ms": table.model_ms, "original_int8_acc": acc0, "rows": rows,
+                    "probe_ms": prof.probe_ms, "context_scale": table.context_scale,
+                    "calibration": table.calibration,
                     "load_before": load_before, "load_after": load_after, "runtime": prof.runtime,
                     "layers": prof.layers}
         log(f"{key}: " + "; ".join(f"{r['plan']} x{r['speedup']:.2f} for MACs x{r['macs_x']:.2f}, "
@@ -185,22 +192,27 @@ def render(doc: dict[str, Any], args: Any) -> list[str]:
                   f" Profile: {r['micro_models']} micro-models, {r['profile_s']:.0f} s wall"
                   f" ({r['runtime']}). Load average before/after the measurement: "
                   f"{' '.join(f'{v:.2f}' for v in r['load_before'])} / {' '.join(f'{v:.2f}' for v in r['load_after'])}.",
+                  *([f"Probe model (every layer at 0.25 of its ranks) {r['probe_ms']:.3f} ms in the table's sessions: "
+                     f"context scale x{r['context_scale']:.2f} ({r['calibration']})."] if "probe_ms" in r else []),
                   "", "| plan | params x | MACs x | measured speed-up [95 % CI] | speed-up / MAC reduction | "
-                      "measured ms | predicted ms (A) | error A | error B | error C | int8 acc |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "measured ms | predicted ms (A) | error A | error A0 | error B | error C | int8 acc |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         sum_whole = sum(layer["whole_ms"] or 0.0 for layer in r["layers"])
         for row in r["rows"]:
-            saved = r["table_model_ms"] - row["predicted_ms"]  # sum of (whole - chosen) table entries
+            # the table's saving (whole - chosen entries), scaled (A) and as is (A0)
+            saved = r["table_model_ms"] - row["predicted_ms"]
+            raw = r["table_model_ms"] - row.get("predicted_uncal_ms", row["predicted_ms"])
             pred_b = r["original_ms"] - saved
-            pred_c = r["original_ms"] * (sum_whole - saved) / sum_whole
+            pred_c = r["original_ms"] * (sum_whole - raw) / sum_whole
             row["err_b"], row["err_c"] = pred_b / row["measured_ms"] - 1, pred_c / row["measured_ms"] - 1
-            for name, err in (("A", row["pred_error"]), ("B", row["err_b"]), ("C", row["err_c"])):
+            err_a0 = row.get("err_uncal", row["pred_error"])
+            for name, err in (("A", row["pred_error"]), ("A0", err_a0), ("B", row["err_b"]), ("C", row["err_c"])):
                 errors.setdefault(name, []).append(abs(err))
             acc = "not trained" if row["int8_acc"] is None else f"{row['int8_acc']:.1f} %"
             lines.append(f"| {row['plan']} | {row['params_x']:.2f} | {row['macs_x']:.2f} | x{row['speedup']:.2f} "
                          f"[{row['low']:.2f}, {row['high']:.2f}] | {row['speedup_per_mac_x']:.2f} | "
                          f"{row['measured_ms']:.3f} | {row['predicted_ms']:.3f} | {row['pred_error']:+.1%} | "
-                         f"{row['err_b']:+.1%} | {row['err_c']:+.1%} | {acc} |")
+                         f"{err_a0:+.1%} | {row['err_b']:+.1%} | {row['err_c']:+.1%} | {acc} |")
         lines += ["", f"Sum of the profiled layers as is (table): {sum_whole:.3f} ms of the {r['table_model_ms']:.3f} ms "
                       "whole model in the table's sessions."]
         mac = next(x for x in r["rows"] if x["plan"] == "MAC-driven")
@@ -209,9 +221,11 @@ def render(doc: dict[str, Any], args: Any) -> list[str]:
     if errors:
         lines += ["Predictions of a factorized model's latency (all from the same table entries):",
                   "",
-                  "* **A** (the issue's definition, `edgelr.profile.predict_model_ms`): the whole model as measured in "
-                  "the table's sessions - its profiled layers as is + their entries at the plan's ranks;",
-                  "* **B**: the same saving subtracted from the original as measured in the comparison's own "
+                  "* **A** (what edgelr uses, `edgelr.profile.predict_model_ms`): the whole model as measured in "
+                  "the table's sessions + the context scale x (the plan's entries - the entries as is); the scale "
+                  "is fitted from the original and the probe model measured with the table;",
+                  "* **A0**: the same without the scale (1.0): the layers' change as measured alone;",
+                  "* **B**: A's saving subtracted from the original as measured in the comparison's own "
                   "interleaved sessions (removes the machine's load drift between profiling and measuring);",
                   "* **C**: the original as measured in the comparison times (sum of chosen entries / sum of "
                   "entries as is): assumes each layer's time inside the model scales with its time alone.",
