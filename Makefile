@@ -16,10 +16,6 @@ PYTEST_ARGS ?=
 # waiting on real servers and device processes, so 2 workers fit 2 cores. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
-# Files run afterwards in a fresh process of their own: test_compress_pipeline's LSTM compress died by SIGABRT
-# inside TensorFlow in 3 of 6 full runs in a long-lived worker (never alone or in smaller groups).
-ALONE := tests/test_compress_pipeline.py
-SPLIT := $(if $(filter 0,$(PYTEST_WORKERS)),,$(foreach f,$(ALONE),--ignore=$(f)))
 
 .PHONY: demo test test-fast test-emulated venv clean perf-deps
 
@@ -52,8 +48,7 @@ demo: $(VENV)/.stamp-base
 	$(VENV)/bin/edgelr demo
 
 test: $(VENV)/.stamp-test $(VENV)/.stamp-apt
-	$(PY) -m pytest $(XDIST) $(SPLIT) $(PYTEST_ARGS)
-	$(if $(SPLIT),$(PY) -m pytest $(ALONE) $(PYTEST_ARGS))
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.stamp-test $(VENV)/.stamp-apt
 	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
