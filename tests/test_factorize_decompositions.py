@@ -305,3 +305,18 @@ def test_symmetric_eigen_values_and_leading_vectors_match_lapack(k: int) -> None
         assert v.shape == (k, rank)
         np.testing.assert_allclose(v.T @ v, np.eye(rank), atol=1e-10)
         np.testing.assert_allclose(gram @ v, v * reference[:rank], atol=1e-9 * reference[0])
+
+
+def test_recurrent_3d_tensor_is_public_and_round_trips() -> None:
+    """edgelr.factorize exports the 3-D recurrent tensor: stack an LSTM's kernels, split them back exactly,
+    and its Tucker-2 at full ranks is exact while a lower rank is not."""
+    import edgelr.factorize as fz
+
+    rng = np.random.default_rng(0)
+    kernel, recurrent = rng.standard_normal((5, 32)), rng.standard_normal((8, 32))
+    tensor = fz.lstm_tensor(kernel, recurrent)
+    assert tensor.shape == (4, 8, 13)
+    back = fz.lstm_kernels(tensor, 5)
+    assert np.allclose(back[0], kernel) and np.allclose(back[1], recurrent)
+    assert fz.tucker2_3d(tensor, (8, 13)).rel_error < 1e-6
+    assert fz.tucker2_3d(tensor, (2, 3)).rel_error > 0.1

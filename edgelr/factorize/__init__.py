@@ -19,6 +19,10 @@ Example (a k x k conv, EVBMF ranks, one reduction of each Gram matrix)::
 
 For spatial SVD the spectrum is ``matrix_spectrum(spatial_matrix(kernel))``.
 
+Recurrent weights as one 3-D tensor (:mod:`edgelr.factorize.tensor3`): :func:`lstm_tensor` stacks an LSTM's
+input and recurrent kernels into gates x hidden x (inputs + hidden), :func:`tucker2_3d` decomposes it
+(:func:`tensor3_spectra` for its ranks), :func:`lstm_kernels` splits a tensor back into the two kernels.
+
 Data-aware factorization (:mod:`edgelr.factorize.whiten`): give the decompositions the layer's input
 statistics (``whitening=`` a second-moment matrix or :func:`whitening`) and rank selection the data-aware
 spectrum (:func:`layer_spectrum`; for Tucker-2 ``unfolding_spectra(whiten_kernel(kernel, w))``); the
@@ -37,6 +41,8 @@ from edgelr.factorize.ranks import (
 from edgelr.factorize.spectrum import Spectrum, matrix_spectrum, mode_unfolding, unfolding_spectra
 from edgelr.factorize.svd import SpatialSVDResult, SVDResult, spatial_matrix, spatial_svd, truncated_svd
 from edgelr.factorize.tucker import Tucker2Result, tucker2, whiten_kernel
+from edgelr.factorize.tensor3 import (Tensor3Tucker, lstm_kernels, lstm_tensor, project_tensor3, tensor3_spectra,
+                                     tucker2_3d)
 from edgelr.factorize.vbmf import DEFAULT_WEAKENING, energy_rank, evbmf_rank, evbmf_rank_from_singular_values, weaken_rank
 from edgelr.factorize.whiten import Whitening, layer_spectrum, output_error, whiten_matrix, whitening
 
@@ -48,6 +54,7 @@ __all__ = [
     "SpatialSVDResult",
     "Spectrum",
     "Tucker2Result",
+    "Tensor3Tucker",
     "Whitening",
     "cp",
     "energy_rank",
@@ -55,19 +62,24 @@ __all__ = [
     "evbmf_rank_from_singular_values",
     "weaken_rank",
     "layer_spectrum",
+    "lstm_kernels",
+    "lstm_tensor",
     "map_layers",
     "matrix_spectrum",
     "max_cp_rank",
     "mode_unfolding",
     "output_error",
     "parse_rank_policy",
+    "project_tensor3",
     "select_cp_rank",
     "select_matrix_rank",
     "select_tucker2_ranks",
     "spatial_matrix",
     "spatial_svd",
+    "tensor3_spectra",
     "truncated_svd",
     "tucker2",
+    "tucker2_3d",
     "unfolding_spectra",
     "whiten_kernel",
     "whiten_matrix",
