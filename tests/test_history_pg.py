@@ -394,3 +394,74 @@ def test_a_run_whose_lease_connection_died_still_lands_or_is_refused_whole(pg_ur
     with pytest.raises(HistoryError, match="already 'failed'|status 'failed'"):
         H.append_run(make_frame(3), pg_url, kind="regress", run_id=late)
     assert late not in set(H.load(pg_url, include_failed=True)["run_id"])
+
+
+@pytest.mark.timeout(120)
+def test_a_server_frozen_mid_write_is_cut_off_after_answer_timeout(pg_url: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's backend stopped (SIGSTOP) inside a write's transaction: its kernel still ACKs, so only the
+    watchdog ends the wait; the write fails with one line within answer_timeout and nothing of it is stored."""
+    import threading
+
+    import psycopg
+
+    url = pg_url + "&answer_timeout=2"
+    first = H.append_run(make_frame(3), url)
+    mark = tmp_path / "in_transaction"
+    monkeypatch.setenv("EDGELR_HISTORY_TEST_DELAY", "0.5")
+    monkeypatch.setenv("EDGELR_HISTORY_TEST_MARK", str(mark))
+    outcome: list[BaseException | str] = []
+
+    def write() -> None:
+        try:
+            outcome.append(H.append_run(make_frame(400), url))
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=write, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mark.exists()
+    with psycopg.connect(_conninfo(pg_url), autocommit=True) as con:
+        (pid,), = con.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'edgelr' "
+                              "AND state LIKE 'idle in transaction%' AND datname = current_database()").fetchall()
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        worker.join(30)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert not worker.is_alive() and took < 2 + 0.5 + 3, took
+    (err,) = outcome
+    assert isinstance(err, HistoryError), err
+    assert "no answer for 2 s" in str(err) and "\n" not in str(err) and SECRET not in str(err)
+    monkeypatch.delenv("EDGELR_HISTORY_TEST_DELAY")
+    rows = H.load(url)
+    assert set(rows["run_id"]) == {first} and len(rows) == 4       # the frozen write left nothing
+
+
+def test_answer_timeout_must_be_positive(pg_url: str) -> None:
+    with pytest.raises(HistoryError, match="answer_timeout='0'; expected a positive number of seconds"):
+        H.load(pg_url + "&answer_timeout=0")
+
+
+def test_watchdog_cuts_a_call_that_gets_no_answer_and_ignores_idle_time() -> None:
+    """The watchdog alone, on a socket whose peer never answers: time outside busy() does not count, a
+    blocked read inside it ends when the watchdog shuts the socket down."""
+    from edgelr.report.store_pg import Watchdog
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        with socket.create_connection(silent.getsockname()) as con:
+            with Watchdog(con, 0.5) as dog:
+                time.sleep(1.2)                       # idle between two calls: not cut
+                assert not dog.fired
+                t0 = time.monotonic()
+                with dog.busy():
+                    assert con.recv(16) == b""        # blocked until the watchdog shuts the socket down
+                took = time.monotonic() - t0
+            assert dog.fired and 0.4 < took < 3.0, took

@@ -16,8 +16,11 @@ A history shared by runners on several hosts. The same guarantees as the SQLite 
   do not race. A newer layout is refused.
 - Deadlines: connecting gives up after ``connect_timeout`` seconds (10 unless the URL sets it) with one
   line; TCP keepalives on both ends (idle 30 s, 3 probes 10 s apart) end the connections of a vanished
-  host within about a minute, which also frees a dead runner's lease. A server that is up but frozen
-  (SIGSTOP) after the connection is made is not detected: the kernel still answers for it.
+  host within about a minute, which also frees a dead runner's lease. A server that is up but does not
+  answer (frozen by SIGSTOP, a hung host whose kernel still ACKs) is cut off by a watchdog: no progress
+  for ``answer_timeout`` seconds (:data:`ANSWER_TIMEOUT_S` unless the URL sets it) during a read or a
+  write shuts the connection's socket down, so the call fails with one line (and a measurement's rows go
+  to the spool file, as for an unreachable server).
 - Passwords in the URL are masked in every message (prefer ``~/.pgpass`` or ``PGPASSWORD``).
 
 Model files (the content-addressed ``models/<sha[:2]>/<sha>.tflite``) do not go into the database: they go
@@ -30,8 +33,10 @@ several hosts must find each other's baseline models), else under
 from __future__ import annotations
 
 import os
+import socket
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,6 +49,10 @@ SCHEMES = ("postgresql", "postgres")
 PG_VERSION = 1
 """Version of the PostgreSQL layout (``meta`` row ``schema_version``)."""
 CONNECT_TIMEOUT_S = 10
+ANSWER_TIMEOUT_S = 60.0
+"""Seconds without progress (an answer, or rows sent) after which a read or write gives up on the server."""
+_COPY_KICK_ROWS = 1000
+"""COPY rows between two progress marks of the watchdog."""
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 """libpq TCP keepalives (unless the URL sets them): a vanished server host ends a connection in ~1 min."""
 _SERVER_KEEPALIVE = ("SET tcp_keepalives_idle = 30", "SET tcp_keepalives_interval = 10", "SET tcp_keepalives_count = 3")
@@ -85,27 +94,110 @@ def is_url(history: Any) -> bool:
     return isinstance(history, str) and history.split("://", 1)[0].lower() in SCHEMES and "://" in history
 
 
+class Watchdog:
+    """Cut a connection off when a call to the server gets no answer for ``seconds``: a thread shuts the
+    socket down (both directions), so whatever libpq is blocked in (reading an answer, sending rows) fails at
+    once with a connection error. Only time inside :meth:`busy` counts (the caller's own work between two
+    queries does not); :meth:`kick` marks progress within a long call (rows sent); :attr:`fired` tells
+    afterwards that it was the watchdog."""
+
+    def __init__(self, con: Any, seconds: float) -> None:
+        self.con, self.seconds = con, float(seconds)
+        self.fired = False
+        self._since: float | None = None
+        self._depth = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="edgelr-pg-watchdog", daemon=True)
+
+    def __enter__(self) -> "Watchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1:
+                self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._since = None
+
+    def kick(self) -> None:
+        with self._lock:
+            if self._since is not None:
+                self._since = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.5, self.seconds / 4)):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.seconds:
+                self.fired = True
+                try:
+                    sock = socket.socket(fileno=os.dup(self.con.fileno()))
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        sock.close()
+                except (OSError, ValueError, AttributeError):
+                    pass   # already closed
+                return
+
+
+@contextmanager
+def _transaction(con: Any, dog: Watchdog) -> Iterator[None]:
+    """``con.transaction()`` with its BEGIN and its COMMIT or ROLLBACK under the watchdog."""
+    tx = con.transaction()
+    with dog.busy():
+        tx.__enter__()
+    try:
+        yield
+    except BaseException as exc:
+        with dog.busy():
+            if not tx.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+    else:
+        with dog.busy():
+            tx.__exit__(None, None, None)
+
+
 class PGTx(Tx):
     rowid = "id"
     for_update = " FOR UPDATE"
 
-    def __init__(self, con: Any) -> None:
+    def __init__(self, con: Any, dog: Watchdog | None = None) -> None:
         self.con = con
+        self.dog = dog
+
+    def _busy(self) -> Any:
+        return self.dog.busy() if self.dog is not None else nullcontext()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if params:
-            return self.con.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
-        return self.con.execute(sql)
+        with self._busy():
+            if params:
+                return self.con.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+            return self.con.execute(sql)
 
     def insert_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        with self.con.cursor() as cur, cur.copy(f"COPY {table} ({quoted(cols)}) FROM STDIN") as copy:
-            for row in rows:
+        with self._busy(), self.con.cursor() as cur, cur.copy(f"COPY {table} ({quoted(cols)}) FROM STDIN") as copy:
+            for i, row in enumerate(rows):
                 copy.write_row(row)
+                if self.dog is not None and i % _COPY_KICK_ROWS == 0:
+                    self.dog.kick()
 
     def tables(self) -> set[str]:
-        return {r[0] for r in self.con.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        return {r[0] for r in self.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
 
 
 class PGStore(Store):
@@ -115,7 +207,16 @@ class PGStore(Store):
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         files = [v for k, v in query if k == "files"]
-        self.conninfo = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "files"])))
+        self.conninfo = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query
+                                                                  if k not in ("files", "answer_timeout")])))
+        answer = [v for k, v in query if k == "answer_timeout"]
+        try:
+            self.answer_timeout = float(answer[-1]) if answer else ANSWER_TIMEOUT_S
+        except ValueError:
+            self.answer_timeout = -1.0
+        if not self.answer_timeout > 0:
+            raise HistoryError(f"--history {mask_secrets(url)}: answer_timeout={answer[-1]!r}; expected a positive "
+                               f"number of seconds")
         self.label = mask_secrets(url)
         self._given = {k for k, _ in query}
         self._timeout = None if "connect_timeout" in self._given else CONNECT_TIMEOUT_S
@@ -144,10 +245,14 @@ class PGStore(Store):
                     if "does not exist" in str(exc) and "database" in str(exc) else "")
             raise HistoryError(f"cannot connect to the history database {self.label}: {_text(exc)}{hint}") from None
 
-    def _error(self, doing: str, exc: BaseException) -> HistoryError:
+    def _error(self, doing: str, exc: BaseException, dog: Watchdog | None = None) -> HistoryError:
         import psycopg
         import psycopg.errors as E
 
+        if dog is not None and dog.fired:
+            return HistoryError(f"{doing} the history database {self.label} failed: no answer for "
+                                f"{dog.seconds:g} s (server frozen or overloaded; answer_timeout=S in the URL "
+                                f"sets the limit), the connection was closed")
         state = getattr(exc, "sqlstate", None) or ""
         if isinstance(exc, (E.InsufficientPrivilege, E.ReadOnlySqlTransaction)):
             return HistoryError(f"cannot write the history database {self.label}: {_text(exc)}")
@@ -210,17 +315,20 @@ class PGStore(Store):
 
         with _LEASES_LOCK:
             leased = _LEASES.get((self.conninfo, run_id)) if run_id else None
-        if leased is not None and not _alive(leased):
+        if leased is not None and not _alive(leased, self.answer_timeout):
             leased = None   # the server restarted or the link dropped during the run: the lease is gone too
         con = leased or self._connect()   # the run's own session when it holds the lease: one connection per run
+        dog = Watchdog(con, self.answer_timeout)
         try:
-            self._ensure_schema(con)
-            with con.transaction():
-                yield PGTx(con)
+            with dog:
+                with dog.busy():
+                    self._ensure_schema(con)
+                with _transaction(con, dog):
+                    yield PGTx(con, dog)
         except psycopg.Error as exc:
-            raise self._error("writing", exc) from None
+            raise self._error("writing", exc, dog) from None
         finally:
-            if leased is None:
+            if leased is None or dog.fired:
                 con.close()
 
     @contextmanager
@@ -228,22 +336,25 @@ class PGStore(Store):
         import psycopg
 
         con = self._connect()
+        dog = Watchdog(con, self.answer_timeout)
         try:
-            version = self._version(con)
-            if version is None:
-                raise HistoryError(f"no history in the database {self.label}; run `edgelr bench` or `edgelr "
-                                   f"regress` with this --history first (or `edgelr history copy`)")
-            self._refuse_newer(version)
-            if version < PG_VERSION:
-                raise HistoryError(f"history database {self.label} has layout version {version}, older than "
-                                   f"this edgelr reads ({PG_VERSION}); any writing command (e.g. `edgelr bench`) "
-                                   f"migrates it")
-            con.read_only = True
-            con.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot for every query
-            with con.transaction():
-                yield PGTx(con)
+            with dog:
+                with dog.busy():
+                    version = self._version(con)
+                if version is None:
+                    raise HistoryError(f"no history in the database {self.label}; run `edgelr bench` or `edgelr "
+                                       f"regress` with this --history first (or `edgelr history copy`)")
+                self._refuse_newer(version)
+                if version < PG_VERSION:
+                    raise HistoryError(f"history database {self.label} has layout version {version}, older than "
+                                       f"this edgelr reads ({PG_VERSION}); any writing command (e.g. `edgelr "
+                                       f"bench`) migrates it")
+                con.read_only = True
+                con.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ   # one snapshot for every query
+                with _transaction(con, dog):
+                    yield PGTx(con, dog)
         except psycopg.Error as exc:
-            raise self._error("reading", exc) from None
+            raise self._error("reading", exc, dog) from None
         finally:
             con.close()
 
@@ -288,12 +399,13 @@ class PGStore(Store):
         return {r for (r,) in cur.fetchall()}
 
 
-def _alive(con: Any) -> bool:
-    """Whether a connection kept open for a long run still answers."""
+def _alive(con: Any, seconds: float) -> bool:
+    """Whether a connection kept open for a long run still answers (within ``seconds``)."""
     if con.closed or con.broken:
         return False
     try:
-        con.execute("SELECT 1")
+        with Watchdog(con, seconds) as dog, dog.busy():
+            con.execute("SELECT 1")
         return True
     except Exception:  # noqa: BLE001 - any failure means: open a new connection
         return False
