@@ -523,6 +523,8 @@ class LabgridTransport(Transport):
         Passed on to :class:`~device_agents.ssh.SSHTransport` (``[devices.NAME.options]`` may set them).
     """
 
+    reserves = True   # the place is the lock, across every host of the lab
+
     required_fields: dict[str, str] = {}
 
     @classmethod

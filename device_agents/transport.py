@@ -57,6 +57,9 @@ class Transport(ABC):
     #: None: a command's stdin carries nothing; 0: it stays open while the host waits and ends when the
     #: host goes away; > 0: also one newline every ``heartbeat_s`` seconds (see the module docstring).
     heartbeat_s: float | None = None
+    #: True: the transport reserves the device itself for every host (a labgrid place: the coordinator
+    #: keeps runs apart and waits for a free place), so edgelr's per-host device lock is not taken.
+    reserves: bool = False
 
     @classmethod
     def declared_options(cls) -> list[str]:

@@ -105,11 +105,11 @@ def _measure(device: str, inventory: str | None, models: list[Any], settings: An
              say: Progress) -> "pd.DataFrame":
     """Benchmark ``models`` on one device under its device lock; raise on device failure."""
     from device_agents.inventory import get_device, open_transport
-    from edgelr.bench.lock import device_lock
+    from edgelr.bench.lock import lock_for
     from edgelr.bench.run import benchmark
 
     spec = get_device(device, inventory)
-    with device_lock(device, on_wait=say):
+    with lock_for(spec, on_wait=say):
         if devices.cancel.is_set():
             raise Interrupted("interrupted before the device was measured")
         transport = open_transport(spec)

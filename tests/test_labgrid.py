@@ -220,6 +220,27 @@ def test_devices_list_shows_places_and_bench_runs_through_a_place(lab: Lab, tmp_
 
 
 @pytest.mark.timeout(150)
+def test_two_benches_of_a_tagged_device_run_at_once_on_two_places(lab: Lab, tmp_path: Path) -> None:
+    """The place is the lock (``Transport.reserves``): two benches of the tagged device from one runner (one
+    lock dir) are not serialized by edgelr's per-host device lock; the coordinator gives each a place."""
+    inv = _inventory(lab, tmp_path / "inv.toml")
+    env = _env(tmp_path)
+    procs = [subprocess.Popen([*EDGELR, "bench", str(MODEL), "--device", "pi", "--inventory", str(inv), "--runs",
+                               "300", "--sessions", "3", "--no-history", "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    errs = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        errs.append(err)
+    assert not any("device pi: busy" in e for e in errs), errs
+    acquired = sorted(next(line.split("acquired labgrid place ")[1].split()[0] for line in e.splitlines()
+                           if "acquired labgrid place " in line) for e in errs)
+    assert acquired == ["rpi4-a", "rpi4-b"], errs
+    assert lab.wait_free() == {n: ("free", None, None) for n in ("pixel-a", "rpi4-a", "rpi4-b")}
+
+
+@pytest.mark.timeout(150)
 def test_regress_spreads_over_matching_places_and_two_runs_take_turns(lab: Lab, tmp_path: Path) -> None:
     inv = _inventory(lab, tmp_path / "inv.toml")
     held = lab.client()                    # someone else holds rpi4-a when both runs start

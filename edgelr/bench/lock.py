@@ -19,6 +19,20 @@ def lock_dir() -> Path:
     return base.expanduser()
 
 
+def lock_for(spec: Any, on_wait: Any = None) -> Any:
+    """The lock a measurement of ``spec`` (a DeviceSpec) holds: its :func:`device_lock`, or none when its
+    transport reserves the device itself (``Transport.reserves``: a labgrid place, which the coordinator
+    keeps for one run at a time across hosts and waits for when busy)."""
+    from contextlib import nullcontext
+
+    from device_agents.transport import TRANSPORTS
+
+    cls = TRANSPORTS.get(spec.transport)
+    if cls is not None and getattr(cls, "reserves", False):
+        return nullcontext()
+    return device_lock(spec.name, on_wait=on_wait)
+
+
 @contextmanager
 def device_lock(device: str, timeout_s: float = 3600.0, poll_s: float = 0.2,
                 on_wait: Any = None) -> Iterator[Path]:

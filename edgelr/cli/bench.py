@@ -82,7 +82,7 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
 
     from device_agents.inventory import get_device, open_transport
     from edgelr.bench.frame import write_frame
-    from edgelr.bench.lock import device_lock
+    from edgelr.bench.lock import lock_for
     from edgelr.bench.run import DEFAULT_RUNS, DEFAULT_SESSIONS, BenchSettings, benchmark
     from edgelr.errors import DeviceError, HistoryError, Interrupted, UsageError
     from edgelr.report.history import default_history
@@ -100,7 +100,7 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
                              profile_ops=profile_ops, timeout_s=timeout, out=out, canary=canary)
     settings.validate()
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
-    lock = nullcontext() if no_lock else device_lock(spec.name, on_wait=info)
+    lock = nullcontext() if no_lock else lock_for(spec, on_wait=info)
     with lock:
         transport = open_transport(spec, **overrides)
         try:

@@ -165,7 +165,7 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
     from contextlib import nullcontext
 
     from device_agents.inventory import get_device, open_transport
-    from edgelr.bench.lock import device_lock
+    from edgelr.bench.lock import lock_for
     from edgelr.profile.measure import measure, open_station, summarize
     from edgelr.rewrite.options import check_method
     from edgelr.targets import get_target
@@ -200,7 +200,7 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
     rows: list[dict[str, Any]] = []
     todo_total = 0
-    with (device_lock(spec.name, on_wait=say) if lock else nullcontext()):
+    with (lock_for(spec, on_wait=say) if lock else nullcontext()):
         transport = open_transport(spec, **overrides)
         try:
             station = open_station(spec, transport, spec.affinity_mask if spec.affinity_mask is not None
