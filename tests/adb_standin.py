@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 FIXTURES = Path(__file__).parent / "fixtures" / "android"
 
@@ -205,14 +206,19 @@ class _Link:
                                 stderr=subprocess.PIPE, start_new_session=True)
         out: "queue.Queue[tuple[int, bytes | None]]" = queue.Queue()
 
-        def pump(fd: int, pid: int) -> None:
-            while chunk := os.read(fd, 65536):
-                out.put((pid, chunk))
-            out.put((pid, None))
+        def pump(fh: IO[bytes], pid: int) -> None:
+            # the pump owns its pipe and closes it at EOF (the shell's group is killed below when the stream
+            # ends early): closing it from the other thread raced this read (EBADF, or a reused fd number)
+            try:
+                while chunk := os.read(fh.fileno(), 65536):
+                    out.put((pid, chunk))
+            finally:
+                fh.close()
+                out.put((pid, None))
 
         for fh, pid in ((proc.stdout, 1), (proc.stderr, 2)):
             assert fh is not None
-            threading.Thread(target=pump, args=(fh.fileno(), pid), daemon=True).start()
+            threading.Thread(target=pump, args=(fh, pid), daemon=True).start()
         if faults.drop_run_on and faults.drop_run_on in cmd:
             threading.Timer(faults.drop_run_delay, self.kill).start()
         open_pipes = 2
@@ -242,9 +248,6 @@ class _Link:
                 except ProcessLookupError:
                     pass
                 proc.wait()
-            for fh in (proc.stdout, proc.stderr):
-                if fh:
-                    fh.close()
 
     # -- sync ------------------------------------------------------------------------------------------
     def _sync(self, st: _Stream) -> None:
