@@ -19,16 +19,16 @@ def lock_dir() -> Path:
     return base.expanduser()
 
 
-def lock_for(spec: Any, on_wait: Any = None) -> Any:
-    """The lock a measurement of ``spec`` (a DeviceSpec) holds: its :func:`device_lock`, or none when its
-    transport reserves the device itself (``Transport.reserves``: a labgrid place, which the coordinator
-    keeps for one run at a time across hosts and waits for when busy)."""
+def lock_for(spec: Any, on_wait: Any = None, enabled: bool = True) -> Any:
+    """The lock a measurement of ``spec`` (a DeviceSpec) holds: its :func:`device_lock`, or none when
+    ``enabled`` is False (``--no-lock``) or its transport reserves the device itself (``Transport.reserves``:
+    a labgrid place, which the coordinator keeps for one run at a time across hosts and waits for when busy)."""
     from contextlib import nullcontext
 
     from device_agents.transport import TRANSPORTS
 
     cls = TRANSPORTS.get(spec.transport)
-    if cls is not None and getattr(cls, "reserves", False):
+    if not enabled or (cls is not None and cls.reserves):
         return nullcontext()
     return device_lock(spec.name, on_wait=on_wait)
 

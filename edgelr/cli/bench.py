@@ -78,8 +78,6 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
     speed-up over the reference with its 95 % interval, peak RSS in MB, energy per inference in mJ when
     the device has a sensor); progress goes to stderr.
     """
-    from contextlib import nullcontext
-
     from device_agents.inventory import get_device, open_transport
     from edgelr.bench.frame import write_frame
     from edgelr.bench.lock import lock_for
@@ -100,8 +98,7 @@ def bench(models: tuple[str, ...], device: str, inventory: str | None, names: tu
                              profile_ops=profile_ops, timeout_s=timeout, out=out, canary=canary)
     settings.validate()
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
-    lock = nullcontext() if no_lock else lock_for(spec, on_wait=info)
-    with lock:
+    with lock_for(spec, on_wait=info, enabled=not no_lock):
         transport = open_transport(spec, **overrides)
         try:
             frame = benchmark(spec, transport, items, settings, progress=info)

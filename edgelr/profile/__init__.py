@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -162,8 +163,6 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
     Interrupted
         Ctrl-C: the batches finished so far are in the cache (the message says how many rows).
     """
-    from contextlib import nullcontext
-
     from device_agents.inventory import get_device, open_transport
     from edgelr.bench.lock import lock_for
     from edgelr.profile.measure import measure, open_station, summarize
@@ -200,7 +199,7 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
     overrides: dict[str, Any] = {"trust_new_host": True} if trust_new_host and spec.transport == "ssh" else {}
     rows: list[dict[str, Any]] = []
     todo_total = 0
-    with (lock_for(spec, on_wait=say) if lock else nullcontext()):
+    with lock_for(spec, on_wait=say, enabled=lock):
         transport = open_transport(spec, **overrides)
         try:
             station = open_station(spec, transport, spec.affinity_mask if spec.affinity_mask is not None
@@ -296,16 +295,13 @@ def profile_model(model: Any, device: str, *, target: str | None = None, method:
             return sum(table.latency_ms(layer, rw.method, ranks.get(p), 0.0) for p, layer, rw in layers)
 
         table.calibrate(model_ms, probe_ms, layers_sum({}), layers_sum(probe))
-    measured_now = set()
     for s in specs:
         e = have.get((s.signature, ranks_key(s.ranks)))
         rows.append({"layer": s.path, "method": s.method, "ranks": ranks_key(s.ranks),
                      "ms": None if e is None else e.ms, "spread": None if e is None else e.spread,
                      "sessions": 0 if e is None else len(e.sessions)})
-        if e is not None:
-            measured_now.add(s.signature)
-    missing = (sum(1 for r in rows if r["ms"] is None) + int(bool(msig) and not (model_ms == model_ms))
-               + int(bool(msig and layers) and not (probe_ms == probe_ms)))
+    missing = (sum(1 for r in rows if r["ms"] is None) + int(bool(msig) and math.isnan(model_ms))
+               + int(bool(msig and layers) and math.isnan(probe_ms)))
     layer_rows = _layer_summary(layers, table)
     return ProfileResult(table, rows, missing == 0, missing, time.monotonic() - t0, spec.name, station.runtime,
                          quant, nthreads, str(store.path), layer_rows, probe_ms)

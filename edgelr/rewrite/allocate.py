@@ -254,7 +254,7 @@ def model_latency(plan: FactorizationPlan, ranks: dict[str, Ranks | None]) -> fl
     scale = 1.0
     if plan.measured is not None:
         total = float(plan.measured.model_ms)
-        scale = float(getattr(plan.measured, "context_scale", 1.0))
+        scale = plan.measured.context_scale
     for path in plan.layers:
         before = plan.latency(path, None)
         if before is None:
